@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine (Python >= 3.10):
+#   make train   -- venv, install, train the small CPU recipe on bundled tiny Shakespeare, print a sample
+#   make test    -- venv, install, run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+# The CPU build on machines that have it locally; set TORCH=torch (or a CUDA wheel) elsewhere.
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/accelerate launch --config_file accelerate_config.yaml train.py recipes/shakespeare_cpu.yaml $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest tests $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bdh_scale.bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,149 @@
+"""build_data: a DataConfig in, a DataBundle (tokenizer, train lanes, val windows) out.
+
+The story: resolve the source -> get one token stream (tokenize text rows, or memmap a
+data_prep shard dir) -> hold out its last val_fraction as validation (nanoGPT split) -> cut the
+train part into this rank's lanes -> optionally prefetch batches in a background thread.
+
+Text sources are tokenized at start-up into an in-memory numpy array (uint8 for bytes, uint16
+for BPE); every rank does this itself. For corpora that should not be re-tokenized per run or
+do not fit in RAM, run `python -m data_prep.tokenize` once and point data.source at the shard
+dir: it is memory-mapped and shared by all ranks through the page cache.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from bdh_scale.data.config import DataConfig
+from bdh_scale.data.errors import DataError
+from bdh_scale.data.lanes import Lanes
+from bdh_scale.data.stream import TokenStream
+from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer, token_dtype
+
+BYTES_PER_TOKEN_SAMPLE = 4_000_000  # val tokens decoded to measure bytes/token (BPE only)
+
+
+@dataclass
+class DataBundle:
+    """Everything the training loop needs from the data side."""
+
+    tokenizer: object          # ByteTokenizer | BPETokenizer (encode/decode/vocab_size/save)
+    train: Lanes               # this rank's lanes (a PrefetchLanes when data.prefetch > 0)
+    val: TokenStream           # the held-out tail of the stream
+    bytes_per_token: float     # UTF-8 bytes per token over the val split (1.0 for bytes)
+    source: str                # where the tokens came from, for logs
+    n_tokens: int              # tokens in the whole stream (train + val)
+
+    def val_batches(self, T: int, batch_size: int,
+                    max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Fixed held-out windows, identical on every call and on every rank.
+
+        The val stream is laid out like the train lanes: `rows` = min(batch_size, tokens //
+        (T+1)) contiguous stretches, and batch k holds window k (tokens [k*T, k*T+T+1)) of
+        every stretch. Batch k+1 therefore continues batch k row by row: the loop may reset the
+        model state per batch (plain windows) or reset it once and carry it (as in training).
+        Yields x, y: LongTensor (rows, T).
+        """
+        n = len(self.val)
+        if n < T + 1:
+            raise DataError(f"data.val_fraction: the val split has {n:,} tokens, fewer than one "
+                            f"window of T+1 = {T + 1}; raise data.val_fraction or lower T")
+        rows = max(1, min(batch_size, n // (T + 1)))
+        stretch = n // rows
+        n_batches = (stretch - 1) // T
+        if max_batches is not None:
+            n_batches = min(n_batches, max_batches)
+        for k in range(n_batches):
+            w = np.stack([self.val.read(r * stretch + k * T, r * stretch + k * T + T + 1)
+                          for r in range(rows)])
+            yield torch.from_numpy(w[:, :-1].copy()), torch.from_numpy(w[:, 1:].copy())
+
+    def close(self) -> None:
+        """Stop the prefetch thread, if any."""
+        self.train.close()
+
+
+def tokenize_source(cfg: DataConfig, tokenizer) -> tuple[TokenStream, str]:
+    """Tokenize a text source into one in-memory stream (capped at data.max_tokens)."""
+    from bdh_scale.data.sources import open_text_source
+
+    src = open_text_source(cfg)
+    pieces, n = [], 0
+    for rows in src.batches():
+        if not rows:
+            continue
+        ids = tokenizer.encode_rows(rows).astype(token_dtype(tokenizer.vocab_size), copy=False)
+        pieces.append(ids)
+        n += len(ids)
+        if cfg.max_tokens is not None and n >= cfg.max_tokens:
+            break
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, token_dtype(tokenizer.vocab_size))
+    if cfg.max_tokens is not None:
+        tokens = tokens[:cfg.max_tokens]
+    return TokenStream([tokens]), src.describe
+
+
+def measure_bytes_per_token(tokenizer, stream: TokenStream) -> float:
+    """UTF-8 bytes per token, decoding (up to a sample of) the stream in chunks."""
+    if isinstance(tokenizer, ByteTokenizer) or len(stream) == 0:
+        return 1.0
+    n = min(len(stream), BYTES_PER_TOKEN_SAMPLE)
+    chunk, total = 1 << 18, 0
+    for a in range(0, n, chunk):
+        ids = stream.read(a, min(n, a + chunk))
+        total += len(tokenizer.decode(ids.tolist()).encode("utf-8"))
+    return total / n
+
+
+def load_stream(cfg: DataConfig):
+    """(tokenizer, stream, description) for any source kind."""
+    from bdh_scale.data.shards import is_shard_dir, open_shards
+
+    path = os.path.expanduser(cfg.source)
+    if is_shard_dir(path):
+        stream, tokenizer, _meta = open_shards(path, verify=cfg.verify_checksums,
+                                               tokenizer_spec=cfg.tokenizer)
+        if cfg.max_tokens is not None:
+            stream = stream.view(0, cfg.max_tokens)
+        return tokenizer, stream, f"shard dir '{cfg.source}'"
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    stream, describe = tokenize_source(cfg, tokenizer)
+    return tokenizer, stream, describe
+
+
+def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: int = 0,
+               seed: int = 0, seq_len: int | None = None) -> DataBundle:
+    """Build this rank's data pipeline.
+
+    batch_size: lanes per rank (B). world_size/rank: this process's place among W processes
+    (under Accelerate: accelerator.num_processes / accelerator.process_index). seed: 0 keeps
+    the natural layout (lane g reads stretch g of the stream); any other seed assigns the W*B
+    stretches to lanes by a seeded permutation, identical on every rank. seq_len: if given, the
+    corpus is checked to hold one window of seq_len+1 tokens per lane now rather than at the
+    first batch.
+    """
+    cfg.validate()
+    tokenizer, stream, describe = load_stream(cfg)
+    if len(stream) == 0:
+        raise DataError(f"data.source: {describe} is empty (0 tokens); point data.source at a "
+                        "corpus with text in it" + (f" (column '{cfg.text_column}')"
+                                                    if cfg.text_column != "text" else ""))
+    n_train = int(len(stream) * (1.0 - cfg.val_fraction))  # nanoGPT: data[:int(n*0.9)]
+    train, val = stream.view(0, n_train), stream.view(n_train, len(stream))
+    lanes = Lanes(train, batch_size, world_size, rank, seed=seed, pin_memory=cfg.pin_memory,
+                  describe=f"the train split of {describe} ({1 - cfg.val_fraction:.0%} of "
+                           f"{len(stream):,} tokens)")
+    if seq_len is not None:
+        lanes.check_fits(seq_len)
+    if cfg.prefetch > 0:
+        from bdh_scale.data.prefetch import PrefetchLanes
+
+        lanes = PrefetchLanes(lanes, depth=cfg.prefetch)
+    bpt = measure_bytes_per_token(tokenizer, val if len(val) else train)
+    return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=bpt,
+                      source=describe, n_tokens=len(stream))

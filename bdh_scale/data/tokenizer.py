@@ -1,0 +1,136 @@
+"""Tokenizers: raw bytes (the BDH reference setup) or a byte-level BPE from `tokenizers`.
+
+Both expose the same small interface the trainer needs:
+    encode(str) -> list[int], decode(list[int]) -> str, vocab_size, name, save(dir),
+    encode_rows(list[str]) -> np.ndarray (the fast path used to build token streams).
+Both are saved as `<dir>/tokenizer.json` so a run dir or shard dir always carries the exact
+tokenizer its tokens were made with; `load_tokenizer` reads either kind back.
+
+Non-UTF-8 input: text files are read with errors="surrogateescape", so a stray byte 0xFF
+arrives as the lone surrogate U+DCFF. The byte tokenizer encodes with the same handler and
+gets the original byte back (bytes in, bytes out); decoding uses errors="replace". The BPE
+works on valid Unicode only, so it replaces such bytes with U+FFFD before encoding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bdh_scale.data.errors import DataError
+
+TOKENIZER_FILE = "tokenizer.json"
+_BYTES_MARKER = "bdh_scale.bytes"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Smallest unsigned dtype holding every id: uint8 for bytes (half the memory and disk of
+    uint16), uint16 for BPE vocabularies up to 65,536, uint32 beyond."""
+    if vocab_size <= 1 << 8:
+        return np.dtype(np.uint8)
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.uint32)
+
+
+class ByteTokenizer:
+    """Token = one UTF-8 byte (vocab 256); lossless for any byte string."""
+
+    name = "bytes"
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.encode_bytes(text))
+
+    def encode_bytes(self, text: str) -> bytes:
+        return text.encode("utf-8", errors="surrogateescape")
+
+    def encode_rows(self, rows: list[str]) -> np.ndarray:
+        return np.frombuffer(self.encode_bytes("".join(rows)), dtype=np.uint8).copy()
+
+    def decode(self, ids) -> str:
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
+
+    def decode_bytes(self, ids) -> bytes:
+        return bytes(np.asarray(ids, dtype=np.int64).astype(np.uint8))
+
+    def save(self, directory) -> Path:
+        path = Path(directory) / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"type": _BYTES_MARKER, "vocab_size": 256}) + "\n")
+        return path
+
+    def same_as(self, other) -> bool:
+        return isinstance(other, ByteTokenizer)
+
+
+class BPETokenizer:
+    """A `tokenizers.Tokenizer` (byte-level BPE from data_prep.train_bpe, or any saved one)."""
+
+    def __init__(self, tokenizer, name: str = "bpe"):
+        self.tok = tokenizer
+        self.name = name
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    @staticmethod
+    def _valid(text: str) -> str:
+        try:
+            text.encode("utf-8")
+            return text
+        except UnicodeEncodeError:  # lone surrogates from undecodable bytes -> U+FFFD
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(self._valid(text), add_special_tokens=False).ids
+
+    def encode_rows(self, rows: list[str]) -> np.ndarray:
+        encs = self.tok.encode_batch([self._valid(r) for r in rows], add_special_tokens=False)
+        dtype = token_dtype(self.vocab_size)
+        if not encs:
+            return np.zeros(0, dtype=dtype)
+        return np.concatenate([np.asarray(e.ids, dtype=dtype) for e in encs])
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def save(self, directory) -> Path:
+        path = Path(directory) / TOKENIZER_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.tok.save(str(path))
+        return path
+
+    def same_as(self, other) -> bool:
+        return isinstance(other, BPETokenizer) and self.tok.to_str() == other.tok.to_str()
+
+
+def load_tokenizer(spec) -> ByteTokenizer | BPETokenizer:
+    """"bytes", a tokenizer .json file, or a directory holding tokenizer.json (a run/shard dir)."""
+    if isinstance(spec, (ByteTokenizer, BPETokenizer)):
+        return spec
+    spec = str(spec)
+    if spec == "bytes":
+        return ByteTokenizer()
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise DataError(f"data.tokenizer: no tokenizer file at '{path}'; use 'bytes' or a .json "
+                        "written by `python -m data_prep.train_bpe`")
+    try:
+        head = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"data.tokenizer: '{path}' is not a tokenizer JSON ({e})") from None
+    if isinstance(head, dict) and head.get("type") == _BYTES_MARKER:
+        return ByteTokenizer()
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception on malformed files
+        raise DataError(f"data.tokenizer: '{path}' could not be loaded by tokenizers ({e})") from None
+    return BPETokenizer(tok, name=f"bpe{tok.get_vocab_size()}")

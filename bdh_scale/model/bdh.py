@@ -1,0 +1,202 @@
+"""BDH: a language model of sparse positive neurons with Hebbian linear attention.
+
+Per layer and head (DESIGN.md; names from the paper and the reference code):
+
+    x_sparse = relu(x @ encoder)                   N >> D positive neurons
+    a        = c * sum_{s<t} (q~_t . q~_s) x_s     linear attention, state rho = sum q~_s x_s^T
+    y_sparse = relu(LN(a) @ encoder_v)
+    x        = LN(x + LN((x_sparse * y_sparse) @ decoder))
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .attention import attend_parallel
+from .recurrent import AttnState, attend_chunked, pick_backend
+from .config import BDHConfig
+from .memory import BDHState, ForgetGate
+from .output import ModelOutput
+from .rope import RopeCache, rotate
+
+
+def layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without affine parameters, as in the reference."""
+    return F.layer_norm(x, (x.size(-1),))
+
+
+def projection_params(nh: int, D: int, N: int) -> dict[str, nn.Parameter]:
+    """encoder, encoder_v (nh, D, N) and decoder (nh*N, D), initialised as the reference."""
+    return {
+        "encoder": nn.Parameter(torch.randn(nh, D, N) * 0.02),
+        "encoder_v": nn.Parameter(torch.randn(nh, D, N) * 0.02),
+        "decoder": nn.Parameter(torch.randn(nh * N, D) * 0.02),
+    }
+
+
+def diff_lambda_init(layer_index: int) -> float:
+    """Initial weight of the subtracted map (Differential Transformer's depth-dependent init)."""
+    return 0.8 - 0.6 * math.exp(-0.3 * layer_index)
+
+
+class BDHLayer(nn.Module):
+    """One BDH layer. Holds its own projections when config.per_layer_params, else borrows them."""
+
+    def __init__(self, config: BDHConfig, layer_index: int):
+        super().__init__()
+        nh, D, N = config.n_head, config.n_embd, config.n_neurons
+        self.config = config
+        if config.per_layer_params:
+            for name, p in projection_params(nh, D, N).items():
+                self.register_parameter(name, p)
+        self.forget = ForgetGate(config.forget_mode, nh, D)
+        if config.diff_attn:
+            self.diff_lambda = nn.Parameter(torch.full((nh,), diff_lambda_init(layer_index)))
+            # Neuron pairs alternate between the two maps, so both see every RoPE frequency.
+            second = (torch.arange(N) // 2) % 2 == 1
+            self.register_buffer("diff_second", second, persistent=False)
+        self.drop = nn.Dropout(config.dropout)
+        self.scale = 1.0 / math.sqrt(N) if config.score_scale == "inv_sqrt_n" else 1.0
+
+    def queries(self, k: torch.Tensor) -> torch.Tensor:
+        """Differential attention: q = k on the first map's neurons, -lambda * k on the second's."""
+        if not self.config.diff_attn:
+            return k
+        sign = torch.where(self.diff_second, -self.diff_lambda[:, None], torch.ones_like(self.diff_lambda)[:, None])
+        return k * sign[None, :, None, :].to(k.dtype)
+
+    def forward(self, x, encoder, encoder_v, decoder, cos, sin, state, plan):
+        """x: (B, T, D) -> (B, T, D) and the new AttnState (None when not needed)."""
+        kind, chunk, need_state = plan
+        x_sparse = F.relu(torch.einsum("btd,hdn->bhtn", x, encoder))  # (B, H, T, N)
+        k = rotate(x_sparse, cos, sin)  # q~ = k~: BDH's keys are its queries
+        q = self.queries(k)
+        v = x.unsqueeze(1)  # values are the layer input, shared by all heads
+        log_g = self.forget(x)
+        if kind == "parallel" and state is None and not need_state:
+            a, new_state = attend_parallel(q, k, v, self.scale, log_g, self.config.attn_window), None
+        else:
+            a, new_state = attend_chunked(
+                q, k, v, self.scale, state, log_g, self.config.attn_window, chunk, need_state=need_state
+            )
+        y_sparse = F.relu(layer_norm(a) @ encoder_v)  # (B, H, T, N)
+        xy_sparse = self.drop(x_sparse * y_sparse)
+        y = rearrange(xy_sparse, "b h t n -> b t (h n)") @ decoder
+        return layer_norm(x + layer_norm(y)), new_state
+
+
+class BDH(nn.Module):
+    def __init__(self, config: BDHConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        nh, D, N = config.n_head, config.n_embd, config.n_neurons
+        self.embed = nn.Embedding(config.vocab_size, D)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        if not config.per_layer_params:
+            for name, p in projection_params(nh, D, N).items():
+                self.register_parameter(name, p)
+        self.layers = nn.ModuleList(BDHLayer(config, i) for i in range(config.n_layer))
+        self.lm_head = nn.Parameter(torch.randn(D, config.vocab_size) * 0.02)
+        self.rope = RopeCache(N, config.rope_theta)
+        self.gradient_checkpointing = False
+
+    # -- parameters -------------------------------------------------------------------------
+    def projections(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        owner = self.layers[i] if self.config.per_layer_params else self
+        return owner.encoder, owner.encoder_v, owner.decoder
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- state ------------------------------------------------------------------------------
+    def init_state(self, batch_size: int, device=None, dtype=torch.float32) -> BDHState:
+        """The empty state of a stream: rho = 0 (or empty windows) in every layer, position 0."""
+        c = self.config
+        device = device or self.lm_head.device
+        layers = [
+            AttnState.zeros(batch_size, c.n_head, 1, c.n_neurons, c.n_embd, c.attn_window, device, dtype)
+            for _ in range(c.n_layer)
+        ]
+        return BDHState(layers, 0)
+
+    def plan(self, T: int, stateful: bool, need_state: bool) -> tuple[str, int, bool]:
+        """Which attention form computes this call: (kind, chunk size, whether to build the state)."""
+        c = self.config
+        if c.attn_backend == "auto":
+            kind, chunk = pick_backend(T, c.n_neurons, c.n_embd, c.attn_window)
+        else:
+            kind, chunk = c.attn_backend, T
+        if c.chunk_size and kind == "chunked":
+            chunk = c.chunk_size
+        if kind == "parallel" and (stateful or need_state):
+            chunk = max(T, 1)  # one chunk of the recurrent form is the parallel form plus the state
+        return kind, chunk, need_state
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        state: BDHState | None = None,
+        return_state: bool | None = None,
+    ) -> ModelOutput:
+        """idx: (B, T) token ids. With `state`, continue that stream; `.state` is the state after
+        the last token when `return_state` (default: when a state was given)."""
+        B, T = idx.shape
+        need_state = state is not None if return_state is None else return_state
+        pos = state.pos if state is not None else 0
+        x = layer_norm(self.embed(idx))
+        cos, sin = self.rope.get(pos, T, x.device, x.dtype)
+        plan = self.plan(T, state is not None, need_state)
+        new_layers = []
+        for i, layer in enumerate(self.layers):
+            layer_state = state.layers[i] if state is not None else None
+            args = (x, *self.projections(i), cos, sin, layer_state, plan)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, s = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                x, s = layer(*args)
+            new_layers.append(s)
+        logits = x @ self.lm_head
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        new_state = BDHState(new_layers, pos + T) if need_state else None
+        return ModelOutput(logits=logits, loss=loss, state=new_state)
+
+    # -- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 state: BDHState | None = None, generator: torch.Generator | None = None):
+        """Sample max_new_tokens after idx (B, T). The prompt is read once; every new token then
+        costs the same whatever the context length, because the context lives in the state."""
+        from ..generate import sample_next  # one sampling rule for every model
+
+        out = self(idx, state=state, return_state=True)
+        state, logits = out.state, out.logits[:, -1]
+        tokens = [idx]
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, generator)
+            tokens.append(nxt)
+            if i + 1 < max_new_tokens:  # the last token's own successor is never asked for
+                out = self(nxt, state=state, return_state=True)
+                state, logits = out.state, out.logits[:, -1]
+        return torch.cat(tokens, dim=1)
+
+    # -- files ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory):
+        from .pretrained import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, **overrides) -> "BDH":
+        from .pretrained import load_pretrained
+
+        return load_pretrained(directory, **overrides)

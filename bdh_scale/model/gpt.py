@@ -1,0 +1,196 @@
+"""GPT-2-style Transformer baseline, for equal-parameter comparisons with BDH.
+
+nanoGPT's architecture: learned position embeddings, pre-LayerNorm blocks of causal
+softmax attention (`F.scaled_dot_product_attention`, flash kernels where available) and a
+4x GELU MLP, final LayerNorm, output head tied to the token embedding (applied as
+`F.linear(x, embed.weight)`, so the state_dict holds the matrix once and safetensors can
+save it). Residual output
+projections start at std 0.02 / sqrt(2 * n_layer) so the residual stream does not grow with
+depth. It speaks the same interface as BDH (`forward -> ModelOutput`, `generate`) so the
+trainer can run either; it has no recurrent state, so it only trains with train.state
+"reset".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bdh_scale.model.output import ModelOutput
+
+STATELESS = ('the gpt baseline is stateless and cannot carry state across chunks; '
+             'set train.state to "reset"')
+
+
+@dataclass
+class GPTConfig:
+    n_layer: int
+    n_embd: int
+    n_head: int
+    vocab_size: int = 256
+    dropout: float = 0.0
+    block_size: int = 1024
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_embed = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.gradient_checkpointing = False  # set by the trainer, as on BDH
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):  # residual-stream outputs
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        """All parameters (the tied embedding/head is one matrix), position embeddings included."""
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state=None,
+                return_state: bool | None = None) -> ModelOutput:
+        """idx: (B, T) token ids, T <= block_size. Same signature as BDH.forward so the loop
+        can call either; a state (or return_state=True) is an error, as there is none."""
+        if state is not None or return_state:
+            raise ValueError(STATELESS)
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds the gpt baseline's block_size {self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.embed(idx) + self.pos_embed(pos))
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        logits = F.linear(self.ln_f(x), self.embed.weight)  # head tied to the embedding
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        return ModelOutput(logits=logits, loss=loss)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 state=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Append `max_new_tokens` sampled tokens to idx (B, T), with BDH's sampling rule.
+
+        Each step reruns the model on the last block_size tokens (no KV cache: this model is
+        a baseline for loss comparisons, not a serving path).
+        """
+        from ..generate import sample_next  # one sampling rule for every model
+
+        if state is not None:
+            raise ValueError(STATELESS)
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.block_size:]).logits[:, -1]
+            idx = torch.cat([idx, sample_next(logits, temperature, top_k, generator)], dim=1)
+        return idx
+
+    def save_pretrained(self, directory):
+        """Write config.json + model.safetensors that `load_pretrained` rebuilds as this model.
+
+        The config is written as the trainer's model config (BDHConfig with arch "gpt"),
+        which is what `build_model` reads back; bias=True has no field there, so it is refused.
+        """
+        from types import SimpleNamespace
+
+        from .config import BDHConfig
+        from .pretrained import save_pretrained
+
+        c = self.config
+        if c.bias:
+            raise ValueError("save_pretrained: bias=True cannot be described by the model config (no bias field)")
+        model_cfg = BDHConfig(arch="gpt", n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
+                              vocab_size=c.vocab_size, dropout=c.dropout, block_size=c.block_size)
+        return save_pretrained(SimpleNamespace(config=model_cfg, state_dict=self.state_dict), directory)
+
+
+def gpt_param_count(cfg: GPTConfig) -> int:
+    """GPT(cfg).num_params() without building the model (tested against it)."""
+    d, b = cfg.n_embd, int(cfg.bias)
+    per_layer = 12 * d * d + 2 * d * (1 + b) + b * (3 * d + d + 4 * d + d)  # 2 LN + qkv/proj/fc/proj
+    return cfg.n_layer * per_layer + (cfg.vocab_size + cfg.block_size) * d + d * (1 + b)
+
+
+def gpt_config_matching(bdh_param_count: int, n_layer: int, vocab_size: int, *, n_head: int | None = None,
+                        block_size: int = 1024, dropout: float = 0.0, bias: bool = False) -> GPTConfig:
+    """The GPTConfig whose parameter count is closest to `bdh_param_count`.
+
+    n_embd steps over multiples of n_head * 8 (whole heads, tensor-core friendly sizes).
+    With n_head None the head size is fixed at 64 (GPT-2's), n_head = n_embd / 64, so
+    n_embd steps by 64. The count includes position embeddings for `block_size`.
+    """
+    if bdh_param_count <= 0 or n_layer <= 0:
+        raise ValueError("bdh_param_count and n_layer must be positive")
+
+    def cfg_for(k: int) -> GPTConfig:
+        d = k * (64 if n_head is None else n_head * 8)
+        heads = d // 64 if n_head is None else n_head
+        return GPTConfig(n_layer=n_layer, n_embd=d, n_head=heads, vocab_size=vocab_size,
+                         dropout=dropout, block_size=block_size, bias=bias)
+
+    k = 1
+    while gpt_param_count(cfg_for(k + 1)) <= bdh_param_count:
+        k += 1
+    lo, hi = cfg_for(k), cfg_for(k + 1)  # count(lo) <= target < count(hi), unless k == 1
+    return min((lo, hi), key=lambda c: abs(gpt_param_count(c) - bdh_param_count))

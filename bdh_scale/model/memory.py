@@ -1,0 +1,78 @@
+"""The synaptic state carried between forward calls, and the forgetting gates that decay it.
+
+rho_{t+1} = g_t * rho_t + q~_t x_t^T. With g = 1 (forget_mode none) rho only grows, as in the
+paper; a learned per-head scalar g (scalar) or a per-head, per-token g computed from the layer
+input (data, the Titans-style memory of the seed work) lets old associations fade. Gates are
+handed to the attention kernels as log g <= 0, so decays over many tokens are sums, not products
+that underflow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .recurrent import AttnState
+
+# g starts near 1 (an effective memory of ~1/(1-g) = 400 tokens): the gate begins as the
+# paper's non-forgetting state and learns to forget where that helps.
+GATE_INIT_LOGIT = 6.0
+
+
+class ForgetGate(nn.Module):
+    """log g per (batch, head, token), or None when nothing is forgotten."""
+
+    def __init__(self, mode: str, n_head: int, n_embd: int):
+        super().__init__()
+        self.mode = mode
+        if mode == "scalar":
+            self.logit = nn.Parameter(torch.full((n_head,), GATE_INIT_LOGIT))
+        elif mode == "data":
+            self.proj = nn.Linear(n_embd, n_head)
+            nn.init.normal_(self.proj.weight, std=0.02)
+            nn.init.constant_(self.proj.bias, GATE_INIT_LOGIT)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x: (B, T, D) layer input -> log g: (B, H, T) in float32, or None."""
+        if self.mode == "scalar":
+            B, T, _ = x.shape
+            return F.logsigmoid(self.logit.float())[None, :, None].expand(B, -1, T)
+        if self.mode == "data":
+            return F.logsigmoid(self.proj(x).float()).transpose(1, 2)
+        return None
+
+
+@dataclass
+class BDHState:
+    """Everything a BDH model needs to continue a stream: one AttnState per layer and the position.
+
+    The position is shared by all lanes of a batch. Scores depend only on t - s, so a lane whose
+    state was reset (rho zeroed) may go on at any absolute position: only queries and the keys
+    stored in rho must agree, and a zero rho holds no keys.
+    """
+
+    layers: list[AttnState]
+    pos: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def detach(self) -> "BDHState":
+        """Cut the graph here: truncated backpropagation through time."""
+        return BDHState([s.detach() for s in self.layers], self.pos, dict(self.meta))
+
+    def to(self, device=None, dtype=None) -> "BDHState":
+        return BDHState([s.to(device=device, dtype=dtype) for s in self.layers], self.pos, dict(self.meta))
+
+    def reset_(self, mask: torch.Tensor) -> "BDHState":
+        """Zero, in place, the state of the lanes where mask is True (their stream restarted)."""
+        for s in self.layers:
+            s.reset_(mask)
+        return self
+
+    def state_dict(self) -> dict:
+        return {"pos": self.pos, "layers": [s.state_dict() for s in self.layers]}
+
+    @classmethod
+    def from_state_dict(cls, d: dict) -> "BDHState":
+        return cls([AttnState.from_state_dict(x) for x in d["layers"]], int(d["pos"]))

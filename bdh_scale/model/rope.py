@@ -1,0 +1,60 @@
+"""Rotary position phases for BDH's neuron space.
+
+The reference rotates the N neurons of each head in pairs (2i, 2i+1) by the angle
+2*pi*frac(t * f_i), with f_i = theta^(-2*floor(i/2)/N) / (2*pi). The score q~_t . q~_s then
+depends on t - s only, so the absolute position is free as long as queries and the keys in the
+state use the same one. Streams are long: t * f in float32 loses the phase past ~1e6 tokens, so
+phases are computed in float64 and reduced mod 1 before cos/sin.
+
+The cos/sin tables are cached per (start position, length, device, dtype): one forward computes
+them once for all layers, and a training run with a fixed T and reset state reuses them forever.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+
+
+def rope_freqs(n: int, theta: float) -> torch.Tensor:
+    """Per-neuron frequencies in turns per token (the reference's `get_freqs`), float64, shape (n,)."""
+    i = torch.arange(n, dtype=torch.float64)
+    paired = torch.floor(i / 2) * 2  # both neurons of a pair share a frequency
+    return 1.0 / (theta ** (paired / n)) / (2 * math.pi)
+
+
+def rope_tables(pos: int, T: int, freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the phases of positions pos .. pos+T-1 for one neuron of each pair: (T, n/2)."""
+    t = torch.arange(pos, pos + T, dtype=torch.float64)
+    turns = torch.remainder(t[:, None] * freqs[None, ::2], 1.0)
+    angle = turns * (2 * math.pi)
+    return torch.cos(angle), torch.sin(angle)
+
+
+def rotate(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate neuron pairs of v (..., T, N) by the tables (T, N/2): (a, b) -> (a c - b s, b c + a s)."""
+    a, b = v.unflatten(-1, (-1, 2)).unbind(-1)
+    return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
+
+
+class RopeCache:
+    """Small LRU cache of (cos, sin) tables keyed by (pos, T, device, dtype)."""
+
+    def __init__(self, n: int, theta: float, max_entries: int = 16):
+        self.freqs = rope_freqs(n, theta)
+        self.max_entries = max_entries
+        self._tables: OrderedDict = OrderedDict()
+
+    def get(self, pos: int, T: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (int(pos), int(T), torch.device(device), dtype)
+        hit = self._tables.get(key)
+        if hit is not None:
+            self._tables.move_to_end(key)
+            return hit
+        cos, sin = rope_tables(int(pos), int(T), self.freqs)
+        entry = (cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype))
+        self._tables[key] = entry
+        if len(self._tables) > self.max_entries:
+            self._tables.popitem(last=False)
+        return entry

@@ -1,0 +1,65 @@
+"""Learning-rate schedule: linear warmup, cosine decay to a floor, then flat.
+
+The schedule is written once as a plain function of the step (`lr_at`, easy to test and to
+log) and applied to an optimizer as a *multiplier* `lr_at(step) / lr` (`make_scheduler`).
+The multiplier form matters for the Muon optimizer: its matrix groups run at a different
+base lr (e.g. 0.02) than its AdamW groups (e.g. 1e-3), and a multiplier scales every param
+group's own base lr by the same warmup/decay shape, so the floor of each group is
+`base_lr * min_lr / lr`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _check(lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> None:
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if not 0 <= min_lr <= lr:
+        raise ValueError(f"min_lr must be in [0, lr={lr}], got {min_lr}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if max_steps < warmup_steps:
+        raise ValueError(f"max_steps ({max_steps}) must be >= warmup_steps ({warmup_steps})")
+
+
+def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
+    """The learning rate for optimizer step `step` (0-based).
+
+    Warmup is `lr * (step + 1) / (warmup_steps + 1)` (nanoGPT's form): small but non-zero at
+    step 0, so the first update is not wasted, and exactly `lr` at `step == warmup_steps`.
+    Cosine decay then reaches `min_lr` at `step == max_steps` and stays there, so a run that
+    goes past max_steps (e.g. extended on resume) trains on at the floor instead of rising.
+    """
+    _check(lr, min_lr, warmup_steps, max_steps)
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    if step >= max_steps:
+        return min_lr
+    progress = (step - warmup_steps) / (max_steps - warmup_steps)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    lr: float,
+    min_lr: float,
+    warmup_steps: int,
+    max_steps: int,
+    last_epoch: int = -1,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR whose factor is `lr_at(step) / lr`, applied to each group's base lr.
+
+    Call `scheduler.step()` once per optimizer step. The factor is a closure, so LambdaLR's
+    state_dict stores only the step counter: on resume the schedule comes from the current
+    config (e.g. a longer max_steps), not from the checkpoint.
+    """
+    _check(lr, min_lr, warmup_steps, max_steps)
+
+    def factor(step: int) -> float:
+        return lr_at(step, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=max_steps) / lr
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=last_epoch)

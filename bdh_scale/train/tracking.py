@@ -1,0 +1,55 @@
+"""Where metrics go: metrics.jsonl in the run directory always, W&B through Accelerate's trackers.
+
+W&B must never hang a run: with no credentials (or tracking.wandb_mode=offline) it logs offline
+into the run directory, to be synced later with `wandb sync`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def wandb_mode(requested: str) -> str:
+    """auto: online only when credentials exist (WANDB_API_KEY or a netrc entry), else offline."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def accelerate_log_with(tracking) -> list[str] | None:
+    return ["wandb"] if tracking.backend == "wandb" else None
+
+
+def init_trackers(accelerator, tracking, run_dir: Path, run_name: str, config: dict) -> None:
+    if tracking.backend != "wandb":
+        return
+    mode = wandb_mode(tracking.wandb_mode)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    kwargs = {"mode": mode, "dir": str(run_dir), "name": run_name}
+    if tracking.entity:
+        kwargs["entity"] = tracking.entity
+    accelerator.init_trackers(tracking.project, config=config, init_kwargs={"wandb": kwargs})
+    accelerator.print(f"W&B: logging {mode} into {run_dir}/wandb")
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl (one JSON object per logged step), written by the main process."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()

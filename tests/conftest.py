@@ -1,0 +1,21 @@
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # naive_bdh, pathway_reference
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture
+def tiny_config():
+    from bdh_scale.model import BDHConfig
+
+    def make(**kw):
+        base = dict(n_layer=2, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)
+        base.update(kw)
+        return BDHConfig(**base)
+
+    return make

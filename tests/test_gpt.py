@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from bdh_scale.model.gpt import GPT, GPTConfig, gpt_config_matching, gpt_param_count
+from bdh_scale.model.output import ModelOutput
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**{"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 50, "block_size": 16, **kw}))
+
+
+def test_shapes_and_loss():
+    model = tiny()
+    idx = torch.randint(0, 50, (3, 10))
+    out = model(idx, idx)
+    assert isinstance(out, ModelOutput)
+    assert out.logits.shape == (3, 10, 50) and out.state is None
+    assert out.loss.ndim == 0 and abs(out.loss.item() - torch.log(torch.tensor(50.0)).item()) < 0.5
+    assert model(idx).loss is None
+
+
+def test_causal():
+    model = tiny().eval()
+    idx = torch.randint(0, 50, (2, 12))
+    changed = idx.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % 50
+    a, b = model(idx).logits, model(changed).logits
+    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+@pytest.fixture
+def one_thread():
+    """Toy matmuls run faster on one thread than on cores shared with other jobs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_overfits_a_tiny_batch(one_thread):
+    model = tiny(dropout=0.0)
+    idx = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(1))
+    x, y = idx[:, :-1], idx[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = model(x, y).loss.item()
+    for _ in range(50):
+        opt.zero_grad()
+        loss = model(x, y).loss
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.3 * first
+
+
+def test_state_is_refused_with_a_clear_message():
+    model = tiny()
+    idx = torch.randint(0, 50, (1, 4))
+    with pytest.raises(ValueError, match='stateless.*train.state.*"reset"'):
+        model(idx, state=object())
+    with pytest.raises(ValueError, match="stateless"):
+        model(idx, return_state=True)
+    model(idx, return_state=False)  # what the trainer passes with train.state=reset
+
+
+def test_too_long_sequence():
+    with pytest.raises(ValueError, match="block_size"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_generate_crops_to_block_size_and_is_seeded(one_thread):
+    model = tiny().eval()
+    idx = torch.randint(0, 50, (2, 3))
+    out = model.generate(idx, 20, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(0))
+    again = model.generate(idx, 20, temperature=1.0, top_k=5, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 23) and torch.equal(out[:, :3], idx) and torch.equal(out, again)
+    greedy = model.generate(idx, 4, temperature=0)
+    assert torch.equal(greedy[:, 3], model(idx).logits[:, -1].argmax(-1))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_param_count_formula_and_tying(bias):
+    model = tiny(bias=bias)
+    assert model.num_params() == gpt_param_count(model.config)
+    assert "lm_head.weight" not in model.state_dict()  # tied head is the embedding itself
+
+
+def test_config_matching_picks_the_closest_width():
+    target = 3_000_000
+    cfg = gpt_config_matching(target, n_layer=4, vocab_size=256)
+    assert cfg.n_embd % (cfg.n_head * 8) == 0 and cfg.n_embd // cfg.n_head == 64
+    count = gpt_param_count(cfg)
+    for d in (cfg.n_embd - 64, cfg.n_embd + 64):
+        other = GPTConfig(n_layer=4, n_embd=d, n_head=d // 64, vocab_size=256)
+        assert abs(gpt_param_count(other) - target) >= abs(count - target)
+    fixed = gpt_config_matching(target, n_layer=4, vocab_size=256, n_head=6)
+    assert fixed.n_head == 6 and fixed.n_embd % 48 == 0
+
+
+def test_save_and_load_pretrained_round_trip(tmp_path):
+    from bdh_scale.model.pretrained import load_pretrained
+
+    model = tiny().eval()
+    model.save_pretrained(tmp_path / "final")
+    loaded = load_pretrained(tmp_path / "final").eval()
+    assert isinstance(loaded, GPT)
+    idx = torch.randint(0, 50, (1, 8))
+    assert torch.equal(model(idx).logits, loaded(idx).logits)
