@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from bdh_scale.model.attention import AttnState, attend_chunked, attend_parallel
+from bdh_scale.model.attention import AttnState, attend_chunked, attend_parallel, pick_backend
 
 
 def _inputs(B, H, T, N, D, gate, device, seed=0):
@@ -74,7 +74,10 @@ def time_one(backend, C, B, H, T, N, D, gate="none", reps=2, device="cpu") -> fl
 def memory_mib(backend, C, B, H, T, N, D, gate="none", device="cpu") -> tuple[float, float]:
     """(saved, peak) MiB of one forward+backward beyond the inputs, from a fresh subprocess."""
     args = json.dumps([backend, C, B, H, T, N, D, gate, device])
-    code = f"import json; from bdh_scale.bench_attention import _memory_here; print(*_memory_here(*json.loads({args!r})))"
+    code = (
+        "import json; from bdh_scale.bench_attention import _memory_here; "
+        f"print(*_memory_here(*json.loads({args!r})))"
+    )
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     saved, peak = out.stdout.split()[-2:]
@@ -112,6 +115,18 @@ def _status_kib(key: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
+def step_ms(B, H, N, D, window=None, steps=50) -> float:
+    """Milliseconds per generated token (T = 1 through attend_chunked, state carried)."""
+    q, v = torch.relu(torch.randn(B, H, 1, N)), torch.randn(B, 1, 1, D)
+    state = AttnState.zeros(B, H, 1, N, D, window)
+    with torch.no_grad():
+        for r in range(2):  # the first round warms up
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                _, state = attend_chunked(q, q, v, N**-0.5, state, window=window)
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--T", type=int, nargs="+", default=[256, 1024, 2048])
@@ -122,19 +137,24 @@ def main(argv=None):
     ap.add_argument("--D", type=int, default=256)
     ap.add_argument("--gate", choices=["none", "data"], default="none")
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--mem", action="store_true", help="also measure peak memory (subprocess per run)")
+    ap.add_argument("--mem", action="store_true", help="also measure memory (a subprocess per run)")
+    ap.add_argument("--step", action="store_true", help="also time token-by-token generation")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
     print(f"B={a.B} H={a.H} N={a.N} D={a.D} gate={a.gate} device={a.device} threads={torch.get_num_threads()}")
-    print(f"{'T':>6} {'backend':>10} {'C':>5} {'fwd+bwd s':>10}" + (f" {'saved MiB':>10} {'peak MiB':>9}" if a.mem else ""))
+    head = f"{'T':>6} {'backend':>10} {'C':>5} {'fwd+bwd s':>10}"
+    print(head + (f" {'saved MiB':>10} {'peak MiB':>9}" if a.mem else ""))
     for T in a.T:
         for backend, C in [("parallel", 0)] + [("chunked", C) for C in a.chunks]:
             dims = (a.B, a.H, T, a.N, a.D)
             line = f"{T:>6} {backend:>10} {C or '-':>5} {time_one(backend, C, *dims, a.gate, a.reps, a.device):>10.3f}"
             if a.mem:
-                saved, peak = memory_mib(backend, C, *dims, a.gate, a.device)
-                line += f" {saved:>10.0f} {peak:>9.0f}"
+                line += " {:>10.0f} {:>9.0f}".format(*memory_mib(backend, C, *dims, a.gate, a.device))
             print(line, flush=True)
+        print(f"{T:>6} pick_backend -> {pick_backend(T, a.N, a.D)}")
+    if a.step:
+        for window in (None, 64):
+            print(f"generation step, window={window}: {step_ms(a.B, a.H, a.N, a.D, window):.2f} ms/token")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from .data.config import DataConfig
+from .data.curriculum import validate_schedule
 from .model.config import BDHConfig
 
 
@@ -57,6 +58,10 @@ class TrainConfig:
     sample_temperature: float = 0.8  # sampling temperature of the end-of-run sample
     sample_top_k: int | None = 40  # top-k of the end-of-run sample (null: full distribution)
     progress: bool = True  # show a progress bar on the main process
+    checkpoint_every: int = 500  # steps between checkpoints (0: only at the end and on SIGTERM/SIGINT)
+    keep_checkpoints: int = 2  # newest checkpoints kept in <run_dir>/checkpoints (0: write none)
+    resume: str | None = None  # auto (newest valid checkpoint of <out_dir>/<run_name>) | a checkpoint or run dir | null
+    max_bad_steps: int = 5  # consecutive non-finite steps that stop the run (fewer are skipped and counted)
 
     def validate(self) -> None:
         def bad(f: str, msg: str) -> None:
@@ -65,7 +70,8 @@ class TrainConfig:
         for f in ("batch_size", "seq_len", "max_steps", "grad_accum_steps", "log_every"):
             if getattr(self, f) < 1:
                 bad(f, f"must be >= 1, got {getattr(self, f)}")
-        for f in ("warmup_steps", "eval_every", "eval_batches", "sample_tokens"):
+        for f in ("warmup_steps", "eval_every", "eval_batches", "sample_tokens", "checkpoint_every",
+                  "keep_checkpoints"):
             if getattr(self, f) < 0:
                 bad(f, f"must be >= 0, got {getattr(self, f)}")
         if self.state not in ("reset", "carry"):
@@ -84,6 +90,11 @@ class TrainConfig:
             bad("max_time_s", f"must be > 0 or null, got {self.max_time_s}")
         if self.sample_temperature <= 0:
             bad("sample_temperature", f"must be > 0, got {self.sample_temperature}")
+        if self.max_bad_steps < 1:
+            bad("max_bad_steps", f"must be >= 1 (1: stop at the first non-finite step), got {self.max_bad_steps}")
+        if self.resume is not None and not self.resume.strip():
+            bad("resume", "empty; use auto, a checkpoint or run directory, or null")
+        validate_schedule(self.seq_len_schedule, key="train.seq_len_schedule")
 
 
 @dataclass
@@ -137,6 +148,11 @@ def _type_ok(value, hint) -> tuple[bool, object]:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                pass
         return False, value
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool), value

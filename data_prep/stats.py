@@ -48,7 +48,7 @@ def text_stats(cfg, top: int) -> dict:
             rows += 1
             lines += r.count("\n")
             chars += len(r)
-            nbytes += len(r.encode("utf-8", "surrogateescape"))
+            nbytes += len(r.encode("utf-8"))
             counter.update(r)
     return {"rows": rows, "lines": lines, "chars": chars, "utf8_bytes": nbytes,
             "distinct_chars": len(counter),
@@ -104,7 +104,8 @@ def main(argv=None) -> dict:
         print(json.dumps(out, ensure_ascii=False))
     else:
         for k, v in out.items():
-            print(f"{k:>16}: {json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v}")
+            shown = json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
+            print(f"{k:>16}: {shown}")
     return out
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from bdh_scale.data.shards import META_FILE, ShardWriter, is_shard_dir
 from bdh_scale.data.sources import local_files, looks_like_path, open_text_source
-from bdh_scale.data.tokenizer import load_tokenizer
+from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer
 from data_prep._cli import add_source_args, config_from_args, fail, run
 
 
@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
         fail(f"--out: '{args.out}' already holds a shard dir; pass --overwrite to replace it")
     cfg = config_from_args(args, tokenizer=args.tokenizer)
     tokenizer = load_tokenizer(cfg.tokenizer)
-    source = open_text_source(cfg)
+    source = open_text_source(cfg, raw_bytes=isinstance(tokenizer, ByteTokenizer))
     total = (sum(os.path.getsize(f) for f in local_files(cfg.source))
              if looks_like_path(cfg.source) else None)
     writer = ShardWriter(args.out, tokenizer, args.shard_tokens, source=source.describe)
@@ -55,7 +55,7 @@ def main(argv=None) -> dict:
             ids = tokenizer.encode_rows(rows)
             if cfg.max_tokens is not None:
                 ids = ids[:cfg.max_tokens - n]
-            nbytes = sum(len(r.encode("utf-8", "surrogateescape")) for r in rows)
+            nbytes = sum(len(r) if isinstance(r, bytes) else len(r.encode("utf-8")) for r in rows)
             writer.add(ids, text_bytes=nbytes)
             n += len(ids)
             bar.update(nbytes)

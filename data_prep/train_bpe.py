@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bdh_scale.data.bpe import train_bpe
+from bdh_scale.data.bpe import MIN_VOCAB, train_bpe
 from bdh_scale.data.sources import open_text_source
 from data_prep._cli import add_source_args, config_from_args, fail, run
 
@@ -38,24 +38,26 @@ def main(argv=None):
     args = parse(argv)
     if args.max_bytes is not None and args.max_bytes < 1:
         fail(f"--max-bytes: {args.max_bytes} is not a positive integer")
+    if args.vocab_size < MIN_VOCAB + len(args.special_tokens):
+        fail(f"--vocab-size: {args.vocab_size} leaves no room for merges; use at least "
+             f"{MIN_VOCAB + len(args.special_tokens)} (256 bytes + specials + 1), e.g. 8192")
     cfg = config_from_args(args)
     source = open_text_source(cfg)
-    bar = tqdm(total=args.max_bytes, unit="B", unit_scale=True, desc="read text")
 
-    def texts():
+    def texts(bar):
         seen = 0
         for rows in source.batches():
             for r in rows:
                 yield r
-                n = len(r.encode("utf-8", "surrogateescape"))
+                n = len(r.encode("utf-8"))
                 seen += n
                 bar.update(n)
                 if args.max_bytes is not None and seen >= args.max_bytes:
                     return
 
-    tok = train_bpe(texts(), args.vocab_size, min_frequency=args.min_frequency,
-                    special_tokens=args.special_tokens)
-    bar.close()
+    with tqdm(total=args.max_bytes, unit="B", unit_scale=True, desc="read text") as bar:
+        tok = train_bpe(texts(bar), args.vocab_size, min_frequency=args.min_frequency,
+                        special_tokens=args.special_tokens)
     out = Path(args.out)
     if out.suffix != ".json":
         out = out / "tokenizer.json"

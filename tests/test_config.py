@@ -26,8 +26,9 @@ def test_dotted_overrides_are_typed():
     assert cfg.train.lr == 0.01 and cfg.model.attn_window is None
 
 
-def test_int_is_accepted_for_float():
+def test_int_and_exponent_strings_are_accepted_for_float():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    assert load_config(None, ["train.lr=3e-3"]).train.lr == 0.003  # YAML 1.1 reads 3e-3 as a string
 
 
 @pytest.mark.parametrize("override,words", [

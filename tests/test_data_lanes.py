@@ -138,3 +138,19 @@ def test_corpus_shorter_than_one_window_per_lane_says_how_many_tokens_are_needed
     with pytest.raises(DataError, match=r"2\*4\*\(16\+1\) = 136.*lower train.batch_size"):
         lanes.next_batch(16)
     lanes.next_batch(11)  # 100 // 8 = 12 tokens per lane: one window of 11+1 fits
+
+
+def test_dropping_a_prefetching_lanes_object_stops_its_thread():
+    import gc
+    import threading
+
+    def alive():
+        return sum(t.name == "bdh-data-prefetch" and t.is_alive() for t in threading.enumerate())
+
+    before = alive()
+    lanes = rank_lanes(0, prefetch=2)
+    lanes.next_batch(8)
+    assert alive() == before + 1
+    del lanes
+    gc.collect()
+    assert alive() == before

@@ -121,7 +121,7 @@ def test_hub_source_streams_rows_and_renders_translation_dicts(tmp_path, monkeyp
                  translation=["fr", "en"], val_fraction=0.0, batch_size=1, max_tokens=10_000)
     assert calls == [("Helsinki-NLP/europarl", "en-fr", "train", True)]
     text = stream_bytes(data).decode()
-    assert text.startswith("<FR:phrase 0>\n<EN:sentence 0>\n\n\n<FR:phrase 1>")
+    assert text.startswith("<FR:phrase 0>\n<EN:sentence 0>\n<FR:phrase 1>")  # bundle format
     assert "sentence 3" not in text and text.count("<FR:") == 29
 
 

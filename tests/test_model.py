@@ -155,3 +155,15 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_config):
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-7)
+
+
+def test_plain_formulation_equals_optimized_path(tiny_config):
+    from bdh_scale.model.plain import PlainBDH
+
+    for shared in (False, True):
+        model = make_model(tiny_config, "none", None, False, per_layer_params=not shared)
+        idx = torch.randint(0, 256, (2, 40))
+        for backend in ("parallel", "chunked", "auto"):
+            assert_close(logits(model, idx, backend, 16).logits, PlainBDH(model)(idx).logits, rtol=1e-4)
+    with pytest.raises(ValueError, match="reference model only"):
+        PlainBDH(make_model(tiny_config, "data", None, False))

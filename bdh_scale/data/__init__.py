@@ -9,6 +9,7 @@
         x, y, restarted = data.train.next_batch(T)   # (B, T), (B, T), (B,)
         # reset the carried state of lanes where restarted is True, then forward/backward
     ckpt["data"] = data.train.state_dict()           # exact resume: data.train.load_state_dict
+    data.close()                                     # stops the prefetch thread
 
 Under Accelerate each process builds its own lanes from its rank (see lanes.py); do not pass
 them through accelerator.prepare. Bits per byte = loss_nats / ln 2 / data.bytes_per_token.

@@ -39,6 +39,6 @@ def train_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2,
 
 
 def _valid_unicode(texts: Iterable[str]) -> Iterator[str]:
-    """Undecodable bytes (lone surrogates from surrogateescape) become U+FFFD, as in encode."""
+    """Lone surrogates (e.g. undecodable bytes) become U+FFFD, as in BPETokenizer.encode."""
     for t in texts:
         yield BPETokenizer._valid(t)

@@ -72,7 +72,7 @@ def tokenize_source(cfg: DataConfig, tokenizer) -> tuple[TokenStream, str]:
     """Tokenize a text source into one in-memory stream (capped at data.max_tokens)."""
     from bdh_scale.data.sources import open_text_source
 
-    src = open_text_source(cfg)
+    src = open_text_source(cfg, raw_bytes=isinstance(tokenizer, ByteTokenizer))
     pieces, n = [], 0
     for rows in src.batches():
         if not rows:

@@ -38,14 +38,15 @@ class DataConfig:
     # [src, tgt] language codes, e.g. ["fr", "en"]: render a translation-dict column (as in
     # Helsinki-NLP/europarl) as "<FR:...>\n<EN:...>\n" pairs; None: the column holds plain text
     translation: list[str] | None = None
-    # text appended after every row of jsonl/parquet/hub sources (text files keep their newlines)
+    # text appended after every row of jsonl/parquet/hub sources (text files keep their
+    # newlines, translation pairs end with their own)
     doc_separator: str = "\n\n"
     # True: check the sha256 of every shard of a data_prep shard dir when it is opened
     verify_checksums: bool = True
     # True: batches are put in page-locked memory (CUDA only) so .to(device, non_blocking=True)
     # overlaps the copy with compute; ignored without CUDA
     pin_memory: bool = False
-    # extra keyword arguments passed to datasets.load_dataset for hub/local sources (e.g.
+    # extra keyword arguments for datasets.load_dataset of jsonl/parquet/hub sources (e.g.
     # {"revision": "main"}); an empty dict passes nothing
     load_kwargs: dict = field(default_factory=dict)
 

@@ -1,25 +1,30 @@
 """Where text comes from: bundled samples, local files, or the Hugging Face Hub, all through
 `datasets`.
 
-`open_text_source(cfg)` returns a TextSource whose `batches()` yields lists of text rows in
-corpus order; the caller tokenizes them (see build.py). Pre-tokenized data_prep shard dirs skip
-this module entirely (shards.py).
+`open_text_source(cfg, raw_bytes)` returns a TextSource whose `batches()` yields lists of rows
+in corpus order; the caller tokenizes them (see build.py). Rows are str, except text files read
+with raw_bytes=True (for the byte tokenizer), whose rows are the files' exact bytes.
+Pre-tokenized data_prep shard dirs skip this module entirely (shards.py).
 
 Local files use datasets' packaged builders with streaming=True (no Arrow cache is written):
   .txt/.text -> "text", one row per line with its line break kept, so the rows concatenate back
-               to the file. Read with errors="surrogateescape" so invalid UTF-8 bytes survive
-               to the byte tokenizer; the builder opens files in text mode, which turns
-               "\\r\\n" and "\\r" line endings into "\\n".
+               to the file. Arrow strings must be valid UTF-8, so for the byte tokenizer the
+               files are decoded as latin-1 (one code point per byte, lossless) and turned back
+               into the original bytes: invalid UTF-8 reaches the byte tokenizer unchanged.
+               Otherwise they are decoded as UTF-8 with errors="replace" (U+FFFD). The builder
+               opens files in text mode, which turns "\\r\\n" and "\\r" line endings into "\\n".
   .jsonl/.json -> "json", .parquet -> "parquet": one row per record, data.text_column read and
                data.doc_separator appended after each row so documents do not run together.
+               A column of translation dicts (data.translation) is rendered as pair text
+               instead, with no separator: the same stream as the bundled europarl_en_fr.
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from itertools import zip_longest
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -43,7 +48,7 @@ OFFLINE_ALTERNATIVES = (
 @dataclass
 class TextSource:
     describe: str                                # human-readable origin, used in messages
-    batches: Callable[[], Iterator[list[str]]]   # fresh iterator of row batches, corpus order
+    batches: Callable[[], Iterator[list]]        # fresh iterator of row batches, corpus order
 
 
 def looks_like_path(source: str) -> bool:
@@ -84,18 +89,21 @@ def builder_for(files: list[str], source: str) -> str:
     return kinds.pop()
 
 
-def text_file_dataset(files, encoding_errors: str = "surrogateescape"):
-    """Lines of text files, line breaks kept, through datasets' "text" builder (streaming)."""
+def text_file_dataset(files, raw_bytes: bool = False):
+    """Lines of text files, line breaks kept, through datasets' "text" builder (streaming);
+    latin-1 decoded when raw_bytes (see module docstring), else UTF-8 with replacement."""
     from datasets import load_dataset
 
+    enc = dict(encoding="latin-1") if raw_bytes else dict(encoding="utf-8", encoding_errors="replace")
     return load_dataset("text", data_files=[str(f) for f in files], split="train", streaming=True,
-                        keep_linebreaks=True, encoding_errors=encoding_errors)
+                        keep_linebreaks=True, **enc)
 
 
-def rows_of(dataset, cfg: DataConfig, describe: str, column: str,
-            separator: str) -> Iterator[list[str]]:
+def rows_of(dataset, cfg: DataConfig, describe: str, column: str, separator: str,
+            latin1_bytes: bool = False) -> Iterator[list]:
     """Batches of text from a datasets (Iterable)Dataset: checks the column, renders
-    translation dicts, appends the separator to every row."""
+    translation dicts, appends the separator to every row; latin1_bytes turns the rows of a
+    raw_bytes text_file_dataset back into bytes."""
     first = True
     for batch in dataset.iter(batch_size=ROWS_PER_BATCH):
         if first:
@@ -115,6 +123,8 @@ def rows_of(dataset, cfg: DataConfig, describe: str, column: str,
                                                cfg.translation)
             except KeyError as e:
                 raise DataError(f"data.translation: {e.args[0]} in {describe}") from None
+            yield rows  # pairs end with their own newline: no separator, same as the bundle
+            continue
         elif sample is not None and not isinstance(sample, str):
             raise DataError(f"data.text_column: column '{column}' of {describe} holds "
                             f"{type(sample).__name__}, not text; name a string column")
@@ -122,6 +132,8 @@ def rows_of(dataset, cfg: DataConfig, describe: str, column: str,
             rows = [v for v in values if v]
         if separator:
             rows = [r + separator for r in rows]
+        if latin1_bytes:
+            rows = [r.encode("latin-1") for r in rows]
         yield rows
 
 
@@ -134,8 +146,8 @@ def parallel_text(src_path, tgt_path, langs=("fr", "en"),
     for path in (src_path, tgt_path):
         if not os.path.isfile(path):
             raise DataError(f"data.source: no such file: '{path}'")
-    src = text_file_dataset([src_path], encoding_errors="replace").iter(batch_size=ROWS_PER_BATCH)
-    tgt = text_file_dataset([tgt_path], encoding_errors="replace").iter(batch_size=ROWS_PER_BATCH)
+    src = text_file_dataset([src_path]).iter(batch_size=ROWS_PER_BATCH)
+    tgt = text_file_dataset([tgt_path]).iter(batch_size=ROWS_PER_BATCH)
     n_src = n_tgt = 0
     for bs, bt in zip_longest(src, tgt):
         n_src += len(bs["text"]) if bs else 0
@@ -152,14 +164,18 @@ def parallel_text(src_path, tgt_path, langs=("fr", "en"),
         yield texts
 
 
-def open_text_source(cfg: DataConfig) -> TextSource:
-    """Resolve data.source (not a shard dir) to a TextSource."""
+def open_text_source(cfg: DataConfig, raw_bytes: bool = False) -> TextSource:
+    """Resolve data.source (not a shard dir) to a TextSource; raw_bytes: text files yield
+    their exact bytes (for the byte tokenizer)."""
     source = cfg.source
+
+    def lines_of(files, describe):
+        return lambda: rows_of(text_file_dataset(files, raw_bytes), cfg, describe, "text", "",
+                               latin1_bytes=raw_bytes)
+
     if source == "tinyshakespeare":
         path = BUNDLED_DIR / "tinyshakespeare" / "input.txt"
-        return TextSource("bundled 'tinyshakespeare'",
-                          lambda: rows_of(text_file_dataset([path]), cfg, "tinyshakespeare",
-                                          "text", ""))
+        return TextSource("bundled 'tinyshakespeare'", lines_of([path], "tinyshakespeare"))
     if source == "europarl_en_fr":
         d = BUNDLED_DIR / "europarl" / "fr-en"
         return TextSource("bundled 'europarl_en_fr'",
@@ -169,8 +185,7 @@ def open_text_source(cfg: DataConfig) -> TextSource:
         builder = builder_for(files, source)
         describe = f"'{source}'"
         if builder == "text":
-            return TextSource(describe, lambda: rows_of(text_file_dataset(files), cfg, describe,
-                                                        "text", ""))
+            return TextSource(describe, lines_of(files, describe))
 
         def batches():
             from datasets import load_dataset

@@ -6,10 +6,11 @@ Both expose the same small interface the trainer needs:
 Both are saved as `<dir>/tokenizer.json` so a run dir or shard dir always carries the exact
 tokenizer its tokens were made with; `load_tokenizer` reads either kind back.
 
-Non-UTF-8 input: text files are read with errors="surrogateescape", so a stray byte 0xFF
-arrives as the lone surrogate U+DCFF. The byte tokenizer encodes with the same handler and
-gets the original byte back (bytes in, bytes out); decoding uses errors="replace". The BPE
-works on valid Unicode only, so it replaces such bytes with U+FFFD before encoding.
+Non-UTF-8 input: for the byte tokenizer text files arrive as their raw bytes (sources.py), and
+encode_rows takes bytes rows as they are: bytes in, bytes out; decode uses errors="replace".
+A str holding lone surrogates (Python's errors="surrogateescape" carrier of undecodable bytes)
+is encoded back to those bytes too. The BPE works on valid Unicode only, so such characters
+become U+FFFD before encoding.
 """
 
 from __future__ import annotations
@@ -45,10 +46,15 @@ class ByteTokenizer:
         return list(self.encode_bytes(text))
 
     def encode_bytes(self, text: str) -> bytes:
-        return text.encode("utf-8", errors="surrogateescape")
+        try:
+            return text.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that does not stand for a byte
+            return text.encode("utf-8", errors="surrogatepass")
 
-    def encode_rows(self, rows: list[str]) -> np.ndarray:
-        return np.frombuffer(self.encode_bytes("".join(rows)), dtype=np.uint8).copy()
+    def encode_rows(self, rows: list) -> np.ndarray:
+        """Rows of str (UTF-8 encoded) or bytes (taken as they are) -> uint8 ids."""
+        data = b"".join(r if isinstance(r, bytes) else self.encode_bytes(r) for r in rows)
+        return np.frombuffer(data, dtype=np.uint8).copy()
 
     def decode(self, ids) -> str:
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
@@ -82,14 +88,16 @@ class BPETokenizer:
         try:
             text.encode("utf-8")
             return text
-        except UnicodeEncodeError:  # lone surrogates from undecodable bytes -> U+FFFD
-            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:  # lone surrogates (e.g. undecodable bytes) -> U+FFFD
+            return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(self._valid(text), add_special_tokens=False).ids
 
     def encode_rows(self, rows: list[str]) -> np.ndarray:
-        encs = self.tok.encode_batch([self._valid(r) for r in rows], add_special_tokens=False)
+        # encode_batch_fast (tokenizers >= 0.20) skips character offsets we do not use
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+        encs = encode([self._valid(r) for r in rows], add_special_tokens=False)
         dtype = token_dtype(self.vocab_size)
         if not encs:
             return np.zeros(0, dtype=dtype)

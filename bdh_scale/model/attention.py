@@ -36,7 +36,8 @@ def decay_mask(log_g: torch.Tensor | None, T: int, window: int | None, device, d
         keep &= diff <= window
     if log_g is None:
         return keep.to(dtype)
-    L = torch.cumsum(log_g.float(), dim=-1)  # (B, H, T): L_t = sum_{u<=t} log g_u
+    # L_t = sum_{u<=t} log g_u, in fp32 at least (fp64 stays fp64: a float64 run is an exact oracle)
+    L = torch.cumsum(log_g.to(torch.promote_types(log_g.dtype, torch.float32)), dim=-1)
     L_prev = torch.nn.functional.pad(L, (1, 0))[..., :-1]  # L_{t-1}, with L_{-1} = 0
     expo = L_prev[..., :, None] - L[..., None, :]  # L_{t-1} - L_s
     expo = expo.masked_fill(~keep, float("-inf"))

@@ -13,7 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import einsum
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -73,7 +73,7 @@ class BDHLayer(nn.Module):
     def forward(self, x, encoder, encoder_v, decoder, cos, sin, state, plan):
         """x: (B, T, D) -> (B, T, D) and the new AttnState (None when not needed)."""
         kind, chunk, need_state = plan
-        x_sparse = F.relu(torch.einsum("btd,hdn->bhtn", x, encoder))  # (B, H, T, N)
+        x_sparse = F.relu(einsum(x, encoder, "b t d, h d n -> b h t n"))  # (B, H, T, N)
         k = rotate(x_sparse, cos, sin)  # q~ = k~: BDH's keys are its queries
         q = self.queries(k)
         v = x.unsqueeze(1)  # values are the layer input, shared by all heads
@@ -84,9 +84,11 @@ class BDHLayer(nn.Module):
             a, new_state = attend_chunked(
                 q, k, v, self.scale, state, log_g, self.config.attn_window, chunk, need_state=need_state
             )
-        y_sparse = F.relu(layer_norm(a) @ encoder_v)  # (B, H, T, N)
+        # einsum contracts per head (a batched GEMM over h); a broadcasting `@` would copy the
+        # (H, D, N) weight once per batch row, forward and backward.
+        y_sparse = F.relu(einsum(layer_norm(a), encoder_v, "b h t d, h d n -> b h t n"))
         xy_sparse = self.drop(x_sparse * y_sparse)
-        y = rearrange(xy_sparse, "b h t n -> b t (h n)") @ decoder
+        y = einsum(xy_sparse, decoder.view(*encoder.shape[::2], -1), "b h t n, h n d -> b t d")
         return layer_norm(x + layer_norm(y)), new_state
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 @dataclass
 class BDHConfig:
-    arch: str = "bdh"  # bdh (this model) | gpt (the GPT-2-style baseline, same loop and data)
+    arch: str = "bdh"  # bdh (this model) | gpt (the GPT-2-style baseline) | bdh_hrm (BDH-HRM hybrid)
     n_layer: int = 6  # number of BDH layers
     n_embd: int = 256  # D: width of the residual stream
     n_head: int = 4  # heads; each head has its own N neurons
@@ -22,6 +22,15 @@ class BDHConfig:
     attn_window: int | None = None  # local window w: only the last w positions attend (None: all)
     diff_attn: bool = False  # differential attention: second map over half the neurons, subtracted
     block_size: int = 1024  # position-embedding length of the gpt baseline (unused by bdh)
+    hrm_h_layers: int = 2  # bdh_hrm: BDH layers of the high-level module H (n_layer is unused there)
+    hrm_l_layers: int = 2  # bdh_hrm: BDH layers of the low-level module L
+    hrm_h_cycles: int = 2  # bdh_hrm: H updates per segment
+    hrm_l_cycles: int = 2  # bdh_hrm: L updates per H update
+    hrm_one_step_grad: bool = True  # bdh_hrm: backprop through the last L and H step only (HRM's 1-step gradient)
+    hrm_act: bool = False  # bdh_hrm: adaptive computation time, a learned per-token halting head
+    hrm_act_max_segments: int = 4  # bdh_hrm ACT: most segments (full H/L passes) per window
+    hrm_act_ponder_cost: float = 0.01  # bdh_hrm ACT: loss added per expected segment (nats per token)
+    hrm_gen_context: int = 1024  # bdh_hrm: generate() reruns the model on at most this many last tokens
 
     @property
     def n_neurons(self) -> int:
@@ -34,8 +43,8 @@ class BDHConfig:
         def bad(field: str, msg: str) -> None:
             raise ValueError(f"model.{field}: {msg}")
 
-        if self.arch not in ("bdh", "gpt"):
-            bad("arch", f"'{self.arch}' is not an architecture; use bdh or gpt")
+        if self.arch not in ("bdh", "gpt", "bdh_hrm"):
+            bad("arch", f"'{self.arch}' is not an architecture; use bdh, gpt or bdh_hrm")
         for name in ("n_layer", "n_embd", "n_head", "mlp_internal_dim_multiplier", "vocab_size"):
             if getattr(self, name) < 1:
                 bad(name, f"must be >= 1, got {getattr(self, name)}")
@@ -63,3 +72,9 @@ class BDHConfig:
             bad("rope_theta", f"must be > 1, got {self.rope_theta}")
         if self.block_size < 1:
             bad("block_size", f"must be >= 1, got {self.block_size}")
+        for name in ("hrm_h_layers", "hrm_l_layers", "hrm_h_cycles", "hrm_l_cycles", "hrm_act_max_segments",
+                     "hrm_gen_context"):
+            if getattr(self, name) < 1:
+                bad(name, f"must be >= 1, got {getattr(self, name)}")
+        if not self.hrm_act_ponder_cost >= 0.0:
+            bad("hrm_act_ponder_cost", f"must be >= 0, got {self.hrm_act_ponder_cost}")

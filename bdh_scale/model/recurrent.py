@@ -19,10 +19,12 @@ lg = L_{t-1} - L_s, the log decay accumulated since it (what the next query mult
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 
 @dataclass
@@ -59,7 +61,7 @@ class AttnState:
         )
 
     def _map(self, fn) -> "AttnState":
-        return AttnState(**{f.name: None if (x := getattr(self, f.name)) is None else fn(x) for f in fields(self)})
+        return AttnState(**{name: fn(x) for name, x in self.tensors().items()})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: x for f in fields(self) if (x := getattr(self, f.name)) is not None}
@@ -106,37 +108,48 @@ def attend_chunked(
     q, k: (B, H, T, N); v: (B, 1 or H, T, D); log_g: broadcastable to (B, H, T), <= 0, or None.
     Returns a (B, H, T, D) in q's dtype and the state after the last token (None when
     need_state=False: the last chunk's state update is skipped, for callers that drop it).
-    T = 1 is the generation step: O(N D) per token with rho, O(w N) with a window.
+    T = 1 is the generation step: O(N D) per token with rho, O(w N) with a window, whatever
+    the length of the context behind the state.
 
-    Memory is linear in T: per chunk a C x C (C x (w+C) with a window) score block, and with
-    plain autograd one (B, H, N, D) rho per chunk boundary, never one per token.
+    Memory is linear in T, no (T, T) and no per-token (N, D) tensor. Without a window the
+    backward recomputes the chunk-start states rho_p instead of saving them, so a training step
+    keeps only q, k, v, log_g and the incoming state for this layer; with a window plain autograd
+    saves the per-chunk (C, w + C) blocks and cached keys, about one more copy of k.
     """
     B, H, T, N = q.shape
     Hv, D = v.size(1), v.size(-1)
-    # The state accumulates in fp32 even under autocast (which would run q @ rho in half).
+    # The state accumulates in fp32 even for half inputs, and autocast is off inside (it would
+    # run q @ rho and the updates in half).
     acc = torch.promote_types(q.dtype, torch.float32)
-    if state is None:
-        state = AttnState(rho=None) if window is None else AttnState.zeros(B, H, Hv, N, D, window, q.device, acc)
-    elif (state.window) != window:
-        raise ValueError(f"state has window {state.window}, call has window {window}")
-    else:
+    if state is not None and state.window != window:
+        raise ValueError(f"state has window {state.window}, the call has window {window}")
+    if state is not None:
         state = state.to(device=q.device, dtype=acc)
     if log_g is not None:
         log_g = log_g.to(acc).expand(B, H, T)
-    if scale != 1.0:
-        q = q * scale  # before the products: smaller scores in half precision
+    chunk_size = max(1, min(chunk_size, T))  # no masks bigger than the call (T = 1 when generating)
     with torch.autocast(q.device.type, enabled=False):
         if window is None:
-            return _rho_chunks(q, k, v, state.rho, log_g, chunk_size, need_state, acc)
+            rho = None if state is None else state.rho  # None: a fresh state, rho = 0
+            if T == 0:
+                return q.new_zeros(B, H, 0, D), state or AttnState.zeros(B, H, Hv, N, D, None, q.device, acc)
+            a, rho = _RhoChunks.apply(q, k, v, log_g, rho, scale, chunk_size, need_state)
+            return a, (AttnState(rho=rho) if need_state else None)
+        if state is None:
+            state = AttnState.zeros(B, H, Hv, N, D, window, q.device, acc)
+        q = q * scale if scale != 1.0 else q  # before the products: smaller scores in half
         return _window_chunks(q, k, v, state, log_g, window, chunk_size, need_state, acc)
 
 
-def _chunks(q, k, v, log_g, C):
-    """(start, q, k, v, log g) per chunk. split, not slicing: the backward of a slice writes a
-    full (T, N) gradient per chunk, which made backward quadratic in T."""
-    T = q.size(-2)
-    parts = [x.split(C, dim=-2) for x in (q, k, v)]
-    parts.append(log_g.split(C, dim=-1) if log_g is not None else [None] * len(parts[0]))
+def _chunks(C, *xs):
+    """Per chunk: (start, x_1 chunk, x_2 chunk, ...), split along time (dim -2, or -1 for log g).
+
+    split, not slicing in a loop: with autograd, each slice's backward writes a full (T, N)
+    gradient, which made backward quadratic in T.
+    """
+    T = xs[0].size(-2)
+    n = -(-T // C)
+    parts = [[None] * n if x is None else x.split(C, dim=-1 if x.dim() == 3 else -2) for x in xs]
     return zip(range(0, T, C), *parts)
 
 
@@ -148,48 +161,146 @@ def _local_log_decay(lg: torch.Tensor | None):
     return l, F.pad(l, (1, 0))[..., :-1]
 
 
-def _masked(scores: torch.Tensor, keep: torch.Tensor, expo: torch.Tensor | None) -> torch.Tensor:
-    """scores * w, w = keep (0/1) or exp(expo) where keep, 0 elsewhere (no exp of a kept-out value)."""
-    if expo is None:
-        return scores * keep.to(scores.dtype)
-    return scores * torch.exp(expo.masked_fill(~keep, float("-inf"))).to(scores.dtype)
+def _decay_weights(keep: torch.Tensor, l_prev: torch.Tensor | None, l_keys: torch.Tensor | None, dtype):
+    """w[i, j] = exp(l_prev_i - l_keys_j) where keep, else 0; the 0/1 mask without gates.
+
+    The exponent is set to -inf before exp where not kept, so the (positive) exponents of
+    dropped pairs never reach exp.
+    """
+    if l_prev is None:
+        return keep.to(dtype)
+    expo = l_prev[..., :, None] - l_keys[..., None, :]
+    return torch.exp(expo.masked_fill(~keep, float("-inf"))).to(dtype)
 
 
-def _rho_chunks(q, k, v, rho, log_g, C, need_state, acc):
+def _rho_update(rho, kc, vc, l):
+    """rho_{p+C} = exp(l_{C-1}) rho_p + sum_j exp(l_{C-1} - l_j) k~_j v_j^T (rho None = 0)."""
+    vd = vc if l is None else torch.exp(l[..., -1:] - l)[..., None] * vc
+    upd = kc.transpose(-1, -2) @ vd  # (B, H, N, D), per head even with shared v
+    if rho is None:
+        return upd
+    return rho + upd if l is None else torch.exp(l[..., -1])[..., None, None] * rho + upd
+
+
+def _rho_forward(q, k, v, log_g, rho, scale, C, need_state):
+    """Outputs a (in q's dtype) and the final rho (None when need_state=False)."""
     B, H, T, N = q.shape
-    D = v.size(-1)
+    D, acc = v.size(-1), torch.promote_types(q.dtype, torch.float32)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
     out = []
-    for p, qc, kc, vc, lg in _chunks(q, k, v, log_g, C):
+    for p, qc, kc, vc, lg in _chunks(C, q, k, v, log_g):
         c = qc.size(-2)
+        qc = qc * scale
         l, l_prev = _local_log_decay(lg)
         if c == 1:  # a single token never sees itself
             a = qc.new_zeros(B, H, 1, D, dtype=acc)
-        else:
-            expo = None if l is None else l_prev[..., :, None] - l[..., None, :]
-            a = (_masked(qc @ kc.transpose(-1, -2), causal[:c, :c], expo) @ vc).to(acc)
-        if rho is not None:  # the part from before the chunk (None: fresh state, rho = 0)
+        else:  # in-chunk part, in the input dtype (half on GPU)
+            W = _decay_weights(causal[:c, :c], l_prev, l, qc.dtype)
+            a = (((qc @ kc.transpose(-1, -2)) * W) @ vc).to(acc)
+        if rho is not None:  # the part from before the chunk
             inter = qc.to(acc) @ rho
-            # Decays scale rows of the (c, D) products rather than the (c, N) keys and queries:
-            # D < N, so autograd saves less.
-            a = a + (inter if l is None else torch.exp(l_prev)[..., None] * inter)
+            a += inter if l is None else torch.exp(l_prev)[..., None] * inter
         out.append(a)
-        if p + C >= T and not need_state:
-            break  # the stateless skip: the caller drops the state
-        vd = vc.to(acc) if l is None else torch.exp(l[..., -1:] - l)[..., None] * vc.to(acc)
-        upd = kc.to(acc).transpose(-1, -2) @ vd
-        if rho is None:
-            rho = upd
-        elif l is None:
-            rho = rho + upd
-        else:
-            rho = torch.exp(l[..., -1])[..., None, None] * rho + upd
-    a = torch.cat(out, dim=-2).to(q.dtype) if out else q.new_zeros(B, H, 0, D)
-    if not need_state:
-        return a, None
-    if rho is None:  # T = 0 on a fresh state
-        rho = torch.zeros(B, H, N, D, dtype=acc, device=q.device)
-    return a, AttnState(rho=rho)
+        if p + C < T or need_state:  # the stateless skip: no last update when the state is dropped
+            rho = _rho_update(rho, kc.to(acc), vc.to(acc), l)
+    return torch.cat(out, dim=-2).to(q.dtype), (rho if need_state else None)
+
+
+class _RhoChunks(torch.autograd.Function):
+    """The unwindowed chunked form with a hand-written backward that recomputes the chunk-start
+    states rho_p (one cheap sweep of updates) instead of having autograd save them: saving
+    costs T/C * N * D per head, which for D/C > 1 is more than q itself, and it would stay
+    alive, per layer, until the backward pass reaches the layer.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_g, rho0, scale, C, need_state):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(q, k, v, log_g, rho0)
+        ctx.scale, ctx.C = scale, C
+        return _rho_forward(q, k, v, log_g, rho0, scale, C, need_state)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, da, drho):
+        q, k, v, log_g, rho0 = ctx.saved_tensors
+        scale, C = ctx.scale, ctx.C
+        acc = torch.promote_types(q.dtype, torch.float32)
+        want_dl = log_g is not None and ctx.needs_input_grad[3]
+        with torch.autocast(q.device.type, enabled=False):
+            # The chunk-start states, recomputed: rho_p for every chunk (None: zero). The one
+            # transient (T/C, N, D) per head of the whole step, alive during this layer's backward.
+            starts, rho = [], rho0
+            for _, kc, vc, lg in _chunks(C, k, v, log_g):
+                starts.append(rho)
+                if len(starts) * C < q.size(-2):
+                    rho = _rho_update(rho, kc.to(acc), vc.to(acc), _local_log_decay(lg)[0])
+            # Gradients are written chunk by chunk into whole buffers (per-head dv: v may be shared).
+            B, H, T, N = q.shape
+            dq, dk = q.new_zeros(B, H, T, N, dtype=acc), q.new_zeros(B, H, T, N, dtype=acc)
+            dv = q.new_zeros(B, H, T, v.size(-1), dtype=acc)
+            dlg = q.new_zeros(B, H, T, dtype=acc) if want_dl else None
+            causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
+            chunks = list(_chunks(C, q, k, v, log_g, da, dq, dk, dv, dlg))
+            for (p, qc, kc, vc, lg, dac, *grads), rho_p in zip(reversed(chunks), reversed(starts)):
+                qc, kc, vc = qc.to(acc) * scale, kc.to(acc), vc.to(acc)
+                drho = _rho_chunk_backward(qc, kc, vc, lg, rho_p, dac, drho, causal, *grads)
+        if v.size(1) == 1 and H != 1:
+            dv = dv.sum(1, keepdim=True)  # v shared by the heads
+        return (dq.mul_(scale).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dlg, drho, None, None, None)
+
+
+def _rho_chunk_backward(qc, kc, vc, lg, rho, da, drho, causal, dq, dk, dv, dlg):
+    """Gradients through one chunk, in the accumulation dtype; returns the gradient of rho_p.
+
+    qc is already scaled; rho is the state at the chunk start and drho the gradient of the
+    state after the chunk (None: zero). dq, dk, dv (per head) and dlg (None: not wanted) are
+    this chunk's zeroed slices of the gradient buffers, accumulated in place.
+    """
+    c = qc.size(-2)
+    l, l_prev = _local_log_decay(lg)
+    if dlg is not None:  # gradients of l and of l_prev_i = l_{i-1}
+        dl, dl_prev = torch.zeros_like(dlg), torch.zeros_like(dlg)
+    drho_p = None
+    if da is not None:
+        da = da.to(qc.dtype)
+        if c > 1:  # in-chunk: P = S * W, a = P v
+            S = qc @ kc.transpose(-1, -2)
+            W = _decay_weights(causal[:c, :c], l_prev, l, qc.dtype)
+            dv += (S * W).transpose(-1, -2) @ da
+            dS = (da @ vc.transpose(-1, -2)) * W
+            dq += dS @ kc
+            dk += dS.transpose(-1, -2) @ qc
+            if dlg is not None:  # d(l_prev_i - l_j) = dS * S
+                dE = dS * S
+                dl_prev += dE.sum(-1)
+                dl -= dE.sum(-2)
+        if rho is not None:  # before the chunk: a += exp(l_prev) * (q rho)
+            dae = da if l is None else torch.exp(l_prev)[..., None] * da
+            dq += dae @ rho.transpose(-1, -2)
+            drho_p = qc.transpose(-1, -2) @ dae
+            if dlg is not None:
+                dl_prev += (dae * (qc @ rho)).sum(-1)
+    if drho is not None:  # rho_next = gamma * rho + k^T (e_tail * v)
+        e_tail = None if l is None else torch.exp(l[..., -1:] - l)
+        vd = vc if l is None else e_tail[..., None] * vc
+        dk += vd @ drho.transpose(-1, -2)
+        dvd = kc @ drho
+        dv += dvd if l is None else e_tail[..., None] * dvd
+        if dlg is not None:
+            de = (dvd * vc).sum(-1) * e_tail
+            dl -= de
+            dl[..., -1] += de.sum(-1)
+        if rho is not None:
+            gamma = None if l is None else torch.exp(l[..., -1])[..., None, None]
+            g = drho if l is None else gamma * drho
+            drho_p = g if drho_p is None else drho_p + g
+            if dlg is not None:
+                dl[..., -1] += (g * rho).sum((-2, -1))
+    if dlg is not None:
+        dl[..., :-1] += dl_prev[..., 1:]
+        dlg += dl.flip(-1).cumsum(-1).flip(-1)  # l = cumsum(log g)
+    return drho_p
 
 
 def _window_chunks(q, k, v, state, log_g, w, C, need_state, acc):
@@ -202,7 +313,7 @@ def _window_chunks(q, k, v, state, log_g, w, C, need_state, acc):
     band = (e >= i) & (e <= i + w - 1)
     k_win, v_win, lg_win = state.k_win, state.v_win, state.lg_win
     out = []
-    for p, qc, kc, vc, lg in _chunks(q, k, v, log_g, C):
+    for p, qc, kc, vc, lg in _chunks(C, q, k, v, log_g):
         c = qc.size(-2)
         K = torch.cat([k_win.to(kc.dtype), kc], dim=-2)  # (B, H, w+c, N)
         V = torch.cat([v_win.to(vc.dtype), vc], dim=-2)  # (B, Hv, w+c, D)
@@ -210,9 +321,8 @@ def _window_chunks(q, k, v, state, log_g, w, C, need_state, acc):
         # "Cumulative log g" of every extended key relative to the chunk start: a cached key
         # is lg_win older than L_{p-1}, so its weight for query i is exp(l_{i-1} + lg_win).
         ext = None if l is None else torch.cat([-lg_win, l], dim=-1)
-        expo = None if l is None else l_prev[..., :, None] - ext[..., None, :]
-        a = _masked(qc @ K.transpose(-1, -2), band[:c, : w + c], expo) @ V
-        out.append(a)
+        W = _decay_weights(band[:c, : w + c], l_prev, ext, qc.dtype)
+        out.append(((qc @ K.transpose(-1, -2)) * W) @ V)
         if p + C >= T and not need_state:
             break
         k_win, v_win = K[..., -w:, :].to(acc), V[..., -w:, :].to(acc)
@@ -225,5 +335,18 @@ def _window_chunks(q, k, v, state, log_g, w, C, need_state, acc):
 
 
 def pick_backend(T: int, N: int, D: int, window: int | None = None) -> tuple[str, int]:
-    """("parallel" | "chunked", chunk size) for attn_backend: auto, from measured costs."""
-    raise NotImplementedError
+    """(backend, chunk size) for `attn_backend: auto`; the rule fits CPU and cost-model timings.
+
+    Per token and head, forward flops are about 2 T (N + D) for the parallel form (the whole
+    T x T map) and 2 C (N + D) + 4 N D for the chunked one (its C x C blocks, then q rho and the
+    rho update). Best C is about N D / (N + D) / 2 as a power of two, in [32, 256]: larger
+    chunks waste more of the masked blocks, smaller ones run skinny matrix products and
+    recompute more states in backward. Parallel wins while T <= C + 2 N D / (N + D), where the
+    chunked form would be (nearly) one chunk anyway; past that chunked wins by ~T / 500 and its
+    memory stays linear. With a window only w + C keys are live per chunk: C = max(C, w).
+    """
+    C = 1 << max(5, min(8, round(math.log2(max(N * D / (N + D) / 2, 1)))))
+    if window is not None:
+        C = max(C, 1 << math.ceil(math.log2(window)))
+        return ("parallel", T) if T <= window + C else ("chunked", C)
+    return ("parallel", T) if T <= C + 2 * N * D / (N + D) else ("chunked", C)

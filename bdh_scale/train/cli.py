@@ -6,8 +6,9 @@ import sys
 
 from ..config import ConfigError, load_config
 from ..data.errors import DataError
+from .errors import CheckpointError, TrainingStopped
 
-USAGE_ERRORS = (ConfigError, DataError, FileNotFoundError)
+USAGE_ERRORS = (ConfigError, DataError, FileNotFoundError, CheckpointError)
 
 
 def parse_args(argv):
@@ -27,14 +28,18 @@ def main(argv=None) -> int:
         cfg = load_config(args.recipe, args.overrides)
         from .loop import train  # heavy imports only once the recipe is known to be good
 
-        train(cfg)
+        result = train(cfg)
     except USAGE_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:  # too many non-finite steps; the last good checkpoint is intact
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    # A signal stops the run after a checkpoint: SIGTERM (preemption) is a clean stop, SIGINT is Ctrl-C.
+    return 130 if result.stopped_by == "SIGINT" else 0
 
 
 if __name__ == "__main__":

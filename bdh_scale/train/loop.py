@@ -1,9 +1,16 @@
-"""The training story, top to bottom: config -> data -> model -> Accelerate -> steps -> eval -> save.
+"""The training story, top to bottom: config -> data -> model -> Accelerate -> resume -> steps ->
+eval -> checkpoint -> save.
 
-One loop for every device: Accelerate picks CPU / MPS / CUDA, wraps the model for DDP or FSDP
-when launched with several processes, applies autocast and the fp16 loss scaler. Data is not
-passed through accelerator.prepare: every rank builds its own disjoint lanes (bdh_scale.data),
-so nothing is re-split or duplicated.
+One loop for every device and every number of processes: Accelerate picks CPU / MPS / CUDA, wraps
+the model for DDP or FSDP when launched with several processes (launch/), applies autocast and
+the fp16 loss scaler. Data is not passed through accelerator.prepare: every rank builds its own
+disjoint lanes (bdh_scale.data), so the global batch is processes x B lanes x T tokens and nothing
+is re-split or duplicated. The carried TBPTT states of a lane live on the rank that owns the lane.
+
+Long runs survive their accidents: checkpoints (checkpoint.py) hold everything needed to continue
+bit for bit, non-finite steps are skipped and counted, SIGTERM/SIGINT save before exiting
+(faults.py). Only the main process writes run files and logs; each rank adds its own lanes and
+states to a checkpoint.
 """
 from __future__ import annotations
 
@@ -22,10 +29,13 @@ from ..config import RunConfig
 from ..data import build_data
 from ..data.curriculum import seq_len_at
 from ..model import build_model
+from .checkpoint import Checkpointer, resolve_resume
+from .distributed import any_rank, check_parallel_plan, slowest, use_cpu_processes
 from .evaluate import evaluate
+from .faults import BadStepGuard, FaultInjection, StopSignals, reset_nonfinite_lanes
 from .optim import build_optimizer
 from .precision import resolve_mixed_precision
-from .rundir import prepare_run_dir, save_final
+from .rundir import METRICS, prepare_run_dir, save_final
 from .schedule import make_scheduler
 from .tracking import MetricsLog, accelerate_log_with, init_trackers
 
@@ -37,13 +47,16 @@ class TrainResult:
     tokens: int
     final_val: dict = field(default_factory=dict)
     sample: str = ""
+    stopped_by: str | None = None  # "SIGTERM" | "SIGINT" when a signal ended the run (after a checkpoint)
 
 
 def train(cfg: RunConfig) -> TrainResult:
     tc = cfg.train
-    state = PartialState()
+    cpu = use_cpu_processes()  # several processes on a machine without GPUs: gloo on the CPU
+    state = PartialState(cpu=cpu)
     precision, notice = resolve_mixed_precision(tc.mixed_precision, state.device)
-    accelerator = Accelerator(mixed_precision=precision, log_with=accelerate_log_with(cfg.tracking))
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with=accelerate_log_with(cfg.tracking))
+    check_parallel_plan(accelerator, tc)
     if notice:
         accelerator.print(notice)
     set_seed(tc.seed, device_specific=True)  # dropout differs across ranks; data order does not
@@ -58,107 +71,147 @@ def train(cfg: RunConfig) -> TrainResult:
 
     # -- model and optimizer -----------------------------------------------------------------
     model = build_model(cfg.model)
-    model.gradient_checkpointing = tc.gradient_checkpointing
+    model.gradient_checkpointing = tc.gradient_checkpointing  # non-reentrant: safe under DDP
     optimizer = build_optimizer(model, name=tc.optim, lr=tc.lr, weight_decay=tc.weight_decay,
                                 betas=(tc.beta1, tc.beta2), muon_lr=tc.muon_lr)
     # A short run (max_steps below warmup_steps) warms up over all of its steps.
     scheduler = make_scheduler(optimizer, lr=tc.lr, min_lr=tc.min_lr, warmup_steps=min(tc.warmup_steps, tc.max_steps),
                                max_steps=tc.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # Not prepared: Accelerate's scheduler wrapper would step it once per process. Registered, so
+    # that save_state/load_state carry it.
+    accelerator.register_for_checkpointing(scheduler)
     raw_model = accelerator.unwrap_model(model)
 
-    run_dir = prepare_run_dir(cfg, accelerator, data.tokenizer)
-    log = MetricsLog(run_dir / "metrics.jsonl", accelerator.is_main_process)
+    # -- the run directory, and where to continue from (train.resume) ----------------------------
+    resume_from = resolve_resume(tc, accelerator)
+    run_dir = prepare_run_dir(cfg, accelerator, data.tokenizer, resume_from)
+    log = MetricsLog(run_dir / METRICS, accelerator.is_main_process)
     init_trackers(accelerator, cfg.tracking, run_dir, run_dir.name, cfg.to_dict())
-    n_params = raw_model.num_params()
-    accelerator.print(f"run {run_dir} | {cfg.model.arch} {n_params / 1e6:.2f}M params | "
-                      f"{accelerator.num_processes} process(es) on {accelerator.device} | precision {precision}")
-
-    # -- the steps ------------------------------------------------------------------------------
+    inject = FaultInjection.from_env()  # test-only faults; inert unless BDH_* variables are set
+    checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer, inject)
+    guard = BadStepGuard(tc.max_bad_steps, accelerator.scaler, checkpoint_dir=str(checkpoints.root))
     carry = tc.state == "carry"
     states = [None] * tc.grad_accum_steps  # one carried state per micro-batch group of lanes
+    step, tokens_seen = 0, 0
+    if resume_from is not None:
+        resumed = checkpoints.load(resume_from, data.train, raw_model)
+        step, tokens_seen, states = resumed.step, resumed.tokens, resumed.states
+        guard.load_state_dict(resumed.faults)
+    n_params = raw_model.num_params()
+    accelerator.print(f"run {run_dir} | {cfg.model.arch} {n_params / 1e6:.2f}M params | "
+                      f"{accelerator.num_processes} process(es) on {accelerator.device} | precision {precision}"
+                      + (f" | resumed from {resume_from} at step {step}" if resume_from is not None else ""))
+
+    # -- the steps ------------------------------------------------------------------------------
     eval_T = tc.eval_seq_len or tc.seq_len
-    tokens_per_step_global = 0
-    tokens_seen = 0
     window_loss, window_n, window_tokens, window_t0 = 0.0, 0, 0, time.perf_counter()
     start = time.perf_counter()
     final_val: dict = {}
-    bar = tqdm(total=tc.max_steps, disable=not (tc.progress and accelerator.is_local_main_process),
-               dynamic_ncols=True, desc="train")
-    step = 0
+    stopped_by = None
+    bar = tqdm(total=tc.max_steps, initial=min(step, tc.max_steps), dynamic_ncols=True, desc="train",
+               disable=not (tc.progress and accelerator.is_local_main_process))
+    say = bar.write if accelerator.is_main_process else (lambda *args, **kwargs: None)
     model.train()
-    while step < tc.max_steps:
-        T = seq_len_at(step, tc.seq_len_schedule) if tc.seq_len_schedule else tc.seq_len
-        x_all, y_all, restarted_all = data.train.next_batch(T)
-        step_loss = 0.0
-        for micro in range(tc.grad_accum_steps):
-            rows = slice(micro * tc.batch_size, (micro + 1) * tc.batch_size)
-            x, y = x_all[rows].to(accelerator.device), y_all[rows].to(accelerator.device)
-            s = None
-            if carry:
-                s = states[micro] or raw_model.init_state(tc.batch_size, accelerator.device)
-                s.reset_(restarted_all[rows].to(accelerator.device))
-            # Sync gradients across ranks only on the last micro-batch of the step.
-            sync = micro == tc.grad_accum_steps - 1
-            with nullcontext() if sync else accelerator.no_sync(model):
-                out = model(x, y, state=s, return_state=carry)
-                accelerator.backward(out.loss / tc.grad_accum_steps)
-            if carry:
-                states[micro] = out.state.detach()  # truncated BPTT: the next window sees values, not graph
-            step_loss += out.loss.detach().float() / tc.grad_accum_steps
-        grad_norm = None
-        if tc.grad_clip > 0:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+    with StopSignals() as signals:
+        while step < tc.max_steps:
+            T = seq_len_at(step, tc.seq_len_schedule) if tc.seq_len_schedule else tc.seq_len
+            x_all, y_all, restarted_all = data.train.next_batch(T)
+            step_loss = 0.0
+            for micro in range(tc.grad_accum_steps):
+                rows = slice(micro * tc.batch_size, (micro + 1) * tc.batch_size)
+                x, y = x_all[rows].to(accelerator.device), y_all[rows].to(accelerator.device)
+                s = None
+                if carry:
+                    s = states[micro] or raw_model.init_state(tc.batch_size, accelerator.device)
+                    s.reset_(restarted_all[rows].to(accelerator.device))
+                # Sync gradients across ranks only on the last micro-batch of the step.
+                sync = micro == tc.grad_accum_steps - 1
+                with nullcontext() if sync else accelerator.no_sync(model):
+                    out = model(x, y, state=s, return_state=carry)
+                    loss = inject.poison(out.loss, step + 1)
+                    accelerator.backward(loss / tc.grad_accum_steps)
+                if carry:
+                    states[micro] = out.state.detach()  # truncated BPTT: the next window sees values, not graph
+                step_loss += loss.detach().float() / tc.grad_accum_steps
 
-        tokens_per_step_global = x_all.numel() * accelerator.num_processes
-        tokens_seen += tokens_per_step_global
-        window_loss += step_loss
-        window_n += 1
-        window_tokens += tokens_per_step_global
-        bar.update(1)
+            # One optimizer step, unless the step went non-finite on some rank (faults.py). The
+            # norm is always measured (max_norm inf when clipping is off): it is the check.
+            # Ranks agree on every decision that ends or skips a step, in one small all-reduce.
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip or math.inf)
+            out_of_time = tc.max_time_s is not None and time.perf_counter() - start >= tc.max_time_s
+            loss_bad, grads_bad, time_up, sigterm, sigint = any_rank(
+                accelerator, not torch.isfinite(step_loss), not torch.isfinite(grad_norm), out_of_time,
+                signals.requested == "SIGTERM", signals.requested == "SIGINT")
+            if guard.may_step(loss_bad, grads_bad):
+                optimizer.step()
+            bad = guard.record(step + 1, loss_bad, grads_bad, accelerator.optimizer_step_was_skipped)
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if bad and carry:
+                states = [reset_nonfinite_lanes(s) for s in states]
+            step += 1
 
-        time_up = tc.max_time_s is not None and time.perf_counter() - start >= tc.max_time_s
-        last = step >= tc.max_steps or time_up
-        record = None
-        if step % tc.log_every == 0 or last:
-            loss = accelerator.reduce(window_loss / window_n, reduction="mean").item()
-            elapsed = time.perf_counter() - window_t0
-            record = {"step": step, "tokens": tokens_seen, "loss": loss, "lr": scheduler.get_last_lr()[0],
-                      "tokens_per_s": window_tokens / max(elapsed, 1e-9), "seq_len": T,
-                      "elapsed_s": time.perf_counter() - start}
-            if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-            window_loss, window_n, window_tokens, window_t0 = 0.0, 0, 0, time.perf_counter()
-        if (tc.eval_every and step % tc.eval_every == 0) or last:
-            final_val = evaluate(model, data, T=eval_T, batch_size=tc.batch_size, max_batches=tc.eval_batches,
-                                 accelerator=accelerator)
-            record = record or {"step": step, "tokens": tokens_seen}
-            record.update(final_val)
-            bar.write(f"step {step}: val loss {final_val['val_loss']:.4f} nats/token, "
-                      f"{final_val['val_bpb']:.4f} bits/byte")
-        if record is not None:
-            log.write(record)
-            accelerator.log(record, step=step)
-        if not math.isfinite(step_loss.item()):
-            raise FloatingPointError(f"loss is {step_loss.item()} at step {step}; lower train.lr or enable "
-                                     "train.grad_clip (nothing after the last saved state was kept)")
-        if time_up:
-            bar.write(f"train.max_time_s={tc.max_time_s} reached at step {step}")
-            break
+            tokens_per_step_global = x_all.numel() * accelerator.num_processes
+            tokens_seen += tokens_per_step_global
+            if not bad:
+                window_loss += step_loss
+                window_n += 1
+            window_tokens += tokens_per_step_global
+            bar.update(1)
+
+            stop = "SIGINT" if sigint else "SIGTERM" if sigterm else None
+            last = step >= tc.max_steps or time_up
+            record = None
+            if step % tc.log_every == 0 or last or stop:
+                mean = window_loss / window_n if window_n else torch.tensor(float("nan"))
+                loss = accelerator.reduce(torch.as_tensor(mean, device=accelerator.device), reduction="mean").item()
+                elapsed = slowest(accelerator, time.perf_counter() - window_t0)
+                record = {"step": step, "tokens": tokens_seen, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                          "tokens_per_s": window_tokens / max(elapsed, 1e-9), "seq_len": T,
+                          "elapsed_s": time.perf_counter() - start, "grad_norm": float(grad_norm),
+                          "bad_steps": guard.total}
+                if accelerator.scaler is not None:
+                    record.update(loss_scale=accelerator.scaler.get_scale(), scaler_overflows=guard.overflows)
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                window_loss, window_n, window_tokens, window_t0 = 0.0, 0, 0, time.perf_counter()
+            if ((tc.eval_every and step % tc.eval_every == 0) or last) and not stop:
+                final_val = evaluate(model, data, T=eval_T, batch_size=tc.batch_size, max_batches=tc.eval_batches,
+                                     accelerator=accelerator)
+                record = record or {"step": step, "tokens": tokens_seen}
+                record.update(final_val)
+                say(f"step {step}: val loss {final_val['val_loss']:.4f} nats/token, "
+                          f"{final_val['val_bpb']:.4f} bits/byte")
+            if record is not None:
+                log.write(record)
+                accelerator.log(record, step=step)
+            inject.kill_point("after_step", step)
+            if checkpoints.due(step, at_end=last or stop is not None, in_bad_streak=guard.consecutive > 0):
+                checkpoints.save(step, tokens_seen, data.train, states, guard.state_dict())
+            if stop:
+                stopped_by = stop
+                break
+            if time_up:
+                say(f"train.max_time_s={tc.max_time_s} reached at step {step}")
+                break
     bar.close()
+    data.close()
+
+    if stopped_by:  # preempted or interrupted: the checkpoint is the result; no eval, no export
+        saved = f"checkpoint {checkpoints.last}" if checkpoints.last_step == step else "no checkpoint (keep_checkpoints=0)"
+        accelerator.print(f"stopped by {stopped_by} after step {step}: {saved}; continue with train.resume=auto")
+        accelerator.end_training()
+        return TrainResult(run_dir, step, tokens_seen, final_val, "", stopped_by)
 
     # -- the end: weights, a sample -------------------------------------------------------------
+    if not final_val:  # resumed at or past max_steps: nothing trained, still report where it stands
+        final_val = evaluate(model, data, T=eval_T, batch_size=tc.batch_size, max_batches=tc.eval_batches,
+                             accelerator=accelerator)
+    final_model = save_final(accelerator, model, cfg.model, run_dir)  # every rank: FSDP gathers the weights
     sample = ""
-    if accelerator.is_main_process:
-        save_final(raw_model, run_dir)
-        if tc.sample_tokens:
-            sample = generate_sample(raw_model, data.tokenizer, tc, accelerator.device)
-            accelerator.print(f"--- sample ({tc.sample_tokens} tokens) ---\n{sample}\n---")
+    if accelerator.is_main_process and tc.sample_tokens:
+        sample = generate_sample(final_model, data.tokenizer, tc, accelerator.device)
+        accelerator.print(f"--- sample ({tc.sample_tokens} tokens) ---\n{sample}\n---")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     accelerator.print(f"done: {step} steps, {tokens_seen} tokens, val loss {final_val.get('val_loss', float('nan')):.4f}"
@@ -168,6 +221,7 @@ def train(cfg: RunConfig) -> TrainResult:
 
 def generate_sample(model, tokenizer, tc, device) -> str:
     model.eval()
+    model.to(device)
     prompt = tokenizer.encode(tc.sample_prompt) or [0]
     idx = torch.tensor([prompt], dtype=torch.long, device=device)
     gen = torch.Generator(device="cpu").manual_seed(tc.seed)

@@ -1,0 +1,19 @@
+"""Looking inside a trained BDH: sparsity, synaptic state, neuron selectivity, head ablation.
+
+    bdh-analyze sparsity    runs/<name>    fraction of active neurons per layer and head
+    bdh-analyze state       runs/<name>    norm of rho per layer/head over a long carried stream
+    bdh-analyze selectivity runs/<name>    neurons whose activity separates labelled texts (en / fr)
+    bdh-analyze heads       runs/<name>    val loss change when each head is zeroed; prunable heads
+
+Each writes <name>.json and <name>.png into <run>/analysis/ (or --out). Module map:
+inputs.py (run, tokens, windows), capture.py (hooks on BDHLayer: sparse codes, head masks),
+one module per analysis, figures.py (Agg canvas, no display), cli.py (`bdh-analyze`).
+"""
+from .capture import ablate_heads, bdh_layers, capture_codes, sparse_codes
+from .heads import head_ablation
+from .selectivity import neuron_selectivity
+from .sparsity import activation_sparsity
+from .state import rho_norms
+
+__all__ = ["ablate_heads", "bdh_layers", "capture_codes", "sparse_codes", "activation_sparsity", "rho_norms",
+           "neuron_selectivity", "head_ablation"]

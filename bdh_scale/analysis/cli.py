@@ -1,0 +1,99 @@
+"""bdh-analyze: sparsity | state | selectivity | heads of a trained run, as JSON + PNG.
+
+    bdh-analyze sparsity runs/shakespeare_cpu --max-tokens 8192
+    bdh-analyze selectivity runs/europarl --label en=en.txt --label fr=fr.txt
+    bdh-analyze heads runs/shakespeare_cpu --threshold 0.01 --out /tmp/heads
+
+Input problems (missing run, no text, a model the analysis does not apply to) are one
+`error:` line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from . import heads, selectivity, sparsity, state
+from .figures import save
+from .inputs import labelled_files, load_model, out_dir, val_tokens
+
+
+def common(p: argparse.ArgumentParser, max_tokens: int, text: bool = True) -> None:
+    p.add_argument("run", help="run directory (runs/<name>, with final/ and tokenizer/)")
+    p.add_argument("--out", default=None, help="output directory (default: <run>/analysis)")
+    p.add_argument("--max-tokens", type=int, default=max_tokens, help=f"tokens analysed (default {max_tokens})")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    if text:
+        p.add_argument("--text", default=None,
+                       help="text file to analyse instead of the run's validation split")
+
+
+def windowed(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per window (default 256)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward (default 8)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bdh-analyze", description="Analyses of a trained BDH run; JSON + PNG out.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sparsity", help="fraction of active neurons per layer and head")
+    common(p, 8192)
+    windowed(p)
+    p = sub.add_parser("state", help="norm of the synaptic state rho over a long carried stream")
+    common(p, 32768)
+    p.add_argument("--chunk", type=int, default=256, help="tokens per forward, state carried (default 256)")
+    p = sub.add_parser("selectivity", help="neurons that separate labelled texts (default: English vs French)")
+    common(p, 16384, text=False)  # --max-tokens counts per label here
+    windowed(p)
+    p.add_argument("--label", action="append", default=None, metavar="NAME=FILE",
+                   help="a label and its text file; repeat (default: Europarl en and fr)")
+    p.add_argument("--signal", choices=("y", "x", "xy"), default="y",
+                   help="activation compared: y_sparse (default), x_sparse or their product")
+    p.add_argument("--top-k", type=int, default=10, help="neurons listed per label, layer and head")
+    p.add_argument("--min-active", type=float, default=0.005,
+                   help="rank only neurons active on at least this fraction of tokens")
+    p = sub.add_parser("heads", help="val loss change when each head is zeroed; prunable heads")
+    common(p, 8192)
+    windowed(p)
+    p.add_argument("--threshold", type=float, default=0.01,
+                   help="relative loss increase below which a head is prunable (default 0.01)")
+    return ap
+
+
+def run(args) -> tuple:
+    for name in ("max_tokens", "seq_len", "batch_size", "chunk", "top_k"):
+        if getattr(args, name, 1) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    model, tokenizer = load_model(args.run, args.device)
+    out = out_dir(args.run, args.out)
+    if args.command == "selectivity":
+        report = selectivity.neuron_selectivity(
+            model, tokenizer, labelled_files(args.label), max_tokens=args.max_tokens, seq_len=args.seq_len,
+            batch_size=args.batch_size, signal=args.signal, top_k=args.top_k, min_active=args.min_active)
+        return save(selectivity.plot(report), report, out, "selectivity")
+    tokens = val_tokens(args.run, tokenizer, args.max_tokens, args.text)
+    if args.command == "sparsity":
+        report = sparsity.activation_sparsity(model, tokens, args.seq_len, args.batch_size)
+        return save(sparsity.plot(report), report, out, "sparsity")
+    if args.command == "state":
+        report = state.rho_norms(model, tokens, args.chunk)
+        return save(state.plot(report), report, out, "state")
+    report = heads.head_ablation(model, tokens, args.seq_len, args.batch_size, args.threshold)
+    return save(heads.plot(report), report, out, "heads")
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        paths = run(args)
+    except (ValueError, FileNotFoundError) as e:  # AnalysisError, ConfigError and DataError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
