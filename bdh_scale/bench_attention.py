@@ -139,15 +139,19 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--mem", action="store_true", help="also measure memory (a subprocess per run)")
     ap.add_argument("--step", action="store_true", help="also time token-by-token generation")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default); 1: steadier on a busy CPU")
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
-    print(f"B={a.B} H={a.H} N={a.N} D={a.D} gate={a.gate} device={a.device} threads={torch.get_num_threads()}")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    print(f"B={a.B} H={a.H} N={a.N} D={a.D} gate={a.gate} {a.device} threads={torch.get_num_threads()}")
     head = f"{'T':>6} {'backend':>10} {'C':>5} {'fwd+bwd s':>10}"
     print(head + (f" {'saved MiB':>10} {'peak MiB':>9}" if a.mem else ""))
     for T in a.T:
         for backend, C in [("parallel", 0)] + [("chunked", C) for C in a.chunks]:
             dims = (a.B, a.H, T, a.N, a.D)
-            line = f"{T:>6} {backend:>10} {C or '-':>5} {time_one(backend, C, *dims, a.gate, a.reps, a.device):>10.3f}"
+            secs = time_one(backend, C, *dims, a.gate, a.reps, a.device)
+            line = f"{T:>6} {backend:>10} {C or '-':>5} {secs:>10.3f}"
             if a.mem:
                 line += " {:>10.0f} {:>9.0f}".format(*memory_mib(backend, C, *dims, a.gate, a.device))
             print(line, flush=True)

@@ -125,8 +125,9 @@ class RunConfig:
                 section.validate()
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-        if self.model.arch == "gpt" and self.train.state == "carry":
-            raise ConfigError("train.state: the gpt baseline is stateless; use train.state=reset with model.arch=gpt")
+        if self.model.arch in ("gpt", "bdh_hrm") and self.train.state == "carry":
+            raise ConfigError(f"train.state: model.arch={self.model.arch} is stateless across windows; "
+                              "use train.state=reset")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -86,7 +86,7 @@ def test_sparsity_fractions_are_fractions_and_match_a_direct_count(run_dir):
     torch.testing.assert_close(torch.tensor(report["layers"][0]["x_active"]), direct, rtol=0, atol=1e-6)
 
 
-def test_captured_codes_multiply_to_what_the_layer_decodes_also_with_carried_state(run_dir):
+def test_captured_codes_multiply_to_what_the_layer_decodes_also_with_carried_state():
     model = tiny(attn_backend="chunked", chunk_size=8, forget_mode="scalar").eval()
     seen = []
     with torch.no_grad(), capture_codes(model, lambda name, x, y: seen.append((name, x.shape, y.shape))):

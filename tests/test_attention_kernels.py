@@ -106,7 +106,8 @@ def test_token_by_token_equals_parallel(gate, window, qk):
         if window is None:
             assert shapes == {"rho": (B, H, N, D)}
         else:
-            assert shapes == {"k_win": (B, H, window, N), "v_win": (B, x.v.size(1), window, D), "lg_win": (B, H, window)}
+            Hv = x.v.size(1)
+            assert shapes == {"k_win": (B, H, window, N), "v_win": (B, Hv, window, D), "lg_win": (B, H, window)}
     assert_close(torch.cat(outs, dim=-2), x.parallel())
 
 
@@ -211,9 +212,8 @@ def test_stateless_skip_gives_the_same_output(window):
 def test_half_inputs_keep_an_fp32_state(window):
     x = make("per_token", window, "q_is_k", T=20)
     ref, _ = x.chunked(chunk_size=8)
-    bf = Inputs(x.q.bfloat16(), None, x.v.bfloat16(), x.gate, window)
-    bf.k = bf.q
-    a, state = bf.chunked(chunk_size=8)
+    q = x.q.bfloat16()
+    a, state = Inputs(q, q, x.v.bfloat16(), x.gate, window).chunked(chunk_size=8)
     assert a.dtype == torch.bfloat16
     assert all(t.dtype == torch.float32 for t in state.tensors().values())
     assert_close(a.float(), ref, rel=3e-2)
@@ -228,8 +228,10 @@ def test_state_of_the_wrong_kind_is_refused():
         x.chunked(state=AttnState.zeros(B, H, 1, N, D))
 
 
-def test_pick_backend_chooses_chunked_for_long_sequences():
-    for T, N, D in [(64, 512, 128), (256, 2048, 256), (2048, 2048, 256), (8192, 512, 128)]:
-        backend, C = pick_backend(T, N, D)
-        assert backend in ("parallel", "chunked") and C >= 1
-    assert pick_backend(8192, 2048, 256)[0] == "chunked"
+def test_pick_backend_is_parallel_for_short_and_chunked_for_long_sequences():
+    for N, D in [(512, 128), (2048, 256)]:
+        assert pick_backend(128, N, D)[0] == "parallel"
+        backend, C = pick_backend(4096, N, D)
+        assert backend == "chunked" and C & (C - 1) == 0  # a power of two
+    backend, C = pick_backend(4096, 2048, 256, window=512)
+    assert backend == "chunked" and C >= 512

@@ -41,7 +41,7 @@ def bdh_layers(model) -> list[tuple[str, BDHLayer]]:
 def sparse_codes(layer: BDHLayer, x, encoder, encoder_v, decoder, cos, sin, state, plan):
     """x_sparse, y_sparse: (B, H, T, N) for one call of `layer` with these arguments."""
     kind, chunk, need_state = plan
-    x_sparse = F.relu(torch.einsum("btd,hdn->bhtn", x, encoder))
+    x_sparse = F.relu(torch.einsum("btd,hdn->bhtn", x, encoder))  # (B, H, T, N)
     k = rotate(x_sparse, cos, sin)
     q = layer.queries(k)
     v = x.unsqueeze(1)
@@ -51,7 +51,7 @@ def sparse_codes(layer: BDHLayer, x, encoder, encoder_v, decoder, cos, sin, stat
         a = attend_parallel(q, k, v, layer.scale, log_g, window)
     else:
         a, _ = attend_chunked(q, k, v, layer.scale, state, log_g, window, chunk, need_state=False)
-    y_sparse = F.relu(layer_norm(a) @ encoder_v)
+    y_sparse = F.relu(torch.einsum("bhtd,hdn->bhtn", layer_norm(a), encoder_v))
     return x_sparse, y_sparse
 
 

@@ -87,10 +87,16 @@ def plot(report: dict):
         counts = report["summary"][lb]["histogram"]
         edges = [-1 + 2 * k / len(counts) for k in range(len(counts))]
         ax.bar(edges, counts, width=2 / len(counts), align="edge", alpha=0.6, color=f"C{i}",
-               label=f"{lb} vs rest ({report['summary'][lb]['selective_fraction']:.1%} > {SELECTIVE})")
-    ax.set_xlabel("selectivity index (1: fires only on the label)")
+               label=f"{lb} vs {rest_name(labels, lb)} ({report['summary'][lb]['selective_fraction']:.1%} "
+                     f"of neurons > {SELECTIVE})")
+    ax.set_xlabel("selectivity index (1: fires only on the label, -1: only on the others)")
     ax.set_ylabel("neurons")
     ax.set_title(f"neuron selectivity of {report['signal']} between {', '.join(labels)}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return fig
+
+
+def rest_name(labels: list[str], label: str) -> str:
+    others = [lb for lb in labels if lb != label]
+    return others[0] if len(others) == 1 else "rest"

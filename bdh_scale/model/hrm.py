@@ -168,7 +168,9 @@ class BDHHRM(nn.Module):
         remaining = torch.ones(B, T, device=x_emb.device)  # unhalted probability mass (training)
         expected_ce, expected_steps, chosen = 0.0, 0.0, None
         for n in range(1, M + 1):
-            z_L, z_H = self.segment(z_L.detach(), z_H.detach(), x_emb, cos, sin, plan)
+            if n > 1:  # deep supervision: each segment learns from its own loss only
+                z_L, z_H = z_L.detach(), z_H.detach()
+            z_L, z_H = self.segment(z_L, z_H, x_emb, cos, sin, plan)
             logits = z_H @ self.lm_head
             lam = self.halting_probability(z_H)
             final = n == M

@@ -179,7 +179,9 @@ def _rho_update(rho, kc, vc, l):
     upd = kc.transpose(-1, -2) @ vd  # (B, H, N, D), per head even with shared v
     if rho is None:
         return upd
-    return rho + upd if l is None else torch.exp(l[..., -1])[..., None, None] * rho + upd
+    # In place into the fresh upd: one pass over rho instead of two (a generation step is
+    # bound by reading rho). Safe: this runs only without autograd (forward and recompute).
+    return upd.add_(rho) if l is None else upd.addcmul_(torch.exp(l[..., -1])[..., None, None], rho)
 
 
 def _rho_forward(q, k, v, log_g, rho, scale, C, need_state):
@@ -242,8 +244,9 @@ class _RhoChunks(torch.autograd.Function):
             dlg = q.new_zeros(B, H, T, dtype=acc) if want_dl else None
             causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
             chunks = list(_chunks(C, q, k, v, log_g, da, dq, dk, dv, dlg))
-            for (p, qc, kc, vc, lg, dac, *grads), rho_p in zip(reversed(chunks), reversed(starts)):
+            for p, qc, kc, vc, lg, dac, *grads in reversed(chunks):
                 qc, kc, vc = qc.to(acc) * scale, kc.to(acc), vc.to(acc)
+                rho_p = starts.pop()  # freed once used
                 drho = _rho_chunk_backward(qc, kc, vc, lg, rho_p, dac, drho, causal, *grads)
         if v.size(1) == 1 and H != 1:
             dv = dv.sum(1, keepdim=True)  # v shared by the heads
@@ -335,18 +338,23 @@ def _window_chunks(q, k, v, state, log_g, w, C, need_state, acc):
 
 
 def pick_backend(T: int, N: int, D: int, window: int | None = None) -> tuple[str, int]:
-    """(backend, chunk size) for `attn_backend: auto`; the rule fits CPU and cost-model timings.
+    """(backend, chunk size) for `attn_backend: auto`, by a cost model fit to CPU timings.
 
     Per token and head, forward flops are about 2 T (N + D) for the parallel form (the whole
     T x T map) and 2 C (N + D) + 4 N D for the chunked one (its C x C blocks, then q rho and the
-    rho update). Best C is about N D / (N + D) / 2 as a power of two, in [32, 256]: larger
-    chunks waste more of the masked blocks, smaller ones run skinny matrix products and
-    recompute more states in backward. Parallel wins while T <= C + 2 N D / (N + D), where the
-    chunked form would be (nearly) one chunk anyway; past that chunked wins by ~T / 500 and its
-    memory stays linear. With a window only w + C keys are live per chunk: C = max(C, w).
+    rho update), so parallel wins while T < C + 2 N D / (N + D). Below 256 tokens the map is
+    small and the chunk loop's per-op overhead decides: parallel. The best C measured was about
+    N D / (N + D) / 2 as a power of two, in [64, 256] (N, D = 2048, 256: C = 128; 512, 128 and
+    128, 32: C = 64): longer chunks waste the masked half of bigger blocks, shorter ones run
+    skinny products and recompute more states in backward. With a window (w = 64, T = 1024:
+    parallel 0.75 s, chunked C = 64 0.24 s) the smallest power of two >= max(w, 64).
+
+    "parallel" comes with C = T: if a state must be carried, attend_chunked with one chunk is
+    the parallel product plus the state update. Past the crossover chunked is also the one whose
+    memory stays linear in T.
     """
-    C = 1 << max(5, min(8, round(math.log2(max(N * D / (N + D) / 2, 1)))))
-    if window is not None:
-        C = max(C, 1 << math.ceil(math.log2(window)))
-        return ("parallel", T) if T <= window + C else ("chunked", C)
-    return ("parallel", T) if T <= C + 2 * N * D / (N + D) else ("chunked", C)
+    if window is not None:  # no state to amortize: per token (w + C)(N + D), so C just covers w
+        C = max(64, 1 << math.ceil(math.log2(window)))
+        return ("parallel", T) if T <= max(256, window + C) else ("chunked", C)
+    C = 1 << max(6, min(8, round(math.log2(N * D / (N + D) / 2))))
+    return ("parallel", T) if T <= max(256, C + 2 * N * D / (N + D)) else ("chunked", C)

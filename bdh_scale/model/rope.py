@@ -39,10 +39,13 @@ def rotate(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     pass over v instead of the six temporaries of the real formulation. Half precision has no
     complex kernels on every device, so it takes the real formulation.
     """
-    if v.dtype in (torch.float32, torch.float64) and v.is_contiguous():
+    # view_as_complex needs unit stride over the pair and even strides elsewhere; the einsum
+    # output that feeds this is permuted (not contiguous) but satisfies both.
+    pairs = v.unflatten(-1, (-1, 2))
+    if v.dtype in (torch.float32, torch.float64) and v.stride(-1) == 1 and all(s % 2 == 0 for s in pairs.stride()[:-1]):
         phase = torch.complex(cos.to(v.dtype), sin.to(v.dtype))
-        return torch.view_as_real(torch.view_as_complex(v.unflatten(-1, (-1, 2))) * phase).flatten(-2)
-    a, b = v.unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.view_as_real(torch.view_as_complex(pairs) * phase).flatten(-2)
+    a, b = pairs.unbind(-1)
     return torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,9 @@ def train(cfg: RunConfig) -> TrainResult:
     # A short run (max_steps below warmup_steps) warms up over all of its steps.
     scheduler = make_scheduler(optimizer, lr=tc.lr, min_lr=tc.min_lr, warmup_steps=min(tc.warmup_steps, tc.max_steps),
                                max_steps=tc.max_steps)
+    # The schedule follows loop steps, skipped ones included (faults.py): torch's warning about a
+    # scheduler step without an optimizer step is expected when the first step is skipped.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
     model, optimizer = accelerator.prepare(model, optimizer)
     # Not prepared: Accelerate's scheduler wrapper would step it once per process. Registered, so
     # that save_state/load_state carry it.
@@ -181,7 +185,7 @@ def train(cfg: RunConfig) -> TrainResult:
                 record = record or {"step": step, "tokens": tokens_seen}
                 record.update(final_val)
                 say(f"step {step}: val loss {final_val['val_loss']:.4f} nats/token, "
-                          f"{final_val['val_bpb']:.4f} bits/byte")
+                    f"{final_val['val_bpb']:.4f} bits/byte")
             if record is not None:
                 log.write(record)
                 accelerator.log(record, step=step)

@@ -1,0 +1,128 @@
+"""Checkpoints: a run killed at any point continues exactly as if it had never stopped, a damaged
+checkpoint is never used, and one written for another recipe is refused with what differs."""
+import json
+import shutil
+import warnings
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bdh_scale.config import load_config
+from bdh_scale.train.checkpoint import check_compatible, find_resume, list_checkpoints, verify
+from bdh_scale.train.errors import CheckpointError
+from tiny_runs import RECIPE, losses, metrics, overrides, rank_state, train_in_process, train_process, weights
+
+# carry mode, two micro-batches and a prefetch thread: every piece of state a resume must restore
+RESUME_RUN = ["train.max_steps=8", "train.checkpoint_every=3", "train.state=carry", "train.batch_size=2",
+              "train.grad_accum_steps=2", "data.prefetch=2", "train.resume=auto"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    proc = train_process(1, out, "r", *RESUME_RUN)
+    assert proc.returncode == 0, proc.stderr
+    return out / "r"
+
+
+@pytest.mark.parametrize("kill_at", ["after_step:5", "in_checkpoint:6"])
+def test_run_killed_after_a_checkpoint_resumes_to_the_same_losses_bitwise(tmp_path, uninterrupted, kill_at):
+    killed = train_process(1, tmp_path, "r", *RESUME_RUN, env={"BDH_KILL_AT": kill_at})
+    assert killed.returncode == -9, killed.stderr  # SIGKILL: no clean-up ran
+    run_dir = tmp_path / "r"
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000003"]
+    if kill_at.startswith("in_checkpoint"):  # the half-written one is hidden and has no manifest
+        (stray,) = (run_dir / "checkpoints").glob(".step_00000006*")
+        assert not (stray / "manifest.json").exists()
+
+    resumed = train_process(1, tmp_path, "r", *RESUME_RUN)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "step_00000003 at step 3" in resumed.stdout
+    assert list((run_dir / "checkpoints").glob(".step_*")) == []  # leftovers of the crash are gone
+    # the same per-step losses, bit for bit, each step logged once, tokens continuous
+    assert losses(run_dir) == losses(uninterrupted)
+    assert [r["tokens"] for r in metrics(run_dir) if "loss" in r] == [s * 4 * 32 for s in range(1, 9)]  # 2 x 2 lanes x T
+    # no token served twice or skipped: the lanes end exactly where the uninterrupted run's end
+    end, ref = rank_state(run_dir / "checkpoints/step_00000008"), rank_state(uninterrupted / "checkpoints/step_00000008")
+    assert end["lanes"] == ref["lanes"] and end["lanes"]["batches_served"] == 8
+    for a, b in zip(end["states"], ref["states"]):  # carried states
+        for la, lb in zip(a["layers"], b["layers"]):
+            assert all(torch.equal(la[k], lb[k]) for k in la)
+    wa, wb = weights(run_dir / "checkpoints/step_00000008"), weights(uninterrupted / "checkpoints/step_00000008")
+    assert all(torch.equal(wa[k], wb[k]) for k in wb)
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path):
+    result = train_in_process(tmp_path, "c", "train.max_steps=4", "train.checkpoint_every=2",
+                              "train.keep_checkpoints=3", "train.batch_size=4", "data.prefetch=0")
+    ckpts = list_checkpoints(result.run_dir)
+    assert [p.name for p in ckpts] == ["step_00000002", "step_00000004"]
+    for p in ckpts:
+        verify(p)
+    return result.run_dir, ckpts
+
+
+def test_damaged_checkpoints_are_refused_and_auto_falls_back_to_the_previous(two_checkpoints, tmp_path):
+    run_dir, (older, newest) = two_checkpoints
+    model = newest / "model.safetensors"
+    model.write_bytes(model.read_bytes()[:-100])  # truncated, as by a full disk or a cut copy
+    with pytest.raises(CheckpointError, match="model.safetensors has .* bytes.*truncated"):
+        verify(newest)
+    with pytest.raises(CheckpointError, match="truncated"):  # named explicitly: refused, no fallback
+        train_in_process(tmp_path, "c", "train.max_steps=6", "train.batch_size=4", f"train.resume={newest}")
+
+    with pytest.warns(UserWarning, match="step_00000004 is damaged.*skipping"):
+        assert find_resume("auto", str(tmp_path), "c") == older
+    with pytest.warns(UserWarning, match="skipping"):
+        result = train_in_process(tmp_path, "c", "train.max_steps=6", "train.checkpoint_every=2",
+                                  "train.keep_checkpoints=3", "train.batch_size=4", "data.prefetch=0", "train.resume=auto")
+    assert result.run_dir == run_dir  # the same run goes on in its own directory, no "-1"
+    assert [r["step"] for r in metrics(run_dir) if "loss" in r] == [1, 2, 3, 4, 5, 6]  # rows after 2 redone once
+    verify(run_dir / "checkpoints/step_00000004")  # rewritten whole by the resumed run
+
+    flipped = older / "optimizer.bin"  # same size, one byte changed: only the checksum notices
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="optimizer.bin does not match its sha256"):
+        verify(older)
+    (older / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete: no manifest.json"):
+        verify(older)
+
+
+def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(two_checkpoints, tmp_path):
+    _, (_, newest) = two_checkpoints
+    for extra, words in [(["model.n_layer=3"], "model.n_layer: checkpoint 2, this run 3"),
+                         (["train.batch_size=2"], "train.batch_size: checkpoint 4, this run 2"),
+                         (["train.optim=muon"], "train.optim")]:
+        with pytest.raises(CheckpointError, match=words.replace("(", r"\(")):
+            train_in_process(tmp_path, "other", "train.max_steps=6", "train.batch_size=4", *extra,
+                             f"train.resume={newest}")
+        assert not (tmp_path / "other" / "checkpoints").exists()  # nothing trained or saved
+
+    cfg = load_config(RECIPE, overrides(tmp_path, "c", "train.batch_size=4"))
+    meta = json.loads((newest / "trainer_state.json").read_text())
+    other_tokenizer = SimpleNamespace(name="bpe", vocab_size=4096, same_as=lambda other: False)
+    with pytest.raises(CheckpointError, match=r"tokenizer: checkpoint bytes \(vocab 256\), this run bpe \(vocab 4096\)"):
+        check_compatible(newest, meta, cfg, 1, other_tokenizer, has_scaler=False)
+    with pytest.raises(CheckpointError, match="number of processes: checkpoint 1, this run 2"):
+        check_compatible(newest, meta, cfg, 2, SimpleNamespace(same_as=lambda other: True), has_scaler=False)
+
+
+def test_resume_auto_without_checkpoints_starts_fresh_and_finished_runs_are_not_touched(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to skip, nothing to warn about
+        first = train_in_process(tmp_path, "a", "train.max_steps=2", "train.keep_checkpoints=0",
+                                 "train.batch_size=4", "data.prefetch=0", "train.resume=auto")
+    assert first.run_dir == tmp_path / "a" and not (first.run_dir / "checkpoints").exists()
+    second = train_in_process(tmp_path, "a", "train.max_steps=2", "train.batch_size=4", "data.prefetch=0",
+                              "train.resume=auto")
+    assert second.run_dir == tmp_path / "a-1"  # a finished run without checkpoints is left alone
+    third = train_in_process(tmp_path, "a-1", "train.max_steps=3", "train.batch_size=4", "data.prefetch=0",
+                             "train.resume=auto")  # extend the finished run by one step
+    assert third.run_dir == second.run_dir and third.steps == 3
+    assert [r["step"] for r in metrics(third.run_dir) if "loss" in r] == [1, 2, 3]
+    shutil.rmtree(tmp_path / "a")

@@ -1,0 +1,151 @@
+"""One loop, many processes: real 2-process runs on the CPU (gloo) read disjoint lanes, match a
+1-process run over the same global lanes, and resume bit for bit after a SIGKILL. Plus the
+launch/ files: accelerate configs, the SLURM script and the sweep runner."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.utils import DistributedType
+
+from bdh_scale import sweep
+from bdh_scale.config import ConfigError
+from bdh_scale.train.checkpoint import list_checkpoints, verify
+from bdh_scale.train.distributed import check_parallel_plan
+from tiny_runs import ROOT, losses, metrics, rank_state, train_process, weights
+
+# W=2 processes x B=2 lanes x 2 micro-batches = 8 global lanes, with TBPTT state, gradient
+# checkpointing under DDP and a checkpoint every 3 steps.
+TWO = ["train.max_steps=8", "train.checkpoint_every=3", "train.state=carry", "train.batch_size=2",
+       "train.grad_accum_steps=2", "train.gradient_checkpointing=true", "data.prefetch=2", "train.resume=auto"]
+# The same 8 global lanes in one process: B=8, one micro-batch.
+ONE = ["train.max_steps=8", "train.checkpoint_every=3", "train.state=carry", "train.batch_size=8",
+       "data.prefetch=2"]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("two")
+    proc = train_process(2, out, "d", *TWO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es) on cpu" in proc.stdout
+    return out / "d", proc
+
+
+def test_two_processes_read_disjoint_lanes_and_match_one_process(two_process_run, tmp_path):
+    run_dir, proc = two_process_run
+    one = train_process(1, tmp_path, "o", *ONE)
+    assert one.returncode == 0, one.stderr
+    # each step's loss (reduced over ranks) equals the 1-process loss over the same 8 lanes
+    two_losses, one_losses = losses(run_dir), losses(tmp_path / "o")
+    assert [s for s, _ in two_losses] == list(range(1, 9))  # one row per step: only the main process logs
+    for (s2, l2), (s1, l1) in zip(two_losses, one_losses):
+        assert s1 == s2 and abs(l1 - l2) < 1e-5, (s1, l1, l2)
+    assert [r["tokens"] for r in metrics(run_dir) if "loss" in r] == [s * 8 * 32 for s in range(1, 9)]
+    # rank 0 and rank 1 read disjoint lanes, and together exactly the 1-process run's lanes
+    end = run_dir / "checkpoints/step_00000008"
+    r0, r1 = (rank_state(end, r)["lanes"]["positions"] for r in (0, 1))
+    assert len(r0) == len(r1) == 4 and not set(r0) & set(r1)
+    assert sorted(r0 + r1) == sorted(rank_state(tmp_path / "o/checkpoints/step_00000008")["lanes"]["positions"])
+    assert proc.stdout.count("done: 8 steps") == 1  # the summary is printed once
+
+
+def test_two_process_run_killed_with_sigkill_resumes_bitwise(two_process_run, tmp_path):
+    ref, _ = two_process_run
+    killed = train_process(2, tmp_path, "d", *TWO, env={"BDH_KILL_AT": "after_step:5"})
+    assert killed.returncode != 0
+    run_dir = tmp_path / "d"
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000003"]
+    resumed = train_process(2, tmp_path, "d", *TWO)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step_00000003 at step 3" in resumed.stdout
+    assert losses(run_dir) == losses(ref)  # bit for bit
+    end, ref_end = run_dir / "checkpoints/step_00000008", ref / "checkpoints/step_00000008"
+    verify(end)
+    for rank in (0, 1):  # every rank's lanes end where they would have: nothing served twice or skipped
+        assert rank_state(end, rank)["lanes"] == rank_state(ref_end, rank)["lanes"]
+    wa, wb = weights(end), weights(ref_end)
+    assert all((wa[k] == wb[k]).all() for k in wb)
+
+
+# -- launch/ ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name,kind,processes", [
+    ("single_gpu.yaml", DistributedType.NO, 1), ("multi_gpu.yaml", DistributedType.MULTI_GPU, 8),
+    ("fsdp.yaml", DistributedType.FSDP, 8), ("cpu_2proc.yaml", DistributedType.MULTI_GPU, 2)])
+def test_launch_configs_load_with_accelerate(name, kind, processes):
+    cfg = load_config_from_file(str(ROOT / "launch" / name))
+    assert cfg.distributed_type == kind and cfg.num_processes == processes
+    assert cfg.mixed_precision == "no"  # precision comes from the recipe
+    if kind == DistributedType.FSDP:
+        assert cfg.fsdp_config["fsdp_reshard_after_forward"] is True  # FULL_SHARD
+        assert cfg.fsdp_config["fsdp_auto_wrap_policy"] == "NO_WRAP"
+
+
+def test_muon_is_refused_under_fsdp_with_a_clear_message():
+    tc = SimpleNamespace(optim="muon")
+    with pytest.raises(ConfigError, match="train.optim=muon needs whole weight matrices.*FSDP shards them"):
+        check_parallel_plan(SimpleNamespace(distributed_type=DistributedType.FSDP), tc)
+    check_parallel_plan(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), tc)  # DDP is fine
+
+
+def test_slurm_script_runs_one_accelerate_launch_per_node(tmp_path):
+    """Stand-ins for scontrol / srun / accelerate record what the script would run on 2 nodes."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stubs = {
+        "scontrol": 'printf "node-a\\nnode-b\\n"',
+        # srun: run the command once per node, as SLURM would, with that node's SLURM_NODEID
+        "srun": 'while [ "$1" != bash ]; do shift; done; for n in 0 1; do SLURM_NODEID=$n "$@"; done',
+        "accelerate": 'echo "accelerate $*" >> "$STUB_LOG"',
+    }
+    for name, body in stubs.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.txt"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", STUB_LOG=str(log), SLURM_NNODES="2",
+               SLURM_JOB_NODELIST="node-[a-b]", SLURM_JOB_ID="4242", GPUS_PER_NODE="4")
+    proc = subprocess.run(["bash", str(ROOT / "launch/slurm.sh"), "recipes/shakespeare_m1.yaml", "train.run_name=big run"],
+                          env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == 2
+    for rank, call in enumerate(calls):
+        assert f"--machine_rank {rank} " in call
+        assert "--num_machines 2 --num_processes 8" in call and "--main_process_ip node-a" in call
+        assert "--config_file launch/multi_gpu.yaml" in call
+        assert call.endswith("train.py recipes/shakespeare_m1.yaml train.resume=auto train.run_name=big run")
+
+
+def test_sweep_runs_a_grid_and_collects_one_table(tmp_path, capsys):
+    grid = sweep.points(sweep.parse_grid(["model.n_layer=1,2", "train.seq_len_schedule=[[0,16]],[[0,32]]"]))
+    assert len(grid) == 4 and grid[1] == {"model.n_layer": "1", "train.seq_len_schedule": "[[0,32]]"}
+    assert sweep.run_name("s", grid[1]) == "s-n_layer1-seq_len_schedule_0_32"
+
+    common = ["--set", "model.n_embd=32", "--set", "model.n_head=2", "--set", "model.mlp_internal_dim_multiplier=8",
+              "--set", "model.attn_backend=parallel", "--set", "train.batch_size=4", "--set", "train.seq_len=32",
+              "--set", "train.max_steps=2", "--set", "train.eval_batches=1", "--set", "train.sample_tokens=0",
+              "--set", "train.progress=false", "--set", "data.prefetch=0"]
+    argv = [str(ROOT / "recipes/shakespeare_cpu.yaml"), "--name", "g", "--grid", "model.n_layer=1,2",
+            "--out_dir", str(tmp_path), *common]
+    assert sweep.main([*argv, "--mode", "print"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and "train.run_name=g-n_layer1" in printed[0] and "train.resume=auto" in printed[0]
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "launch/sweep.py"), *argv], capture_output=True, text=True,
+                          cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "sweeps/g.json").read_text())
+    assert [(r["run_name"], r["model.n_layer"], r["status"], r["step"]) for r in rows] == [
+        ("g-n_layer1", "1", "done", 2), ("g-n_layer2", "2", "done", 2)]
+    assert all(r["val_loss"] > 0 for r in rows)
+    assert (tmp_path / "sweeps/g.csv").read_text().startswith("run_name,model.n_layer,status")
+    again = subprocess.run([sys.executable, str(ROOT / "launch/sweep.py"), *argv], capture_output=True, text=True,
+                           cwd=ROOT, env=env, timeout=300)
+    assert again.stdout.count("finished already, skipped") == 2  # a rerun continues, it does not redo
+    assert Path(tmp_path / "g-n_layer1-1").exists() is False
