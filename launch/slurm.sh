@@ -40,7 +40,12 @@ CONFIG=${ACCELERATE_CONFIG:-launch/multi_gpu.yaml}        # DDP; launch/fsdp.yam
 GPUS_PER_NODE=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}
 NUM_MACHINES=${SLURM_NNODES:-1}
 NUM_PROCESSES=$((NUM_MACHINES * GPUS_PER_NODE))
-MAIN_PROCESS_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+# (no pipefail here: head exits after one line and scontrol may then die of SIGPIPE)
+MAIN_PROCESS_IP=$(set +o pipefail; scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+if [ -z "$MAIN_PROCESS_IP" ]; then
+    echo "slurm.sh: no host in SLURM_JOB_NODELIST='${SLURM_JOB_NODELIST:-}'; submit with sbatch" >&2
+    exit 2
+fi
 MAIN_PROCESS_PORT=${MAIN_PROCESS_PORT:-$((20000 + SLURM_JOB_ID % 20000))}   # per job: jobs may share a node
 RECIPE=$1
 shift

@@ -130,10 +130,12 @@ class BDH(nn.Module):
     def plan(self, T: int, stateful: bool, need_state: bool) -> tuple[str, int, bool]:
         """Which attention form computes this call: (kind, chunk size, whether to build the state)."""
         c = self.config
-        if c.attn_backend == "auto":
-            kind, chunk = pick_backend(T, c.n_neurons, c.n_embd, c.attn_window)
-        else:
-            kind, chunk = c.attn_backend, T
+        kind, chunk = pick_backend(T, c.n_neurons, c.n_embd, c.attn_window)
+        if c.attn_backend == "chunked" and kind == "parallel":
+            # forced chunked below the crossover: the chunk size auto would use past it
+            chunk = pick_backend(1 << 30, c.n_neurons, c.n_embd, c.attn_window)[1]
+        if c.attn_backend != "auto":
+            kind = c.attn_backend
         if c.chunk_size and kind == "chunked":
             chunk = c.chunk_size
         if kind == "parallel" and (stateful or need_state):

@@ -39,6 +39,7 @@ class AttnState:
     window cache that is not yet full needs no length counter, and a lane can be restarted by
     zeroing it. The state is kept in float32 (float64 for float64 inputs) whatever the input
     dtype: it is a sum over the whole stream, and half precision would swallow new terms.
+    attend_chunked casts an incoming state to that dtype and to the inputs' device.
     """
 
     rho: torch.Tensor | None = None
