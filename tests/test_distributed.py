@@ -3,8 +3,10 @@
 launch/ files: accelerate configs, the SLURM script and the sweep runner."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +18,7 @@ from bdh_scale import sweep
 from bdh_scale.config import ConfigError
 from bdh_scale.train.checkpoint import list_checkpoints, verify
 from bdh_scale.train.distributed import check_parallel_plan
-from tiny_runs import ROOT, losses, metrics, rank_state, train_process, weights
+from tiny_runs import ROOT, clean_env, command, losses, metrics, rank_state, train_process, weights
 
 # W=2 processes x B=2 lanes x 2 micro-batches = 8 global lanes, with TBPTT state, gradient
 # checkpointing under DDP and a checkpoint every 3 steps.
@@ -70,6 +72,29 @@ def test_two_process_run_killed_with_sigkill_resumes_bitwise(two_process_run, tm
         assert rank_state(end, rank)["lanes"] == rank_state(ref_end, rank)["lanes"]
     wa, wb = weights(end), weights(ref_end)
     assert all((wa[k] == wb[k]).all() for k in wb)
+
+
+def test_sigterm_to_the_launcher_reaches_every_rank_and_they_save_together(tmp_path):
+    """What a preempted job sees: the launcher forwards SIGTERM; the ranks agree on the step and save."""
+    proc = subprocess.Popen(command(2, tmp_path, "p", "train.max_steps=100000", "train.checkpoint_every=0",
+                                    "train.state=carry", "train.batch_size=2", "data.prefetch=0"),
+                            cwd=ROOT, env=clean_env(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(metrics(tmp_path / "p")) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert err.count("SIGTERM received: stopping after this step") == 2  # both workers
+    (ckpt,) = list_checkpoints(tmp_path / "p")
+    verify(ckpt)
+    assert ckpt.name == f"step_{metrics(tmp_path / 'p')[-1]['step']:08d}" and "stopped by SIGTERM" in out
+    for rank in (0, 1):
+        assert rank_state(ckpt, rank)["lanes"]["batches_served"] == metrics(tmp_path / "p")[-1]["step"]
 
 
 # -- launch/ ------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def train_in_process(out_dir, run_name, *extra):
         AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _env(extra_env: dict | None) -> dict:
+def clean_env(extra_env: dict | None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BDH_", "ACCELERATE_", "WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_"))}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra_env or {})
@@ -66,12 +66,12 @@ def command(processes: int, out_dir, run_name, *extra) -> list[str]:
 
 def train_process(processes: int, out_dir, run_name, *extra, env: dict | None = None, timeout=300):
     """Run to the end; returns the CompletedProcess (stdout and stderr captured)."""
-    return subprocess.run(command(processes, out_dir, run_name, *extra), cwd=ROOT, env=_env(env),
+    return subprocess.run(command(processes, out_dir, run_name, *extra), cwd=ROOT, env=clean_env(env),
                           capture_output=True, text=True, timeout=timeout)
 
 
 def start_process(out_dir, run_name, *extra, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(command(1, out_dir, run_name, *extra), cwd=ROOT, env=_env(env),
+    return subprocess.Popen(command(1, out_dir, run_name, *extra), cwd=ROOT, env=clean_env(env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

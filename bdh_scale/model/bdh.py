@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import attend_parallel
+from .causal_self import causal_self_attention
 from .recurrent import AttnState, attend_chunked, pick_backend
 from .config import BDHConfig
 from .memory import BDHState, ForgetGate
@@ -78,7 +79,10 @@ class BDHLayer(nn.Module):
         q = self.queries(k)
         v = x.unsqueeze(1)  # values are the layer input, shared by all heads
         log_g = self.forget(x)
-        if kind == "parallel" and state is None and not need_state:
+        stateless = state is None and not need_state
+        if kind == "parallel" and stateless and q is k and log_g is None and self.config.attn_window is None:
+            a, new_state = causal_self_attention(k, v, self.scale), None  # the reference model's hot path
+        elif kind == "parallel" and stateless:
             a, new_state = attend_parallel(q, k, v, self.scale, log_g, self.config.attn_window), None
         else:
             a, new_state = attend_chunked(
