@@ -20,6 +20,9 @@ def atomic_path(path: str | Path, is_dir: bool = False):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a run on a shared filesystem is for the team to read
     target = tmp if is_dir else tmp / path.name
     try:
         yield target

@@ -64,8 +64,9 @@ def train(cfg: RunConfig) -> TrainResult:
 
     # -- data: this rank's lanes; micro-batches of one step are disjoint groups of lanes --------
     lanes_per_rank = tc.batch_size * tc.grad_accum_steps
+    longest_T = max([tc.seq_len] + [T for _, T in tc.seq_len_schedule or []])
     data = build_data(cfg.data, batch_size=lanes_per_rank, world_size=accelerator.num_processes,
-                      rank=accelerator.process_index, seed=tc.seed)
+                      rank=accelerator.process_index, seed=tc.seed, seq_len=longest_T)
     if cfg.model.vocab_size != data.tokenizer.vocab_size:
         accelerator.print(f"model.vocab_size set to {data.tokenizer.vocab_size} by the tokenizer {data.tokenizer.name}")
         cfg.model.vocab_size = data.tokenizer.vocab_size
@@ -73,8 +74,12 @@ def train(cfg: RunConfig) -> TrainResult:
     # -- model and optimizer -----------------------------------------------------------------
     model = build_model(cfg.model)
     model.gradient_checkpointing = tc.gradient_checkpointing  # non-reentrant: safe under DDP
+    # Fused AdamW (one kernel for all parameters) exists for CPU and CUDA. Not with fp16: the loss
+    # scaler then always calls the fused step (which skips inside), and Accelerate could no longer
+    # tell a skipped step (optimizer_step_was_skipped) from a taken one.
+    fused = accelerator.device.type in ("cpu", "cuda") and tc.optim == "adamw" and accelerator.scaler is None
     optimizer = build_optimizer(model, name=tc.optim, lr=tc.lr, weight_decay=tc.weight_decay,
-                                betas=(tc.beta1, tc.beta2), muon_lr=tc.muon_lr)
+                                betas=(tc.beta1, tc.beta2), muon_lr=tc.muon_lr, fused=fused or None)
     # A short run (max_steps below warmup_steps) warms up over all of its steps.
     scheduler = make_scheduler(optimizer, lr=tc.lr, min_lr=tc.min_lr, warmup_steps=min(tc.warmup_steps, tc.max_steps),
                                max_steps=tc.max_steps)
@@ -109,6 +114,7 @@ def train(cfg: RunConfig) -> TrainResult:
 
     # -- the steps ------------------------------------------------------------------------------
     eval_T = tc.eval_seq_len or tc.seq_len
+    eval_rows = lanes_per_rank * accelerator.num_processes  # global: the same figure for any layout
     window_loss, window_n, window_tokens, window_t0 = 0.0, 0, 0, time.perf_counter()
     start = time.perf_counter()
     final_val: dict = {}
@@ -124,7 +130,8 @@ def train(cfg: RunConfig) -> TrainResult:
             step_loss = 0.0
             for micro in range(tc.grad_accum_steps):
                 rows = slice(micro * tc.batch_size, (micro + 1) * tc.batch_size)
-                x, y = x_all[rows].to(accelerator.device), y_all[rows].to(accelerator.device)
+                x = x_all[rows].to(accelerator.device, non_blocking=True)  # pinned when data.pin_memory
+                y = y_all[rows].to(accelerator.device, non_blocking=True)
                 s = None
                 if carry:
                     s = states[micro] or raw_model.init_state(tc.batch_size, accelerator.device)
@@ -180,7 +187,7 @@ def train(cfg: RunConfig) -> TrainResult:
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
                 window_loss, window_n, window_tokens, window_t0 = 0.0, 0, 0, time.perf_counter()
             if ((tc.eval_every and step % tc.eval_every == 0) or last) and not stop:
-                final_val = evaluate(model, data, T=eval_T, batch_size=tc.batch_size, max_batches=tc.eval_batches,
+                final_val = evaluate(model, data, T=eval_T, batch_size=eval_rows, max_batches=tc.eval_batches,
                                      accelerator=accelerator)
                 record = record or {"step": step, "tokens": tokens_seen}
                 record.update(final_val)
@@ -209,7 +216,7 @@ def train(cfg: RunConfig) -> TrainResult:
 
     # -- the end: weights, a sample -------------------------------------------------------------
     if not final_val:  # resumed at or past max_steps: nothing trained, still report where it stands
-        final_val = evaluate(model, data, T=eval_T, batch_size=tc.batch_size, max_batches=tc.eval_batches,
+        final_val = evaluate(model, data, T=eval_T, batch_size=eval_rows, max_batches=tc.eval_batches,
                              accelerator=accelerator)
     final_model = save_final(accelerator, model, cfg.model, run_dir)  # every rank: FSDP gathers the weights
     sample = ""
