@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# accelerate launch would otherwise pin a CPU process to one thread (OMP_NUM_THREADS=1).
+THREADS ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 1)
+
 train: $(STAMP)
-	$(VENV)/bin/accelerate launch --config_file accelerate_config.yaml train.py recipes/shakespeare_cpu.yaml $(ARGS)
+	$(VENV)/bin/accelerate launch --config_file accelerate_config.yaml --num_cpu_threads_per_process $(THREADS) \
+		train.py recipes/shakespeare_cpu.yaml $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest tests $(ARGS)
