@@ -8,7 +8,7 @@ that underflow.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,14 +55,13 @@ class BDHState:
 
     layers: list[AttnState]
     pos: int = 0
-    meta: dict = field(default_factory=dict)
 
     def detach(self) -> "BDHState":
         """Cut the graph here: truncated backpropagation through time."""
-        return BDHState([s.detach() for s in self.layers], self.pos, dict(self.meta))
+        return BDHState([s.detach() for s in self.layers], self.pos)
 
     def to(self, device=None, dtype=None) -> "BDHState":
-        return BDHState([s.to(device=device, dtype=dtype) for s in self.layers], self.pos, dict(self.meta))
+        return BDHState([s.to(device=device, dtype=dtype) for s in self.layers], self.pos)
 
     def reset_(self, mask: torch.Tensor) -> "BDHState":
         """Zero, in place, the state of the lanes where mask is True (their stream restarted)."""
