@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+from .model.flops import flops_per_token
+from .perf import matmul_peak_flops, synchronize
+
 # The seed work's M1 config (issue: state and performance targets are stated for it).
 SEED = dict(n_layer=2, n_embd=256, n_head=4, mlp_internal_dim_multiplier=32, dropout=0.0)
 VARIANTS = ("plain", "parallel", "chunked", "auto")
@@ -34,11 +37,6 @@ VARIANTS = ("plain", "parallel", "chunked", "auto")
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _rss_mb() -> float:
@@ -55,29 +53,6 @@ def _build(model_cfg: dict, variant: str, device):
     return (PlainBDH(model) if variant == "plain" else model), cfg
 
 
-def model_flops_per_token(cfg, T: int, training: bool = True) -> float:
-    """Forward multiply-adds x 2 of the model's math (x3 for training): projections, causal
-    attention (t earlier tokens on average T/2, or the window), and the LM head."""
-    H, D, N = cfg.n_head, cfg.n_embd, cfg.n_neurons
-    ctx = min(T / 2, cfg.attn_window or T)
-    per_layer = 3 * 2 * D * H * N + 2 * H * ctx * (N + D)
-    fwd = cfg.n_layer * per_layer + 2 * D * cfg.vocab_size
-    return fwd * (3 if training else 1)
-
-
-def matmul_peak_flops(device, dtype=torch.float32, n: int = 2048, reps: int = 10) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0)
-
-
 def measure_train(case: dict) -> dict:
     device = _device()
     model, cfg = _build(case["model"], case["variant"], device)
@@ -91,19 +66,19 @@ def measure_train(case: dict) -> dict:
     base = torch.cuda.memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb()
     times = []
     for i in range(case["warmup"] + case["steps"]):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         with autocast:
             loss = model(idx[:, :-1], idx[:, 1:]).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(device)
+        synchronize(device)
         if i >= case["warmup"]:
             times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb()
     step = statistics.median(times)
-    flops = model_flops_per_token(cfg, T) * B * T / step
+    flops = flops_per_token(cfg, T) * B * T / step
     return {"step_s": step, "tokens_per_s": B * T / step, "model_flops_per_s": flops,
             "peak_mem_mb": peak - base, "mem_kind": "cuda_allocated" if device.type == "cuda" else "max_rss_delta"}
 
@@ -120,20 +95,20 @@ def measure_generate(case: dict) -> dict:
     times = []
     if case["variant"] == "plain":
         for _ in range(n + 1):
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             model(idx)
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - t0)
         times = times[1:]
     else:
         state = model(idx, return_state=True).state
         tok = idx[:, -1:]
         for _ in range(n + 2):
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             state = model(tok, state=state).state
-            _sync(device)
+            synchronize(device)
             times.append(time.perf_counter() - t0)
         times = times[2:]
     return {"ms_per_token": 1000 * statistics.median(times)}
@@ -155,10 +130,10 @@ def measure_session(case: dict) -> dict:
         secs = []
         for L in lengths:
             model(idx[:, :L])  # warm-up
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             model(idx[:, :L])
-            _sync(device)
+            synchronize(device)
             secs.append(time.perf_counter() - t0)
         import numpy as np
 
@@ -166,12 +141,12 @@ def measure_session(case: dict) -> dict:
         total = float(sum(np.polyval(coef, L) for L in range(P, P + n)))
         return {"seconds": total, "estimated": True, "forward_s_at": dict(zip(map(str, lengths), secs))}
     model(idx[:, :8], return_state=True)  # warm-up
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     state = model(idx[:, :P], return_state=True).state
     for t in range(P, P + n):
         state = model(idx[:, t:t + 1], state=state).state
-    _sync(device)
+    synchronize(device)
     return {"seconds": time.perf_counter() - t0, "estimated": False}
 
 

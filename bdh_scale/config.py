@@ -103,6 +103,9 @@ class TrackingConfig:
     project: str = "bdh-scale"  # W&B project
     entity: str | None = None  # W&B entity (team or user); null: your default
     wandb_mode: str = "auto"  # auto (online if logged in, else offline) | online | offline | disabled
+    diagnostics: bool = True  # at each validation: neuron sparsity and rho norms per layer (act/*, state/*)
+    eval_sample_tokens: int = 64  # at each validation: a sample of this many tokens (W&B table; 0: none)
+    peak_tflops: float | None = None  # per-device peak for MFU (datasheet); null: measure the matmul peak
 
     def validate(self) -> None:
         if self.backend not in ("none", "wandb"):
@@ -110,6 +113,10 @@ class TrackingConfig:
         if self.wandb_mode not in ("auto", "online", "offline", "disabled"):
             raise ValueError(f"tracking.wandb_mode: '{self.wandb_mode}' is unknown; "
                              "use auto, online, offline or disabled")
+        if self.eval_sample_tokens < 0:
+            raise ValueError(f"tracking.eval_sample_tokens: must be >= 0 (0 = no samples), got {self.eval_sample_tokens}")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            raise ValueError(f"tracking.peak_tflops: must be > 0 or null (measure), got {self.peak_tflops}")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
@@ -38,7 +38,8 @@ from .optim import build_optimizer
 from .precision import resolve_mixed_precision
 from .rundir import METRICS, prepare_run_dir, save_final
 from .schedule import make_scheduler
-from .tracking import MetricsLog, accelerate_log_with, init_trackers
+from .diagnostics import MFU, activation_and_state, carried_rho_norms, sample_text
+from .tracking import MetricsLog, SampleTable, accelerate_log_with, init_trackers
 
 
 @dataclass
@@ -108,6 +109,11 @@ def train(cfg: RunConfig) -> TrainResult:
         step, tokens_seen, states = resumed.step, resumed.tokens, resumed.states
         guard.load_state_dict(resumed.faults)
     n_params = raw_model.num_params()
+    mfu = MFU(cfg.model, accelerator.device, precision, accelerator.num_processes, cfg.tracking.peak_tflops)
+    samples = SampleTable(accelerator, cfg.tracking)
+    # The extras read the unwrapped model on the main process alone: not under FSDP, where it holds
+    # only this rank's shard of every matrix.
+    extras = accelerator.is_main_process and accelerator.distributed_type != DistributedType.FSDP
     accelerator.print(f"run {run_dir} | {cfg.model.arch} {n_params / 1e6:.2f}M params | "
                       f"{accelerator.num_processes} process(es) on {accelerator.device} | precision {precision}"
                       + (f" | resumed from {resume_from} at step {step}" if resume_from is not None else ""))
@@ -182,6 +188,9 @@ def train(cfg: RunConfig) -> TrainResult:
                           "tokens_per_s": window_tokens / max(elapsed, 1e-9), "seq_len": T,
                           "elapsed_s": time.perf_counter() - start, "grad_norm": float(grad_norm),
                           "bad_steps": guard.total}
+                record.update(mfu(T, record["tokens_per_s"]))
+                if carry and extras:
+                    record.update(carried_rho_norms(states))
                 if accelerator.scaler is not None:
                     record.update(loss_scale=accelerator.scaler.get_scale(), scaler_overflows=guard.overflows)
                 bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -191,11 +200,13 @@ def train(cfg: RunConfig) -> TrainResult:
                                      accelerator=accelerator)
                 record = record or {"step": step, "tokens": tokens_seen}
                 record.update(final_val)
+                if extras:
+                    record.update(eval_extras(raw_model, data, eval_T, cfg, step, samples, accelerator.device))
                 say(f"step {step}: val loss {final_val['val_loss']:.4f} nats/token, "
                     f"{final_val['val_bpb']:.4f} bits/byte")
             if record is not None:
                 log.write(record)
-                accelerator.log(record, step=step)
+                accelerator.log({k: v for k, v in record.items() if k != "sample"}, step=step)  # samples: a table
             inject.kill_point("after_step", step)
             if checkpoints.due(step, at_end=last or stop is not None, in_bad_streak=guard.consecutive > 0):
                 checkpoints.save(step, tokens_seen, data.train, states, guard.state_dict())
@@ -221,7 +232,9 @@ def train(cfg: RunConfig) -> TrainResult:
     final_model = save_final(accelerator, model, cfg.model, run_dir)  # every rank: FSDP gathers the weights
     sample = ""
     if accelerator.is_main_process and tc.sample_tokens:
-        sample = generate_sample(final_model, data.tokenizer, tc, accelerator.device)
+        sample = sample_text(final_model.to(accelerator.device), data.tokenizer, tc.sample_prompt, tc.sample_tokens,
+                             temperature=tc.sample_temperature, top_k=tc.sample_top_k, seed=tc.seed,
+                             device=accelerator.device)
         accelerator.print(f"--- sample ({tc.sample_tokens} tokens) ---\n{sample}\n---")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -230,12 +243,18 @@ def train(cfg: RunConfig) -> TrainResult:
     return TrainResult(run_dir, step, tokens_seen, final_val, sample)
 
 
-def generate_sample(model, tokenizer, tc, device) -> str:
-    model.eval()
-    model.to(device)
-    prompt = tokenizer.encode(tc.sample_prompt) or [0]
-    idx = torch.tensor([prompt], dtype=torch.long, device=device)
-    gen = torch.Generator(device="cpu").manual_seed(tc.seed)
-    out = model.generate(idx, tc.sample_tokens, temperature=tc.sample_temperature, top_k=tc.sample_top_k,
-                         generator=gen)
-    return tokenizer.decode(out[0].tolist())
+def eval_extras(model, data, T: int, cfg: RunConfig, step: int, samples: SampleTable, device) -> dict:
+    """Dashboard extras at a validation: sparsity and rho norms on the first held-out rows, and a
+    short sample (also sent to the W&B samples table)."""
+    extra = {}
+    if cfg.tracking.diagnostics:
+        batch = next(iter(data.val_batches(T, 8, 1)), None)
+        if batch is not None:
+            extra.update(activation_and_state(model, batch[0].to(device)))
+    if cfg.tracking.eval_sample_tokens:
+        tc = cfg.train
+        text = sample_text(model, data.tokenizer, tc.sample_prompt, cfg.tracking.eval_sample_tokens,
+                           temperature=tc.sample_temperature, top_k=tc.sample_top_k, seed=tc.seed, device=device)
+        extra["sample"] = text
+        samples.add(step, text)
+    return extra

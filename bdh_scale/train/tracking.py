@@ -53,3 +53,22 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+
+
+class SampleTable:
+    """The samples written at each validation, as one growing W&B table (step, sample). W&B tables
+    are immutable once logged, so every log sends all rows so far; the newest table is the one the
+    dashboard shows. metrics.jsonl gets each sample in its validation row instead."""
+
+    def __init__(self, accelerator, tracking):
+        self.accelerator = accelerator
+        self.enabled = tracking.backend == "wandb" and accelerator.is_main_process
+        self.rows: list[list] = []
+
+    def add(self, step: int, text: str) -> None:
+        if not self.enabled:
+            return
+        import wandb
+
+        self.rows.append([step, text])
+        self.accelerator.log({"samples": wandb.Table(columns=["step", "sample"], data=self.rows)}, step=step)

@@ -1,0 +1,97 @@
+"""What the dashboards show beyond the loss: MFU, how many neurons fire, how large the synaptic
+state grows, and what the model writes. All of it is read on the main process from the unwrapped
+model, outside the gradient and without touching the global RNG, so logging it cannot change a
+run (resume stays bit-identical with or without it).
+
+Keys use W&B's section/name convention so they group into panels: mfu, act/*, state/*.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..analysis.capture import bdh_layers, capture_codes
+from ..model.flops import flops_per_token
+from ..perf import compute_dtype, device_peak_flops
+
+
+class MFU:
+    """Model FLOPs utilisation: model FLOP/s over the processes' summed achievable matmul peak.
+
+    The peak is tracking.peak_tflops per device when given (a datasheet figure), else measured
+    once at start on this device in the run's compute dtype (perf.matmul_peak_flops)."""
+
+    def __init__(self, model_cfg, device, mixed_precision: str, num_processes: int, peak_tflops: float | None):
+        self.model_cfg = model_cfg
+        per_device = peak_tflops * 1e12 if peak_tflops else device_peak_flops(str(device), compute_dtype(mixed_precision))
+        self.peak = per_device * num_processes
+        self.measured = not peak_tflops
+
+    def __call__(self, T: int, tokens_per_s: float) -> dict:
+        flops = flops_per_token(self.model_cfg, T) * tokens_per_s
+        return {"model_tflops": flops / 1e12, "mfu": flops / self.peak}
+
+
+@torch.no_grad()
+def activation_and_state(model, x: torch.Tensor) -> dict:
+    """One forward of x (eval mode, no dropout) from an empty state: per layer, the fraction of
+    (token, neuron) pairs with x_sparse > 0, y_sparse > 0 and both, and ||rho||_F at the end of the
+    window (mean over lanes and heads). {} for a model without BDH layers (the gpt baseline)."""
+    try:
+        names = [name for name, _ in bdh_layers(model)]
+    except ValueError:
+        return {}
+    active: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+
+    def sink(name, x_sparse, y_sparse):
+        active[name].append(torch.stack([(x_sparse > 0).float().mean(), (y_sparse > 0).float().mean(),
+                                         (x_sparse * y_sparse > 0).float().mean()]))
+
+    was_training = model.training
+    model.eval()
+    try:
+        with capture_codes(model, sink):
+            stateful = getattr(model.config, "arch", "bdh") == "bdh"  # bdh_hrm carries no state across windows
+            out = model(x, return_state=True) if stateful else model(x)
+    finally:
+        model.train(was_training)
+    record = {}
+    for i, name in enumerate(names):
+        if not active[name]:
+            continue
+        x_act, y_act, xy_act = torch.stack(active[name]).mean(0).tolist()  # HRM layers: mean over cycles
+        record.update({f"act/x_active_l{i}": x_act, f"act/y_active_l{i}": y_act, f"act/xy_active_l{i}": xy_act})
+    xy = [v for k, v in record.items() if k.startswith("act/xy_active_l")]
+    if xy:
+        record["act/xy_active"] = sum(xy) / len(xy)
+    record.update(rho_norms(getattr(out, "state", None), "state/rho_norm"))
+    return record
+
+
+def rho_norms(state, prefix: str) -> dict:
+    """{prefix_l<i>: mean over lanes and heads of ||rho||_F} for a BDHState with unwindowed layers."""
+    layers = getattr(state, "layers", None) or []
+    return {f"{prefix}_l{i}": s.rho.float().norm(dim=(-2, -1)).mean().item()
+            for i, s in enumerate(layers) if getattr(s, "rho", None) is not None}
+
+
+def carried_rho_norms(states: list) -> dict:
+    """The TBPTT states carried between training windows (train.state=carry), averaged over the
+    micro-batch groups: how large rho grows over a long stream."""
+    rows = [rho_norms(s, "state/carried_rho_norm") for s in states if s is not None]
+    if not rows:
+        return {}
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, temperature: float, top_k: int | None,
+                seed: int, device) -> str:
+    """n_tokens sampled after prompt with a private generator (the global RNG is left alone)."""
+    was_training = model.training
+    model.eval()
+    try:
+        idx = torch.tensor([tokenizer.encode(prompt) or [0]], dtype=torch.long, device=device)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        out = model.generate(idx, n_tokens, temperature=temperature, top_k=top_k, generator=gen)
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(out[0].tolist())
