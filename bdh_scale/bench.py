@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 from .model.flops import flops_per_token
-from .perf import matmul_peak_flops, synchronize
+from .perf import matmul_peak_flops, memory_bandwidth, synchronize
 
 # The seed work's M1 config (issue: state and performance targets are stated for it).
 SEED = dict(n_layer=2, n_embd=256, n_head=4, mlp_internal_dim_multiplier=32, dropout=0.0)
-VARIANTS = ("plain", "parallel", "chunked", "auto")
+VARIANTS = ("plain", "parallel", "chunked", "auto", "compiled")  # compiled: auto under torch.compile
 
 
 # -- measurements, each run inside a worker process ---------------------------------------------
@@ -47,9 +47,12 @@ def _build(model_cfg: dict, variant: str, device):
     from .model import BDH, BDHConfig
     from .model.plain import PlainBDH
 
-    cfg = BDHConfig(**{**model_cfg, "attn_backend": "parallel" if variant == "plain" else variant})
+    backend = {"plain": "parallel", "compiled": "auto"}.get(variant, variant)
+    cfg = BDHConfig(**{**model_cfg, "attn_backend": backend})
     torch.manual_seed(0)
     model = BDH(cfg).to(device)
+    if variant == "compiled":
+        model.compile()  # as train.compile does; the warm-up steps absorb the compilation
     return (PlainBDH(model) if variant == "plain" else model), cfg
 
 
@@ -148,6 +151,20 @@ def measure_session(case: dict) -> dict:
         state = model(idx[:, t:t + 1], state=state).state
     synchronize(device)
     return {"seconds": time.perf_counter() - t0, "estimated": False}
+
+
+def state_step_floor(model_cfg: dict, device, tokens: int) -> dict:
+    """Least time for `tokens` one-token steps on the state: each step must read every weight
+    matrix once and read rho twice (query, update) and write it once, per layer."""
+    from .model import BDHConfig
+
+    cfg = BDHConfig(**model_cfg)
+    H, D, N = cfg.n_head, cfg.n_embd, cfg.n_neurons
+    weights = cfg.n_layer * 3 * H * D * N + 2 * cfg.vocab_size * D
+    rho = cfg.n_layer * H * N * D
+    bytes_per_token = 4 * (weights + 3 * rho)
+    bw = memory_bandwidth(device)
+    return {"seconds": tokens * bytes_per_token / bw, "bytes_per_token": bytes_per_token, "gb_per_s": bw / 1e9}
 
 
 def machine() -> dict:
@@ -253,10 +270,12 @@ def main(argv=None) -> int:
             case = {"kind": "session", "model": model_cfg, "variant": v, "prompt": args.session_prompt,
                     "tokens": args.session_tokens}
             session[v] = run_worker(case)
+        session["floor"] = state_step_floor(model_cfg, device, args.session_tokens)
         if all("seconds" in r for r in session.values()):
             print(f"\ngenerate {args.session_tokens} tokens after a {args.session_prompt}-token prompt: "
                   f"state {session['auto']['seconds']:.2f} s, plain re-forward {session['plain']['seconds']:.1f} s "
-                  f"(estimated from 3 forwards)")
+                  f"(estimated from 3 forwards); memory-traffic floor of the state steps "
+                  f"{session['floor']['seconds']:.2f} s ({session['floor']['gb_per_s']:.1f} GB/s measured)")
 
     data = None
     if args.data:
@@ -266,6 +285,8 @@ def main(argv=None) -> int:
     summary = summarize(rows, gen, Ts)
     if all("seconds" in r for r in session.values()) and session:
         summary["plain re-forward / state generation time"] = session["plain"]["seconds"] / session["auto"]["seconds"]
+        summary["plain re-forward / memory-traffic floor (best possible)"] = (session["plain"]["seconds"]
+                                                                              / session["floor"]["seconds"])
     if summary:
         print("\nratios (same run):")
         for k, val in summary.items():
@@ -294,7 +315,7 @@ def summarize(rows, gen, Ts) -> dict:
     ms = {(r["variant"], r["ctx"]): r["ms_per_token"] for r in gen if "ms_per_token" in r}
     out = {}
     lo, hi = min(Ts), max(Ts)
-    for v in ("auto", "chunked", "parallel"):
+    for v in ("auto", "compiled", "chunked", "parallel"):
         for T in (lo, hi):
             if (v, T) in tps and ("plain", T) in tps:
                 out[f"{v}/plain tokens/s at T={T}"] = tps[(v, T)] / tps[("plain", T)]

@@ -42,3 +42,19 @@ def compute_dtype(mixed_precision: str) -> torch.dtype:
 def device_peak_flops(device: str, dtype: torch.dtype) -> float:
     """The training log's quick peak (about 0.1 s on a laptop CPU), measured once per process."""
     return matmul_peak_flops(device, dtype, n=1536, reps=4)
+
+
+def memory_bandwidth(device, mbytes: int = 256, reps: int = 5) -> float:
+    """Bytes/s of a large device-to-device copy (read + write counted), best of `reps`: the rate at
+    which a step that must stream its weights and state from memory can at best go."""
+    device = torch.device(device)
+    src = torch.ones(mbytes * 2**20 // 4, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(reps + 1):
+        synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() * src.element_size() / best

@@ -37,12 +37,14 @@ def rotate(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
     In float32/float64 the pair is a complex number and the rotation one complex multiply: one
     pass over v instead of the six temporaries of the real formulation. Half precision has no
-    complex kernels on every device, so it takes the real formulation.
+    complex kernels on every device, so it takes the real formulation; so does a compiled model,
+    whose compiler fuses the real formulation into one pass but cannot generate complex code.
     """
     # view_as_complex needs unit stride over the pair and even strides elsewhere; the einsum
     # output that feeds this is permuted (not contiguous) but satisfies both.
     pairs = v.unflatten(-1, (-1, 2))
-    if v.dtype in (torch.float32, torch.float64) and v.stride(-1) == 1 and all(s % 2 == 0 for s in pairs.stride()[:-1]):
+    complex_ok = v.stride(-1) == 1 and all(s % 2 == 0 for s in pairs.stride()[:-1])
+    if v.dtype in (torch.float32, torch.float64) and complex_ok and not torch.compiler.is_compiling():
         phase = torch.complex(cos.to(v.dtype), sin.to(v.dtype))
         return torch.view_as_real(torch.view_as_complex(pairs) * phase).flatten(-2)
     a, b = pairs.unbind(-1)

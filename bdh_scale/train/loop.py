@@ -75,6 +75,10 @@ def train(cfg: RunConfig) -> TrainResult:
     # -- model and optimizer -----------------------------------------------------------------
     model = build_model(cfg.model)
     model.gradient_checkpointing = tc.gradient_checkpointing  # non-reentrant: safe under DDP
+    if tc.compile:
+        # In place (nn.Module.compile): parameter names, state_dict and checkpoints stay those of
+        # the eager model, and DDP/FSDP wrap it as usual. Each new window length compiles once.
+        model.compile()
     # Fused AdamW (one kernel for all parameters) exists for CPU and CUDA. Not with fp16: the loss
     # scaler then always calls the fused step (which skips inside), and Accelerate could no longer
     # tell a skipped step (optimizer_step_was_skipped) from a taken one.
