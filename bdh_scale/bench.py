@@ -8,6 +8,11 @@ allocator's peak on CUDA) is its own. Step time is the median of several steps a
 AdamW step included. FLOP/s count the same model FLOPs for every variant (causal attention:
 each token attends to t earlier tokens), so their ratio is the speed ratio, and the share of this
 machine's matmul peak (measured here, with one large fp32/bf16 matmul) says how much is left.
+Variants: plain (the reference formulation, model/plain.py), parallel, chunked, auto (what
+attn_backend=auto picks for T) and compiled (auto under torch.compile, as train.compile=true).
+Generation is also compared with its memory-traffic floor: a one-token step on the state must
+stream every weight matrix and rho through memory, so bytes per token / measured copy bandwidth
+is the fastest it can go on this machine.
 Results are printed as a table and saved as JSON under runs/bench/ with the machine description.
 """
 from __future__ import annotations

@@ -13,6 +13,7 @@ import math
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 
 def fit_power_law(n: list[float], loss: list[float], grid: int = 2000) -> dict:
@@ -59,6 +60,7 @@ def plot_scaling(rows: list[dict], fits: dict[str, dict], title: str) -> Figure:
              title="loss vs compute")
     for ax in (ax_n, ax_c):
         ax.grid(alpha=0.3, which="both")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decade labels only: minor ones overlap
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()

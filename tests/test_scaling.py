@@ -72,3 +72,14 @@ def test_collect_fits_and_plots_finished_runs(tmp_path):
     fits = yaml.safe_load((tmp_path / "docs" / "sc.fit.yaml").read_text())
     assert fits["bdh"]["b"] == pytest.approx(0.3, abs=0.02) and fits["gpt"]["b"] == pytest.approx(0.3, abs=0.02)
     assert (tmp_path / "docs" / "sc.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("spec_path, lo, hi", [("launch/scaling_cpu.yaml", 0.2e6, 5.2e6),
+                                               ("launch/scaling_gpu.yaml", 0.5e6, 120e6)])
+def test_committed_specs_resolve_and_span_their_size_range(spec_path, lo, hi):
+    spec = scaling.load_spec(spec_path)
+    for arch in spec["arches"]:
+        pts = [p for p in scaling.points(spec) if p["arch"] == arch]
+        params = [scaling.count_params(scaling.resolved_config(p, spec["recipe"], "/nonexistent").model) for p in pts]
+        assert params == sorted(params) and lo <= params[0] and params[-1] <= hi
+        assert params[-1] / params[0] > 15  # more than a decade of sizes per architecture
