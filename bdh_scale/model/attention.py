@@ -26,7 +26,7 @@ __all__ = ["AttnState", "attend_chunked", "attend_parallel", "decay_mask", "pick
 def decay_mask(log_g: torch.Tensor | None, T: int, window: int | None, device, dtype) -> torch.Tensor:
     """The T x T weights w(t, s) of the strictly causal (optionally windowed, decayed) map.
 
-    Shape (T, T) without gates, (B, H, T, T) with gates. Built from differences of cumulative
+    Shape (T, T) without gates, (*lead, T, T) with gates. Built from differences of cumulative
     log gates, so every exponent is <= 0 and nothing overflows.
     """
     t = torch.arange(T, device=device)
@@ -54,7 +54,8 @@ def attend_parallel(
 ) -> torch.Tensor:
     """a = scale * (mask * (q k^T)) v over a whole sequence; quadratic in T.
 
-    q, k: (B, H, T, N); v: (B, 1 or H, T, D); log_g: (B, H, T) or None. Returns (B, H, T, D).
+    q, k: (*lead, T, N); v: (*lead_v, T, D), lead_v broadcastable to lead; log_g: (*lead, T) or
+    None. Returns (*lead, T, D). The leading dims are lanes and heads in either order.
     """
     T = q.size(-2)
     scores = q @ k.transpose(-1, -2)

@@ -13,7 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import einsum
+from einops import rearrange, reduce, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -45,8 +45,27 @@ def diff_lambda_init(layer_index: int) -> float:
     return 0.8 - 0.6 * math.exp(-0.3 * layer_index)
 
 
+class SparseProduct(nn.Module):
+    """xy_sparse = x_sparse * y_sparse, the gated neurons that reach the decoder.
+
+    A module of its own so that analyses can hook it (analysis/capture.py): a forward pre-hook
+    reads both sparse codes as the layer computed them, a forward hook can silence heads.
+    Its arguments are (B, H, T, N) views of the layer's heads-first tensors.
+    """
+
+    def forward(self, x_sparse: torch.Tensor, y_sparse: torch.Tensor) -> torch.Tensor:
+        return x_sparse * y_sparse
+
+
 class BDHLayer(nn.Module):
-    """One BDH layer. Holds its own projections when config.per_layer_params, else borrows them."""
+    """One BDH layer. Holds its own projections when config.per_layer_params, else borrows them.
+
+    Inside, neuron tensors are heads-first, (H, B, T, N). Each projection is then one batched GEMM
+    over heads with contiguous operands and outputs, and attention folds (H, B) into one batch
+    dim without copies. Lanes-first (B, H, T, N) would make every (B, H) fold, the decoder's
+    sum over heads and their backward passes copy a (B, H, T, N) tensor, the size of the
+    activations themselves.
+    """
 
     def __init__(self, config: BDHConfig, layer_index: int):
         super().__init__()
@@ -61,38 +80,52 @@ class BDHLayer(nn.Module):
             # Neuron pairs alternate between the two maps, so both see every RoPE frequency.
             second = (torch.arange(N) // 2) % 2 == 1
             self.register_buffer("diff_second", second, persistent=False)
+        self.product = SparseProduct()
         self.drop = nn.Dropout(config.dropout)
         self.scale = 1.0 / math.sqrt(N) if config.score_scale == "inv_sqrt_n" else 1.0
 
     def queries(self, k: torch.Tensor) -> torch.Tensor:
-        """Differential attention: q = k on the first map's neurons, -lambda * k on the second's."""
+        """Differential attention: q = k on the first map's neurons, -lambda * k on the second's.
+        k is heads-first (H, B, T, N)."""
         if not self.config.diff_attn:
             return k
         sign = torch.where(self.diff_second, -self.diff_lambda[:, None], torch.ones_like(self.diff_lambda)[:, None])
-        return k * sign[None, :, None, :].to(k.dtype)
+        return k * sign[:, None, None, :].to(k.dtype)
+
+    def attend(self, k, x, state, plan):
+        """a: (H, B, T, D), the linear attention of the rotated keys k (H, B, T, N) over the values
+        x (B, T, D), continuing from `state` (lanes-first AttnState), and the new state."""
+        kind, chunk, need_state = plan
+        q = self.queries(k)
+        v = x.unsqueeze(0)  # values are the layer input, shared by all heads
+        log_g = self.forget(x)
+        log_g = None if log_g is None else log_g.transpose(0, 1)
+        stateless = state is None and not need_state
+        window = self.config.attn_window
+        if kind == "parallel" and stateless and q is k and log_g is None and window is None:
+            return causal_self_attention(k, v, self.scale), None  # the reference model's hot path
+        if kind == "parallel" and stateless:
+            return attend_parallel(q, k, v, self.scale, log_g, window), None
+        state = None if state is None else state.swap_lanes_heads()
+        a, new_state = attend_chunked(q, k, v, self.scale, state, log_g, window, chunk, need_state=need_state)
+        return a, (None if new_state is None else new_state.swap_lanes_heads())
 
     def forward(self, x, encoder, encoder_v, decoder, cos, sin, state, plan):
         """x: (B, T, D) -> (B, T, D) and the new AttnState (None when not needed)."""
-        kind, chunk, need_state = plan
-        x_sparse = F.relu(einsum(x, encoder, "b t d, h d n -> b h t n"))  # (B, H, T, N)
+        B, T, D = x.shape
+        H, N = encoder.size(0), encoder.size(-1)
+        # One (B*T, D) @ (D, N) GEMM per head. x is copied per head (small next to the output): a
+        # broadcast, stride-0 batch would send bmm's backward down a slow path.
+        x_sparse = torch.bmm(repeat(x, "b t d -> h (b t) d", h=H), encoder).relu_()  # in place: bmm keeps no output
+        x_sparse = rearrange(x_sparse, "h (b t) n -> h b t n", b=B)
         k = rotate(x_sparse, cos, sin)  # q~ = k~: BDH's keys are its queries
-        q = self.queries(k)
-        v = x.unsqueeze(1)  # values are the layer input, shared by all heads
-        log_g = self.forget(x)
-        stateless = state is None and not need_state
-        if kind == "parallel" and stateless and q is k and log_g is None and self.config.attn_window is None:
-            a, new_state = causal_self_attention(k, v, self.scale), None  # the reference model's hot path
-        elif kind == "parallel" and stateless:
-            a, new_state = attend_parallel(q, k, v, self.scale, log_g, self.config.attn_window), None
-        else:
-            a, new_state = attend_chunked(
-                q, k, v, self.scale, state, log_g, self.config.attn_window, chunk, need_state=need_state
-            )
-        # einsum contracts per head (a batched GEMM over h); a broadcasting `@` would copy the
-        # (H, D, N) weight once per batch row, forward and backward.
-        y_sparse = F.relu(einsum(layer_norm(a), encoder_v, "b h t d, h d n -> b h t n"))
-        xy_sparse = self.drop(x_sparse * y_sparse)
-        y = einsum(xy_sparse, decoder.view(*encoder.shape[::2], -1), "b h t n, h n d -> b t d")
+        a, new_state = self.attend(k, x, state, plan)
+        y_sparse = torch.bmm(rearrange(layer_norm(a), "h b t d -> h (b t) d"), encoder_v).relu_()
+        y_sparse = rearrange(y_sparse, "h (b t) n -> h b t n", b=B)
+        lanes_first = "h b t n -> b h t n"  # the hooks' view (SparseProduct); the memory stays heads-first
+        xy_sparse = self.drop(self.product(rearrange(x_sparse, lanes_first), rearrange(y_sparse, lanes_first)))
+        y = torch.bmm(rearrange(xy_sparse, "b h t n -> h (b t) n"), decoder.view(H, N, D))
+        y = reduce(y, "h (b t) d -> b t d", "sum", b=B)  # the heads' decoders add up
         return layer_norm(x + layer_norm(y)), new_state
 
 

@@ -31,12 +31,12 @@ class CausalSelfAttention(torch.autograd.Function):
         if ctx.scale != 1.0:
             d_scores.mul_(ctx.scale)
         dv = torch.matmul(scores.transpose(-1, -2), da)
-        if v.size(1) == 1 and dv.size(1) != 1:  # v shared by all heads
-            dv = dv.sum(dim=1, keepdim=True)
+        dv = dv.sum_to_size(v.shape)  # summed over the heads where v is shared
         dk = torch.matmul(d_scores + d_scores.transpose(-1, -2), k)
         return dk, dv, None
 
 
 def causal_self_attention(k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """a_t = scale * sum_{s<t} (k~_t . k~_s) v_s. k: (B, H, T, N); v: (B, 1 or H, T, D)."""
+    """a_t = scale * sum_{s<t} (k~_t . k~_s) v_s. k: (*lead, T, N); v: (*lead_v, T, D), lead_v
+    broadcastable to lead (size 1 where heads share v)."""
     return CausalSelfAttention.apply(k, v, scale)

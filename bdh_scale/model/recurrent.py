@@ -67,6 +67,12 @@ class AttnState:
     def tensors(self) -> dict[str, torch.Tensor]:
         return {f.name: x for f in fields(self) if (x := getattr(self, f.name)) is not None}
 
+    def swap_lanes_heads(self) -> "AttnState":
+        """The same state with dims 0 and 1 (lanes, heads) swapped, as views: the model keeps its
+        states lanes-first for callers and computes heads-first (bdh.py), and a state it made
+        itself swaps back to contiguous tensors, so neither direction copies."""
+        return self._map(lambda x: x.transpose(0, 1))
+
     def detach(self) -> "AttnState":
         """Cut the graph here: truncated backpropagation through time."""
         return self._map(torch.Tensor.detach)
@@ -106,8 +112,10 @@ def attend_chunked(
 ) -> tuple[torch.Tensor, AttnState | None]:
     """Linear attention chunk by chunk, continuing from `state`; equals `attend_parallel`.
 
-    q, k: (B, H, T, N); v: (B, 1 or H, T, D); log_g: broadcastable to (B, H, T), <= 0, or None.
-    Returns a (B, H, T, D) in q's dtype and the state after the last token (None when
+    q, k: (*lead, T, N); v: (*lead_v, T, D) with lead_v broadcastable to lead (a value shared by
+    the heads has size 1 there); log_g: broadcastable to (*lead, T), <= 0, or None. The leading
+    dims are lanes and heads in either order (the state's tensors have the same order).
+    Returns a (*lead, T, D) in q's dtype and the state after the last token (None when
     need_state=False: the last chunk's state update is skipped, for callers that drop it).
     T = 1 is the generation step: O(N D) per token with rho, O(w N) with a window, whatever
     the length of the context behind the state.
@@ -117,8 +125,7 @@ def attend_chunked(
     keeps only q, k, v, log_g and the incoming state for this layer; with a window plain autograd
     saves the per-chunk (C, w + C) blocks and cached keys, about one more copy of k.
     """
-    B, H, T, N = q.shape
-    Hv, D = v.size(1), v.size(-1)
+    lead, T = q.shape[:-2], q.size(-2)
     # The state accumulates in fp32 even for half inputs, and autocast is off inside (it would
     # run q @ rho and the updates in half).
     acc = torch.promote_types(q.dtype, torch.float32)
@@ -127,19 +134,29 @@ def attend_chunked(
     if state is not None:
         state = state.to(device=q.device, dtype=acc)
     if log_g is not None:
-        log_g = log_g.to(acc).expand(B, H, T)
+        log_g = log_g.to(acc).expand(*lead, T)
     chunk_size = max(1, min(chunk_size, T))  # no masks bigger than the call (T = 1 when generating)
     with torch.autocast(q.device.type, enabled=False):
         if window is None:
             rho = None if state is None else state.rho  # None: a fresh state, rho = 0
             if T == 0:
-                return q.new_zeros(B, H, 0, D), state or AttnState.zeros(B, H, Hv, N, D, None, q.device, acc)
+                return q.new_zeros(*lead, 0, v.size(-1)), state or _zero_state(q, v, None, acc)
             a, rho = _RhoChunks.apply(q, k, v, log_g, rho, scale, chunk_size, need_state)
             return a, (AttnState(rho=rho) if need_state else None)
         if state is None:
-            state = AttnState.zeros(B, H, Hv, N, D, window, q.device, acc)
+            state = _zero_state(q, v, window, acc)
         q = q * scale if scale != 1.0 else q  # before the products: smaller scores in half
         return _window_chunks(q, k, v, state, log_g, window, chunk_size, need_state, acc)
+
+
+def _zero_state(q, v, window, dtype) -> AttnState:
+    """A fresh state whose leading dims follow the inputs' (see AttnState.zeros for the layout)."""
+    lead, lead_v, N, D = q.shape[:-2], v.shape[:-2], q.size(-1), v.size(-1)
+    if window is None:
+        return AttnState(rho=q.new_zeros(*lead, N, D, dtype=dtype))
+    return AttnState(k_win=q.new_zeros(*lead, window, N, dtype=dtype),
+                     v_win=q.new_zeros(*lead_v, window, D, dtype=dtype),
+                     lg_win=q.new_zeros(*lead, window, dtype=dtype))
 
 
 def _chunks(C, *xs):
@@ -187,8 +204,7 @@ def _rho_update(rho, kc, vc, l):
 
 def _rho_forward(q, k, v, log_g, rho, scale, C, need_state):
     """Outputs a (in q's dtype) and the final rho (None when need_state=False)."""
-    B, H, T, N = q.shape
-    D, acc = v.size(-1), torch.promote_types(q.dtype, torch.float32)
+    T, D, acc = q.size(-2), v.size(-1), torch.promote_types(q.dtype, torch.float32)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
     out = []
     for p, qc, kc, vc, lg in _chunks(C, q, k, v, log_g):
@@ -196,7 +212,7 @@ def _rho_forward(q, k, v, log_g, rho, scale, C, need_state):
         qc = qc * scale
         l, l_prev = _local_log_decay(lg)
         if c == 1:  # a single token never sees itself
-            a = qc.new_zeros(B, H, 1, D, dtype=acc)
+            a = qc.new_zeros(*qc.shape[:-1], D, dtype=acc)
         else:  # in-chunk part, in the input dtype (half on GPU)
             W = _decay_weights(causal[:c, :c], l_prev, l, qc.dtype)
             a = (((qc @ kc.transpose(-1, -2)) * W) @ vc).to(acc)
@@ -239,18 +255,16 @@ class _RhoChunks(torch.autograd.Function):
                 if len(starts) * C < q.size(-2):
                     rho = _rho_update(rho, kc.to(acc), vc.to(acc), _local_log_decay(lg)[0])
             # Gradients are written chunk by chunk into whole buffers (per-head dv: v may be shared).
-            B, H, T, N = q.shape
-            dq, dk = q.new_zeros(B, H, T, N, dtype=acc), q.new_zeros(B, H, T, N, dtype=acc)
-            dv = q.new_zeros(B, H, T, v.size(-1), dtype=acc)
-            dlg = q.new_zeros(B, H, T, dtype=acc) if want_dl else None
+            dq, dk = torch.zeros_like(q, dtype=acc), torch.zeros_like(q, dtype=acc)
+            dv = q.new_zeros(*q.shape[:-1], v.size(-1), dtype=acc)
+            dlg = q.new_zeros(q.shape[:-1], dtype=acc) if want_dl else None
             causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
             chunks = list(_chunks(C, q, k, v, log_g, da, dq, dk, dv, dlg))
             for p, qc, kc, vc, lg, dac, *grads in reversed(chunks):
                 qc, kc, vc = qc.to(acc) * scale, kc.to(acc), vc.to(acc)
                 rho_p = starts.pop()  # freed once used
                 drho = _rho_chunk_backward(qc, kc, vc, lg, rho_p, dac, drho, causal, *grads)
-        if v.size(1) == 1 and H != 1:
-            dv = dv.sum(1, keepdim=True)  # v shared by the heads
+        dv = dv.sum_to_size(v.shape)  # summed over the heads where v is shared
         return (dq.mul_(scale).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dlg, drho, None, None, None)
 
 

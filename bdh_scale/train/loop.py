@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..data import build_data
 from ..data.curriculum import seq_len_at
+from ..host_memory import keep_freed_host_memory
 from ..model import build_model
 from .checkpoint import Checkpointer, resolve_resume
 from .distributed import any_rank, check_parallel_plan, slowest, use_cpu_processes
@@ -61,6 +62,8 @@ def train(cfg: RunConfig) -> TrainResult:
     check_parallel_plan(accelerator, tc)
     if notice:
         accelerator.print(notice)
+    if tc.host_memory_reuse and accelerator.device.type == "cpu":
+        keep_freed_host_memory()  # big tensors would otherwise page-fault in on every step
     set_seed(tc.seed, device_specific=True)  # dropout differs across ranks; data order does not
 
     # -- data: this rank's lanes; micro-batches of one step are disjoint groups of lanes --------
