@@ -60,7 +60,7 @@ def test_one_step_gradient_equals_backprop_through_a_detached_history(tiny_confi
 
     model.zero_grad()
     cos, sin = model.rope.get(0, idx.size(1), torch.device("cpu"), torch.float32)
-    plan = ("parallel", idx.size(1), False)
+    plan = model.plan(idx.size(1), False, False)
     x = layer_norm(model.embed(idx))
     z_L = z_H = x
     for h in range(2):

@@ -135,6 +135,37 @@ def test_generate_reads_prompt_once_and_matches_full_recompute(tiny_config):
         assert model(out[:, :t]).logits[0, -1].argmax() == out[0, t]
 
 
+@pytest.mark.parametrize("forget", ["none", "data"])
+def test_in_place_state_steps_equal_fresh_states_and_spare_the_callers_state(tiny_config, forget):
+    model = make_model(tiny_config, forget, None, True)
+    idx = torch.randint(0, 256, (2, 14))
+    with torch.no_grad():
+        start = model(idx[:, :6], return_state=True).state
+        kept = {i: s.rho.clone() for i, s in enumerate(start.layers)}
+        fresh, owned = start, model(idx[:, :6], return_state=True).state
+        for t in range(6, 14):  # token by token, and one 2-token step, as generation and prefill do
+            step = idx[:, t:t + 1] if t < 12 else idx[:, 12:14]
+            a = model(step, state=fresh)
+            b = model(step, state=owned, update_state_in_place=True)
+            assert torch.equal(a.logits, b.logits) and b.state.pos == a.state.pos
+            assert all(torch.equal(x.rho, y.rho) for x, y in zip(a.state.layers, b.state.layers))
+            assert all(y.rho.data_ptr() == x.rho.data_ptr() for x, y in zip(owned.layers, b.state.layers))
+            fresh, owned = a.state, b.state
+            if t == 12:
+                break
+    assert all(torch.equal(s.rho, kept[i]) for i, s in enumerate(start.layers))  # never written
+    with pytest.raises(ValueError, match="no_grad"):
+        model(idx[:, :1], state=fresh, update_state_in_place=True)
+
+
+def test_generate_leaves_the_given_state_alone(tiny_config):
+    model = make_model(tiny_config, "scalar", None, False)
+    state = model(torch.randint(0, 256, (1, 7)), return_state=True).state
+    before = [s.rho.clone() for s in state.layers]
+    model.generate(torch.randint(0, 256, (1, 3)), 6, temperature=0, state=state)
+    assert all(torch.equal(s.rho, b) for s, b in zip(state.layers, before))
+
+
 def test_phases_stay_exact_far_into_a_stream(tiny_config):
     """Scores depend on t - s only: the same tokens at position 10^7 give the same logits."""
     model = make_model(tiny_config, "none", None, False)

@@ -10,6 +10,7 @@ Per layer and head (DESIGN.md; names from the paper and the reference code):
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,15 @@ from .config import BDHConfig
 from .memory import BDHState, ForgetGate
 from .output import ModelOutput
 from .rope import RopeCache, rotate
+
+
+class AttnPlan(NamedTuple):
+    """How every layer's attention computes one forward call (BDH.plan)."""
+
+    kind: str  # parallel | chunked
+    chunk: int  # chunk size of the recurrent form
+    need_state: bool  # build the state after the last token
+    in_place: bool = False  # update the given state's rho in place (generation, no autograd)
 
 
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +105,7 @@ class BDHLayer(nn.Module):
     def attend(self, k, x, state, plan):
         """a: (H, B, T, D), the linear attention of the rotated keys k (H, B, T, N) over the values
         x (B, T, D), continuing from `state` (lanes-first AttnState), and the new state."""
-        kind, chunk, need_state = plan
+        kind, chunk, need_state, in_place = plan
         q = self.queries(k)
         v = x.unsqueeze(0)  # values are the layer input, shared by all heads
         log_g = self.forget(x)
@@ -107,7 +117,7 @@ class BDHLayer(nn.Module):
         if kind == "parallel" and stateless:
             return attend_parallel(q, k, v, self.scale, log_g, window), None
         state = None if state is None else state.swap_lanes_heads()
-        a, new_state = attend_chunked(q, k, v, self.scale, state, log_g, window, chunk, need_state=need_state)
+        a, new_state = attend_chunked(q, k, v, self.scale, state, log_g, window, chunk, need_state, in_place)
         return a, (None if new_state is None else new_state.swap_lanes_heads())
 
     def forward(self, x, encoder, encoder_v, decoder, cos, sin, state, plan):
@@ -164,8 +174,8 @@ class BDH(nn.Module):
         ]
         return BDHState(layers, 0)
 
-    def plan(self, T: int, stateful: bool, need_state: bool) -> tuple[str, int, bool]:
-        """Which attention form computes this call: (kind, chunk size, whether to build the state)."""
+    def plan(self, T: int, stateful: bool, need_state: bool, in_place: bool = False) -> AttnPlan:
+        """Which attention form computes this call."""
         c = self.config
         kind, chunk = pick_backend(T, c.n_neurons, c.n_embd, c.attn_window)
         if c.attn_backend == "chunked" and kind == "parallel":
@@ -177,7 +187,7 @@ class BDH(nn.Module):
             chunk = c.chunk_size
         if kind == "parallel" and (stateful or need_state):
             chunk = max(T, 1)  # one chunk of the recurrent form is the parallel form plus the state
-        return kind, chunk, need_state
+        return AttnPlan(kind, chunk, need_state, in_place)
 
     # -- forward ----------------------------------------------------------------------------
     def forward(
@@ -186,15 +196,20 @@ class BDH(nn.Module):
         targets: torch.Tensor | None = None,
         state: BDHState | None = None,
         return_state: bool | None = None,
+        update_state_in_place: bool = False,
     ) -> ModelOutput:
         """idx: (B, T) token ids. With `state`, continue that stream; `.state` is the state after
-        the last token when `return_state` (default: when a state was given)."""
+        the last token when `return_state` (default: when a state was given).
+
+        `update_state_in_place` (under torch.no_grad, for loops that own their state such as
+        generate): the returned state reuses the given state's rho, written in place, instead of
+        a new (N, D) tensor per head, lane and layer for every call."""
         B, T = idx.shape
         need_state = state is not None if return_state is None else return_state
         pos = state.pos if state is not None else 0
         x = layer_norm(self.embed(idx))
         cos, sin = self.rope.get(pos, T, x.device, x.dtype)
-        plan = self.plan(T, state is not None, need_state)
+        plan = self.plan(T, state is not None, need_state, update_state_in_place and state is not None)
         new_layers = []
         for i, layer in enumerate(self.layers):
             layer_state = state.layers[i] if state is not None else None
@@ -226,7 +241,9 @@ class BDH(nn.Module):
             nxt = sample_next(logits, temperature, top_k, generator)
             tokens.append(nxt)
             if i + 1 < max_new_tokens:  # the last token's own successor is never asked for
-                out = self(nxt, state=state, return_state=True)
+                # The state is this loop's own (the prompt's forward made it), so it is
+                # stepped in place: the caller's state is never written.
+                out = self(nxt, state=state, return_state=True, update_state_in_place=True)
                 state, logits = out.state, out.logits[:, -1]
         return torch.cat(tokens, dim=1)
 
