@@ -1,0 +1,171 @@
+"""The measurements behind `bdh-bench`, each run in a fresh worker process (bench.py starts them),
+so that its peak memory, its allocator setting and its compiled code are its own.
+
+A case is a JSON dict: kind (train | memory | generate | session), the model config, the variant
+and its sizes. Variants:
+
+  plain        the reference formulation (model/plain.py), trained as the reference code trains:
+               torch's default AdamW, in a process with the default allocator
+  plain+reuse  the same, in a process that reuses freed host memory as bdh-scale's trainer does
+  parallel, chunked, auto
+               bdh-scale's model with that attention backend, its fused AdamW, heap reuse on CPU
+  compiled     auto under torch.compile, as train.compile=true
+"""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from .host_memory import keep_freed_host_memory
+from .model.flops import flops_per_token
+from .perf import synchronize
+
+VARIANTS = ("plain", "plain+reuse", "parallel", "chunked", "auto", "compiled")
+PLAIN = ("plain", "plain+reuse")
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build(model_cfg: dict, variant: str, dev: torch.device):
+    """(model, config) for a variant, on `dev`, seeded; the allocator set as the variant runs."""
+    from .model import BDH, BDHConfig
+    from .model.plain import PlainBDH
+
+    if variant != "plain" and dev.type == "cpu":
+        keep_freed_host_memory()
+    backend = {"plain": "parallel", "plain+reuse": "parallel", "compiled": "auto"}.get(variant, variant)
+    cfg = BDHConfig(**{**model_cfg, "attn_backend": backend})
+    torch.manual_seed(0)
+    model = BDH(cfg).to(dev)
+    if variant == "compiled":
+        model.compile()  # as train.compile does; the warm-up steps absorb the compilation
+    return (PlainBDH(model) if variant in PLAIN else model), cfg
+
+
+def optimizer(model, variant: str, dev: torch.device):
+    """The reference's AdamW for the plain variants, the trainer's (fused on CPU/CUDA) otherwise."""
+    if variant in PLAIN:
+        return torch.optim.AdamW(model.parameters(), lr=1e-4)
+    from .train.optim import build_optimizer
+
+    return build_optimizer(model, name="adamw", lr=1e-4, weight_decay=0.1, fused=dev.type in ("cpu", "cuda"))
+
+
+def _train_setup(case: dict):
+    dev = device()
+    model, cfg = build(case["model"], case["variant"], dev)
+    model.train()
+    opt = optimizer(model, case["variant"], dev)
+    idx = torch.randint(0, cfg.vocab_size, (case["batch_size"], case["T"] + 1), device=dev)
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=case.get("bf16", False))
+
+    def step():
+        with autocast:
+            loss = model(idx[:, :-1], idx[:, 1:]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return dev, cfg, model, opt, step
+
+
+def measure_train(case: dict) -> dict:
+    """Median step time (forward, backward, optimizer step) after warm-up, and model FLOP/s."""
+    dev, cfg, _, _, step = _train_setup(case)
+    times = []
+    for i in range(case["warmup"] + case["steps"]):
+        synchronize(dev)
+        t0 = time.perf_counter()
+        step()
+        synchronize(dev)
+        if i >= case["warmup"]:
+            times.append(time.perf_counter() - t0)
+    B, T = case["batch_size"], case["T"]
+    secs = statistics.median(times)
+    return {"step_s": secs, "tokens_per_s": B * T / secs,
+            "model_flops_per_s": flops_per_token(cfg, T) * B * T / secs}
+
+
+def measure_memory(case: dict) -> dict:
+    """Peak memory of one training step, by kind, after a warm-up step (so that gradients and
+    optimizer state exist). Tracked tensor by tensor (torch's MemTracker, on CPU and CUDA alike),
+    not read off the process: the allocator's caching and the heap reuse do not count."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    _, _, model, opt, step = _train_setup(case)
+    step()
+    tracker = MemTracker()
+    tracker.track_external(model, opt)
+    with tracker:
+        step()
+    peak = next(iter(tracker.get_tracker_snapshot("peak").values()))
+    mb = {str(k).split(".")[-1].lower(): v / 2**20 for k, v in peak.items()}
+    return {"peak_mb": mb.pop("total"), "by_kind_mb": mb}
+
+
+@torch.no_grad()
+def measure_generate(case: dict) -> dict:
+    """ms per new token after a context of `ctx` tokens. BDH: one in-place step on its state, as
+    generate() takes it. plain: the reference way, a full forward over the whole prefix."""
+    dev = device()
+    model, cfg = build(case["model"], case["variant"], dev)
+    model.eval()
+    ctx, n = case["ctx"], case["tokens"]
+    idx = torch.randint(0, cfg.vocab_size, (1, ctx), device=dev)
+    if case["variant"] in PLAIN:
+        step = lambda: model(idx)  # noqa: E731
+    else:
+        state = model(idx, return_state=True).state
+        tok = idx[:, -1:]
+        step = lambda: model(tok, state=state, update_state_in_place=True)  # noqa: E731
+    times = []
+    for i in range(n + 2):
+        synchronize(dev)
+        t0 = time.perf_counter()
+        step()
+        synchronize(dev)
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return {"ms_per_token": 1000 * statistics.median(times)}
+
+
+@torch.no_grad()
+def measure_session(case: dict) -> dict:
+    """Seconds to generate `tokens` after a `prompt`-token prompt. BDH: generate() itself, which
+    reads the prompt once and steps on its state. The plain way re-runs the forward over the
+    whole prefix for every token; timing all of those would take minutes, so its total is a
+    quadratic fit through forwards at three prefix lengths, summed over every prefix length."""
+    dev = device()
+    model, cfg = build(case["model"], case["variant"], dev)
+    model.eval()
+    P, n = case["prompt"], case["tokens"]
+    idx = torch.randint(0, cfg.vocab_size, (1, P + n), device=dev)
+    if case["variant"] in PLAIN:
+        import numpy as np
+
+        lengths = [P, P + n // 2, P + n]
+        secs = []
+        for L in lengths:
+            model(idx[:, :L])  # warm-up
+            synchronize(dev)
+            t0 = time.perf_counter()
+            model(idx[:, :L])
+            synchronize(dev)
+            secs.append(time.perf_counter() - t0)
+        coef = np.polyfit(lengths, secs, 2)
+        total = float(sum(np.polyval(coef, L) for L in range(P, P + n)))
+        return {"seconds": total, "estimated": True, "forward_s_at": dict(zip(map(str, lengths), secs))}
+    model.generate(idx[:, :8], 8, top_k=40)  # warm-up
+    synchronize(dev)
+    t0 = time.perf_counter()
+    model.generate(idx[:, :P], n, temperature=1.0, top_k=40)
+    synchronize(dev)
+    return {"seconds": time.perf_counter() - t0, "estimated": False}
+
+
+MEASURES = {"train": measure_train, "memory": measure_memory, "generate": measure_generate,
+            "session": measure_session}

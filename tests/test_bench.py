@@ -1,0 +1,56 @@
+"""bdh-bench end to end on a tiny model: every section measured and saved, the memory tracker
+counting what is known exactly (parameters, AdamW's two moments), and a real worker process."""
+import json
+
+import pytest
+
+from bdh_scale import bench
+from bdh_scale.bench_cases import MEASURES
+from bdh_scale.model import BDH, BDHConfig
+
+TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4"]
+
+
+@pytest.fixture
+def in_process(monkeypatch):
+    """Run the worker cases in this process: the orchestration is what is tested here."""
+    monkeypatch.setattr(bench, "run_worker", lambda case: MEASURES[case["kind"]](case))
+
+
+def test_bench_measures_every_section_and_saves_json(in_process, tmp_path, capsys):
+    argv = ["--recipe", "recipes/shakespeare_cpu.yaml", "--override", *TINY, "--T", "8,16", "--batch-size", "2",
+            "--variants", "plain,parallel,chunked,auto", "--steps", "1", "--warmup", "0", "--repeats", "2",
+            "--gen-ctx", "4,8", "--gen-tokens", "2", "--session-prompt", "4", "--session-tokens", "3",
+            "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    (path,) = tmp_path.glob("bench-*.json")
+    result = json.loads(path.read_text())
+    assert {(r["variant"], r["T"]) for r in result["train"]} == {(v, T) for v in ("plain", "parallel", "chunked", "auto")
+                                                                  for T in (8, 16)}
+    assert all(r["tokens_per_s"] > 0 and r["share_of_peak"] > 0 for r in result["train"])
+    cfg = BDHConfig(**result["model"])
+    param_mb = BDH(cfg).num_params() * 4 / 2**20
+    for r in result["memory"]:  # B = 1 sweep
+        kinds = r["by_kind_mb"]
+        assert kinds["param"] == pytest.approx(param_mb, rel=1e-6)
+        assert kinds["opt"] >= 2 * param_mb  # exp_avg and exp_avg_sq
+        if r["variant"] != "plain":  # fused AdamW has no temporaries (the reference's for-loop AdamW has)
+            assert kinds["opt"] == pytest.approx(2 * param_mb, abs=0.001)
+        assert r["peak_mb"] >= kinds["param"] + kinds["opt"] + kinds["act"]
+    assert {r["ctx"] for r in result["generate"]} == {4, 8} and all(r["ms_per_token"] > 0 for r in result["generate"])
+    assert not result["session"]["auto"]["estimated"] and result["session"]["plain"]["estimated"]
+    ratios = result["ratios"]
+    assert ratios["auto/plain tokens/s at T=8"] > 0 and "chunked/parallel peak memory at T=16" in ratios
+    assert "JSON:" in capsys.readouterr().out
+
+
+def test_worker_process_answers_with_json():
+    case = {"kind": "generate", "model": dict(n_layer=1, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4,
+                                               dropout=0.0), "variant": "auto", "ctx": 4, "tokens": 2}
+    assert bench.run_worker(case)["ms_per_token"] > 0
+    assert "error" in bench.run_worker({**case, "variant": "no-such-variant", "kind": "train"})
+
+
+def test_unknown_variant_is_one_clear_error(capsys):
+    assert bench.main(["--variants", "auto,fast"]) == 2
+    assert "unknown variants ['fast']" in capsys.readouterr().err
