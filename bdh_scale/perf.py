@@ -45,16 +45,16 @@ def device_peak_flops(device: str, dtype: torch.dtype) -> float:
 
 
 def memory_bandwidth(device, mbytes: int = 256, reps: int = 5) -> float:
-    """Bytes/s of a large device-to-device copy (read + write counted), best of `reps`: the rate at
-    which a step that must stream its weights and state from memory can at best go."""
+    """Bytes/s of reading a buffer of `mbytes` (a sum over it), best of `reps`: the rate at which a
+    step that must stream its weights and state can at best go. Sized like that working set, it
+    includes whatever cache holds it (a server CPU's L3 holds a small model)."""
     device = torch.device(device)
     src = torch.ones(mbytes * 2**20 // 4, device=device)
-    dst = torch.empty_like(src)
     best = float("inf")
     for _ in range(reps + 1):
         synchronize(device)
         t0 = time.perf_counter()
-        dst.copy_(src)
+        src.sum()
         synchronize(device)
         best = min(best, time.perf_counter() - t0)
-    return 2 * src.numel() * src.element_size() / best
+    return src.numel() * src.element_size() / best
