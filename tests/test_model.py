@@ -166,6 +166,24 @@ def test_generate_leaves_the_given_state_alone(tiny_config):
     assert all(torch.equal(s.rho, b) for s, b in zip(state.layers, before))
 
 
+def test_generate_with_max_context_predicts_from_the_windows_it_promises(tiny_config):
+    model = make_model(tiny_config, "none", None, False)
+    prompt, n, W = torch.randint(0, 256, (1, 11)), 20, 6
+    out = model.generate(prompt, n, temperature=0, max_context=W)
+    # Full forwards over the windows the rule names: the prompt's last W tokens, then grow to W
+    # and restart from the last W // 2.
+    start, held = prompt.size(1) - W, W
+    for t in range(prompt.size(1), prompt.size(1) + n):
+        assert W // 2 <= t - start <= W
+        assert model(out[:, start:t]).logits[0, -1].argmax() == out[0, t]
+        if held >= W:
+            start, held = t + 1 - W // 2, W // 2
+        else:
+            held += 1
+    with pytest.raises(ValueError, match="max_context"):
+        model.generate(prompt, 2, max_context=W, state=model.init_state(1))
+
+
 def test_phases_stay_exact_far_into_a_stream(tiny_config):
     """Scores depend on t - s only: the same tokens at position 10^7 give the same logits."""
     model = make_model(tiny_config, "none", None, False)

@@ -229,22 +229,41 @@ class BDH(nn.Module):
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 state: BDHState | None = None, generator: torch.Generator | None = None):
+                 state: BDHState | None = None, generator: torch.Generator | None = None,
+                 max_context: int | None = None):
         """Sample max_new_tokens after idx (B, T). The prompt is read once; every new token then
-        costs the same whatever the context length, because the context lives in the state."""
+        costs the same whatever the context length, because the context lives in the state.
+
+        max_context, for a model trained on independent windows of that length (train.state
+        reset), which has never seen a state built from more tokens: the state then never holds
+        more than max_context tokens. When full it is rebuilt from the last max_context // 2
+        tokens, so every token is predicted from between max_context // 2 and max_context earlier
+        ones, as in training; a rebuild reads max_context // 2 tokens once per max_context // 2
+        new ones, so a token still costs the same whatever the length of the text.
+        """
         from ..generate import sample_next  # one sampling rule for every model
 
-        out = self(idx, state=state, return_state=True)
-        state, logits = out.state, out.logits[:, -1]
+        if max_context is not None and (max_context < 2 or state is not None):
+            raise ValueError("max_context must be >= 2 and rebuilds the state from the text itself, "
+                             "so it cannot continue a given state")
+        prompt = idx if max_context is None else idx[:, -max_context:]
+        out = self(prompt, state=state, return_state=True)
+        state, logits, held = out.state, out.logits[:, -1], prompt.size(1)
         tokens = [idx]
         for i in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k, generator)
             tokens.append(nxt)
-            if i + 1 < max_new_tokens:  # the last token's own successor is never asked for
+            if i + 1 == max_new_tokens:  # the last token's own successor is never asked for
+                break
+            if max_context is not None and held >= max_context:
+                held = max_context // 2
+                out = self(torch.cat(tokens, dim=1)[:, -held:], return_state=True)
+            else:
                 # The state is this loop's own (the prompt's forward made it), so it is
                 # stepped in place: the caller's state is never written.
                 out = self(nxt, state=state, return_state=True, update_state_in_place=True)
-                state, logits = out.state, out.logits[:, -1]
+                held += 1
+            state, logits = out.state, out.logits[:, -1]
         return torch.cat(tokens, dim=1)
 
     # -- files ---------------------------------------------------------------------------------

@@ -131,18 +131,19 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 state=None, generator: torch.Generator | None = None) -> torch.Tensor:
+                 state=None, generator: torch.Generator | None = None, max_context: int | None = None) -> torch.Tensor:
         """Append `max_new_tokens` sampled tokens to idx (B, T), with BDH's sampling rule.
 
-        Each step reruns the model on the last block_size tokens (no KV cache: this model is
-        a baseline for loss comparisons, not a serving path).
+        Each step reruns the model on the last block_size (or max_context, if fewer) tokens (no KV
+        cache: this model is a baseline for loss comparisons, not a serving path).
         """
         from ..generate import sample_next  # one sampling rule for every model
 
         if state is not None:
             raise ValueError(STATELESS)
+        ctx = min(self.config.block_size, max_context or self.config.block_size)
         for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.config.block_size:]).logits[:, -1]
+            logits = self(idx[:, -ctx:]).logits[:, -1]
             idx = torch.cat([idx, sample_next(logits, temperature, top_k, generator)], dim=1)
         return idx
 

@@ -208,14 +208,14 @@ class BDHHRM(nn.Module):
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 state=None, generator: torch.Generator | None = None) -> torch.Tensor:
+                 state=None, generator: torch.Generator | None = None, max_context: int | None = None) -> torch.Tensor:
         """Sample max_new_tokens after idx (B, T). No state to carry: every token reruns the model
-        on the last hrm_gen_context tokens."""
+        on the last hrm_gen_context (or max_context, if fewer) tokens."""
         from ..generate import sample_next  # one sampling rule for every model
 
         if state is not None:
             raise ValueError(STATELESS)
-        ctx = self.config.hrm_gen_context
+        ctx = min(self.config.hrm_gen_context, max_context or self.config.hrm_gen_context)
         for _ in range(max_new_tokens):
             logits = self(idx[:, -ctx:]).logits[:, -1]
             idx = torch.cat([idx, sample_next(logits, temperature, top_k, generator)], dim=1)

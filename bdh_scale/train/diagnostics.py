@@ -84,14 +84,16 @@ def carried_rho_norms(states: list) -> dict:
 
 
 def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, temperature: float, top_k: int | None,
-                seed: int, device) -> str:
-    """n_tokens sampled after prompt with a private generator (the global RNG is left alone)."""
+                seed: int, device, max_context: int | None = None) -> str:
+    """n_tokens sampled after prompt with a private generator (the global RNG is left alone), from
+    at most max_context earlier tokens (see BDH.generate)."""
     was_training = model.training
     model.eval()
     try:
         idx = torch.tensor([tokenizer.encode(prompt) or [0]], dtype=torch.long, device=device)
         gen = torch.Generator(device="cpu").manual_seed(seed)
-        out = model.generate(idx, n_tokens, temperature=temperature, top_k=top_k, generator=gen)
+        out = model.generate(idx, n_tokens, temperature=temperature, top_k=top_k, generator=gen,
+                             max_context=max_context)
     finally:
         model.train(was_training)
     return tokenizer.decode(out[0].tolist())

@@ -241,7 +241,7 @@ def train(cfg: RunConfig) -> TrainResult:
     if accelerator.is_main_process and tc.sample_tokens:
         sample = sample_text(final_model.to(accelerator.device), data.tokenizer, tc.sample_prompt, tc.sample_tokens,
                              temperature=tc.sample_temperature, top_k=tc.sample_top_k, seed=tc.seed,
-                             device=accelerator.device)
+                             device=accelerator.device, max_context=sample_context(tc))
         accelerator.print(f"--- sample ({tc.sample_tokens} tokens) ---\n{sample}\n---")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -261,7 +261,15 @@ def eval_extras(model, data, T: int, cfg: RunConfig, step: int, samples: SampleT
     if cfg.tracking.eval_sample_tokens:
         tc = cfg.train
         text = sample_text(model, data.tokenizer, tc.sample_prompt, cfg.tracking.eval_sample_tokens,
-                           temperature=tc.sample_temperature, top_k=tc.sample_top_k, seed=tc.seed, device=device)
+                           temperature=tc.sample_temperature, top_k=tc.sample_top_k, seed=tc.seed, device=device,
+                           max_context=sample_context(tc))
         extra["sample"] = text
         samples.add(step, text)
     return extra
+
+
+def sample_context(tc) -> int | None:
+    """How much context a sample may use: a model trained on independent windows (state: reset)
+    has only seen states built from at most one window, so its samples keep to that (the last
+    window of a curriculum); a carried state has seen whole streams."""
+    return seq_len_at(tc.max_steps, tc.seq_len_schedule, tc.seq_len) if tc.state == "reset" else None
