@@ -17,8 +17,8 @@ optimizer state, activations, temporaries), independent of allocator caching.
 
 Generation is compared with its memory-traffic floor: a one-token step on the state must stream
 every weight matrix and read and write rho, so bytes per token / measured read bandwidth (for a
-working set of that size) is the fastest it can go on this machine. Results are printed and saved as JSON under runs/bench/ with
-the machine description.
+working set of that size) is the fastest it can go on this machine. Results are printed and saved
+as JSON under runs/bench/ with the machine description.
 """
 from __future__ import annotations
 

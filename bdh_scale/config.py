@@ -49,7 +49,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm (0 disables clipping)
     mixed_precision: str = "no"  # no | fp16 (MPS/CUDA, with loss scaling) | bf16 (CUDA/CPU)
     compile: bool = False  # torch.compile the model (fuses its elementwise passes; first steps compile)
-    host_memory_reuse: bool = True  # CPU on Linux: keep freed memory for the next step's tensors (bdh_scale/host_memory.py)
+    host_memory_reuse: bool = True  # CPU, Linux: keep freed memory for the next step's tensors (host_memory.py)
     gradient_checkpointing: bool = False  # recompute each layer in backward (non-reentrant)
     eval_every: int = 250  # steps between validations (0: only at the end)
     eval_batches: int = 20  # held-out batches per validation

@@ -25,8 +25,8 @@ def test_bench_measures_every_section_and_saves_json(in_process, tmp_path, capsy
     assert bench.main(argv) == 0
     (path,) = tmp_path.glob("bench-*.json")
     result = json.loads(path.read_text())
-    assert {(r["variant"], r["T"]) for r in result["train"]} == {(v, T) for v in ("plain", "parallel", "chunked", "auto")
-                                                                  for T in (8, 16)}
+    variants = ("plain", "parallel", "chunked", "auto")
+    assert {(r["variant"], r["T"]) for r in result["train"]} == {(v, T) for v in variants for T in (8, 16)}
     assert all(r["tokens_per_s"] > 0 and r["share_of_peak"] > 0 for r in result["train"])
     cfg = BDHConfig(**result["model"])
     param_mb = BDH(cfg).num_params() * 4 / 2**20

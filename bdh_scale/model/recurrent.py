@@ -53,12 +53,18 @@ class AttnState:
 
     @classmethod
     def zeros(cls, B, H, Hv, N, D, window=None, device=None, dtype=torch.float32) -> "AttnState":
+        return cls.zeros_for((B, H), (B, Hv), N, D, window, device, dtype)
+
+    @classmethod
+    def zeros_for(cls, lead, lead_v, N, D, window=None, device=None, dtype=torch.float32) -> "AttnState":
+        """A fresh state for keys with leading dims `lead` and values with `lead_v` (either order
+        of lanes and heads, as attend_chunked takes them)."""
         if window is None:
-            return cls(rho=torch.zeros(B, H, N, D, device=device, dtype=dtype))
+            return cls(rho=torch.zeros(*lead, N, D, device=device, dtype=dtype))
         return cls(
-            k_win=torch.zeros(B, H, window, N, device=device, dtype=dtype),
-            v_win=torch.zeros(B, Hv, window, D, device=device, dtype=dtype),
-            lg_win=torch.zeros(B, H, window, device=device, dtype=dtype),
+            k_win=torch.zeros(*lead, window, N, device=device, dtype=dtype),
+            v_win=torch.zeros(*lead_v, window, D, device=device, dtype=dtype),
+            lg_win=torch.zeros(*lead, window, device=device, dtype=dtype),
         )
 
     def _map(self, fn) -> "AttnState":
@@ -128,7 +134,7 @@ def attend_chunked(
     keeps only q, k, v, log_g and the incoming state for this layer; with a window plain autograd
     saves the per-chunk (C, w + C) blocks and cached keys, about one more copy of k.
     """
-    lead, T = q.shape[:-2], q.size(-2)
+    lead, T, N, D = q.shape[:-2], q.size(-2), q.size(-1), v.size(-1)
     # The state accumulates in fp32 even for half inputs, and autocast is off inside (it would
     # run q @ rho and the updates in half).
     acc = torch.promote_types(q.dtype, torch.float32)
@@ -143,7 +149,8 @@ def attend_chunked(
         if window is None:
             rho = None if state is None else state.rho  # None: a fresh state, rho = 0
             if T == 0:
-                return q.new_zeros(*lead, 0, v.size(-1)), state or _zero_state(q, v, None, acc)
+                state = state or AttnState.zeros_for(lead, v.shape[:-2], N, D, None, q.device, acc)
+                return q.new_zeros(*lead, 0, D), state
             if in_place:
                 if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, log_g, rho)):
                     raise ValueError("in_place state updates are for inference: run under torch.no_grad()")
@@ -152,19 +159,9 @@ def attend_chunked(
                 a, rho = _RhoChunks.apply(q, k, v, log_g, rho, scale, chunk_size, need_state)
             return a, (AttnState(rho=rho) if need_state else None)
         if state is None:
-            state = _zero_state(q, v, window, acc)
+            state = AttnState.zeros_for(lead, v.shape[:-2], N, D, window, q.device, acc)
         q = q * scale if scale != 1.0 else q  # before the products: smaller scores in half
         return _window_chunks(q, k, v, state, log_g, window, chunk_size, need_state, acc)
-
-
-def _zero_state(q, v, window, dtype) -> AttnState:
-    """A fresh state whose leading dims follow the inputs' (see AttnState.zeros for the layout)."""
-    lead, lead_v, N, D = q.shape[:-2], v.shape[:-2], q.size(-1), v.size(-1)
-    if window is None:
-        return AttnState(rho=q.new_zeros(*lead, N, D, dtype=dtype))
-    return AttnState(k_win=q.new_zeros(*lead, window, N, dtype=dtype),
-                     v_win=q.new_zeros(*lead_v, window, D, dtype=dtype),
-                     lg_win=q.new_zeros(*lead, window, dtype=dtype))
 
 
 def _chunks(C, *xs):
