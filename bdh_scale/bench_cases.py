@@ -73,19 +73,24 @@ def _train_setup(case: dict):
     return dev, cfg, model, opt, step
 
 
+def median_time(fn, warmup: int, runs: int, dev: torch.device) -> float:
+    """Median seconds of `runs` calls of fn after `warmup` untimed ones, the device synchronized."""
+    times = []
+    for i in range(warmup + runs):
+        synchronize(dev)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(dev)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def measure_train(case: dict) -> dict:
     """Median step time (forward, backward, optimizer step) after warm-up, and model FLOP/s."""
     dev, cfg, _, _, step = _train_setup(case)
-    times = []
-    for i in range(case["warmup"] + case["steps"]):
-        synchronize(dev)
-        t0 = time.perf_counter()
-        step()
-        synchronize(dev)
-        if i >= case["warmup"]:
-            times.append(time.perf_counter() - t0)
+    secs = median_time(step, case["warmup"], case["steps"], dev)
     B, T = case["batch_size"], case["T"]
-    secs = statistics.median(times)
     return {"step_s": secs, "tokens_per_s": B * T / secs,
             "model_flops_per_s": flops_per_token(cfg, T) * B * T / secs}
 
@@ -122,15 +127,7 @@ def measure_generate(case: dict) -> dict:
         state = model(idx, return_state=True).state
         tok = idx[:, -1:]
         step = lambda: model(tok, state=state, update_state_in_place=True)  # noqa: E731
-    times = []
-    for i in range(n + 2):
-        synchronize(dev)
-        t0 = time.perf_counter()
-        step()
-        synchronize(dev)
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return {"ms_per_token": 1000 * statistics.median(times)}
+    return {"ms_per_token": 1000 * median_time(step, 2, n, dev)}
 
 
 @torch.no_grad()

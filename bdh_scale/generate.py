@@ -49,7 +49,7 @@ def trained_window(path: str) -> int | None:
     from pathlib import Path
 
     from .config import load_config
-    from .train.loop import sample_context
+    from .train.diagnostics import sample_context
     from .train.rundir import CONFIG
 
     config = Path(path) / CONFIG

@@ -9,8 +9,9 @@ touch: on a 2-core Xeon an elementwise pass over such a tensor took 15 ms into f
 
 With mmap switched off (M_MMAP_MAX = 0) every allocation comes from the heap, and with a high
 trim threshold a freed block stays there for the next step's tensor of the same size. The
-price is that the process keeps its peak footprint until it exits, which is what a training
-process does anyway. The PyTorch CPU tuning guides reach the same end by preloading jemalloc
+price is that the process keeps what it freed until it exits, and the heap fragments a little:
+at the seed config (B = 8, T = 256) the resident set settled at 1.86 GB after 30 steps, against
+a peak of 1.32 GB with the default allocator. The PyTorch CPU tuning guides reach the same end by preloading jemalloc
 or tcmalloc; mallopt needs no library and no launcher change.
 
 Other platforms (macOS, musl, Windows) have their own allocators and are left alone.

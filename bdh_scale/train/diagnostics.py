@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..analysis.capture import bdh_layers, capture_codes
+from ..data.curriculum import seq_len_at
 from ..model.flops import flops_per_token
 from ..perf import compute_dtype, device_peak_flops
 
@@ -97,3 +98,10 @@ def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, temperature: fl
     finally:
         model.train(was_training)
     return tokenizer.decode(out[0].tolist())
+
+
+def sample_context(tc) -> int | None:
+    """How much context a sample may use: a model trained on independent windows (state: reset)
+    has only seen states built from at most one window, so its samples keep to that (the last
+    window of a curriculum); a carried state has seen whole streams."""
+    return seq_len_at(tc.max_steps, tc.seq_len_schedule, tc.seq_len) if tc.state == "reset" else None

@@ -39,7 +39,7 @@ from .optim import build_optimizer
 from .precision import resolve_mixed_precision
 from .rundir import METRICS, prepare_run_dir, save_final
 from .schedule import make_scheduler
-from .diagnostics import MFU, activation_and_state, carried_rho_norms, sample_text
+from .diagnostics import MFU, activation_and_state, carried_rho_norms, sample_context, sample_text
 from .tracking import MetricsLog, SampleTable, accelerate_log_with, init_trackers
 
 
@@ -266,10 +266,3 @@ def eval_extras(model, data, T: int, cfg: RunConfig, step: int, samples: SampleT
         extra["sample"] = text
         samples.add(step, text)
     return extra
-
-
-def sample_context(tc) -> int | None:
-    """How much context a sample may use: a model trained on independent windows (state: reset)
-    has only seen states built from at most one window, so its samples keep to that (the last
-    window of a curriculum); a carried state has seen whole streams."""
-    return seq_len_at(tc.max_steps, tc.seq_len_schedule, tc.seq_len) if tc.state == "reset" else None
