@@ -1,59 +1,21 @@
-"""Sampling: the next-token rule shared by every model, and the `bdh-generate` command."""
+"""`bdh-generate RUN`: sample text from a trained run (the sampling rule is model/sampling.py)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 
-
-def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, vocab) -> next tokens (B, 1): temperature, then top-k, then a categorical draw.
-
-    temperature 0 is greedy. The draw happens on the CPU so a seeded CPU generator gives the same
-    text on every device.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = F.softmax(logits, dim=-1).cpu()
-    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
-
-
-def load_run(path: str):
-    """(model, tokenizer) from a run directory (runs/<name>) or a save_pretrained directory."""
-    from pathlib import Path
-
-    from .data.tokenizer import load_tokenizer
-    from .model.pretrained import CONFIG_NAME, load_pretrained
-    from .train.rundir import FINAL, TOKENIZER
-
-    root = Path(path)
-    weights = root / FINAL if (root / FINAL / CONFIG_NAME).is_file() else root
-    if not (weights / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{path} holds no trained model; give a run directory (runs/<name>, "
-                                f"with {FINAL}/) or a save_pretrained directory (with {CONFIG_NAME})")
-    tok_dir = root / TOKENIZER if (root / TOKENIZER).exists() else weights / TOKENIZER
-    tokenizer = load_tokenizer(str(tok_dir)) if tok_dir.exists() else load_tokenizer("bytes")
-    return load_pretrained(weights), tokenizer
+from bdh_scale.rundir import load_run, run_config
 
 
 def trained_window(path: str) -> int | None:
     """The window length a run trained on with train.state=reset (None: carried state, or no run
-    config next to the weights): the context its samples should keep to (train.loop.sample_context)."""
-    from pathlib import Path
+    config next to the weights): the context its samples should keep to (train/schedule.py)."""
+    from bdh_scale.train.schedule import sample_context
 
-    from .config import load_config
-    from .train.diagnostics import sample_context
-    from .train.rundir import CONFIG
-
-    config = Path(path) / CONFIG
-    return sample_context(load_config(str(config)).train) if config.is_file() else None
+    cfg = run_config(path)
+    return None if cfg is None else sample_context(cfg.train)
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data.errors import DataError
+from bdh_scale.errors import DataError
 
 
 def add_source_args(p: argparse.ArgumentParser, source_required: bool = True) -> None:

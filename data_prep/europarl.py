@@ -23,7 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bdh_scale.data.sources import BUNDLED_DIR, parallel_text
+from bdh_scale.data.catalog import BUNDLED_DIR
+from bdh_scale.data.sources import parallel_text
 from data_prep._cli import fail, run
 
 SAMPLE = BUNDLED_DIR / "europarl" / "fr-en"

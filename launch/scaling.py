@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bdh_scale.scaling import main  # noqa: E402
+from bdh_scale.experiments.scaling import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

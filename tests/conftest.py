@@ -1,12 +1,7 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from bdh_scale.host_memory import keep_freed_host_memory
-
-sys.path.insert(0, str(Path(__file__).parent))  # naive_bdh, pathway_reference
+from bdh_scale.utils.host_memory import keep_freed_host_memory
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 keep_freed_host_memory()  # as the trainer does on a CPU: the suite runs its models faster

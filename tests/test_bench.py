@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from bdh_scale import bench
-from bdh_scale.bench_cases import MEASURES
+from bdh_scale.bench import cli as bench
+from bdh_scale.bench.cases import MEASURES
 from bdh_scale.model import BDH, BDHConfig
 
 TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4"]

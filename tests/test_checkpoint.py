@@ -10,8 +10,8 @@ import torch
 
 from bdh_scale.config import load_config
 from bdh_scale.train.checkpoint import check_compatible, find_resume, list_checkpoints, verify
-from bdh_scale.train.errors import CheckpointError
-from tiny_runs import RECIPE, losses, metrics, overrides, rank_state, train_in_process, train_process, weights
+from bdh_scale.errors import CheckpointError
+from tests.helpers.tiny_runs import RECIPE, losses, metrics, overrides, rank_state, train_in_process, train_process, weights
 
 # carry mode, two micro-batches and a prefetch thread: every piece of state a resume must restore
 RESUME_RUN = ["train.max_steps=8", "train.checkpoint_every=3", "train.state=carry", "train.batch_size=2",

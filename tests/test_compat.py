@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from bdh_scale.compat import load_pathway_state_dict
-from pathway_reference import ReferenceBDH
+from bdh_scale.model.pathway import load_pathway_state_dict
+from tests.helpers.pathway_reference import ReferenceBDH
 
 
 @pytest.fixture

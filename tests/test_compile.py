@@ -5,7 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from tiny_runs import train_in_process
+from tests.helpers.tiny_runs import train_in_process
 
 
 def test_compiled_training_matches_eager_with_carried_state(tmp_path):

@@ -1,7 +1,8 @@
 """Recipes: typos and impossible values are refused with a message that says what is right."""
 import pytest
 
-from bdh_scale.config import ConfigError, config_from_dict, load_config
+from bdh_scale.config import config_from_dict, load_config
+from bdh_scale.errors import ConfigError
 
 RECIPES = ["recipes/shakespeare_cpu.yaml", "recipes/shakespeare_m1.yaml"]
 

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from bdh_scale.data import DataError, Lanes, PrefetchLanes, seq_len_at, validate_schedule
+from bdh_scale.config import load_config
+from bdh_scale.data import DataError, Lanes, PrefetchLanes
+from bdh_scale.errors import ConfigError
+from bdh_scale.train.schedule import seq_len_at
 from bdh_scale.data.stream import TokenStream
 
 N, B, W = 2_000, 3, 2
@@ -114,7 +117,7 @@ def test_state_from_one_rank_restores_another_but_a_different_layout_is_refused(
 
 def test_curriculum_changes_T_at_the_scheduled_steps_and_lanes_stay_contiguous():
     schedule = [[0, 4], [3, 8], [5, 16]]
-    Ts = [seq_len_at(step, schedule) for step in range(8)]
+    Ts = [seq_len_at(step, schedule, 999) for step in range(8)]
     assert Ts == [4, 4, 4, 8, 8, 16, 16, 16]
     lanes = rank_lanes(0, prefetch=2)
     batches = draw(lanes, Ts)
@@ -129,8 +132,8 @@ def test_seq_len_schedule_is_validated():
     assert seq_len_at(10, None, default=256) == 256
     for bad, msg in [([[5, 64]], "must be \\[0, T\\]"), ([[0, 64], [0, 128]], "strictly"),
                      ([[0, 0]], ">= 1"), ([[0, 64, 1]], "pair"), ([], "non-empty")]:
-        with pytest.raises(DataError, match=msg):
-            validate_schedule(bad)
+        with pytest.raises(ConfigError, match=msg):
+            load_config(None, [f"train.seq_len_schedule={bad}"])
 
 
 def test_corpus_shorter_than_one_window_per_lane_says_how_many_tokens_are_needed():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bdh_scale.data import DataConfig, DataError, build_data
-from bdh_scale.data.sources import BUNDLED_DIR
+from bdh_scale.data.catalog import BUNDLED_DIR
 
 TEXT = "the quick brown fox jumps over the lazy dog\n" * 40
 

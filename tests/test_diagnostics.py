@@ -9,7 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bdh_scale.model import BDH, BDHConfig, build_model
 from bdh_scale.model.flops import flops_per_token
 from bdh_scale.train.diagnostics import MFU, activation_and_state, carried_rho_norms
-from tiny_runs import train_in_process
+from tests.helpers.tiny_runs import train_in_process
 
 SMALL = dict(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=8, dropout=0.0, vocab_size=64)
 

@@ -14,11 +14,11 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 
-from bdh_scale import sweep
-from bdh_scale.config import ConfigError
+from bdh_scale.experiments import sweep
+from bdh_scale.errors import ConfigError
 from bdh_scale.train.checkpoint import list_checkpoints, verify
 from bdh_scale.train.distributed import check_parallel_plan
-from tiny_runs import ROOT, clean_env, command, losses, metrics, rank_state, train_process, weights
+from tests.helpers.tiny_runs import ROOT, clean_env, command, losses, metrics, rank_state, train_process, weights
 
 # W=2 processes x B=2 lanes x 2 micro-batches = 8 global lanes, with TBPTT state, gradient
 # checkpointing under DDP and a checkpoint every 3 steps.

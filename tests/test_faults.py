@@ -9,11 +9,11 @@ import torch
 from accelerate import Accelerator
 
 from bdh_scale.model import BDH, BDHConfig
-from bdh_scale.train import loop
+from bdh_scale.train import setup
 from bdh_scale.train.checkpoint import list_checkpoints, verify
-from bdh_scale.train.errors import TrainingStopped
+from bdh_scale.errors import TrainingStopped
 from bdh_scale.train.faults import BadStepGuard, FaultInjection, reset_nonfinite_lanes
-from tiny_runs import metrics, rank_state, start_process, train_in_process, weights
+from tests.helpers.tiny_runs import metrics, rank_state, start_process, train_in_process, weights
 
 SHORT = ["train.batch_size=4", "data.prefetch=0", "train.state=carry"]
 
@@ -54,7 +54,7 @@ def test_fp16_scaler_overflow_is_counted_not_bad_and_a_nan_loss_is_bad(tmp_path,
             # 2**127: the scaled loss overflows fp32 until the scaler has halved its scale a few times
             self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)
 
-    monkeypatch.setattr(loop, "Accelerator", ScaledAccelerator)
+    monkeypatch.setattr(setup, "Accelerator", ScaledAccelerator)
     result = train_in_process(tmp_path, "s", *SHORT, "train.max_steps=6", "train.checkpoint_every=3")
     rows = metrics(result.run_dir)
     assert rows[-1]["scaler_overflows"] >= 1 and rows[-1]["bad_steps"] == 0

@@ -5,7 +5,7 @@ import torch
 
 from bdh_scale import generate
 from bdh_scale.model import BDH
-from tiny_runs import train_in_process
+from tests.helpers.tiny_runs import train_in_process
 
 
 @pytest.fixture(scope="module")

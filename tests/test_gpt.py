@@ -98,7 +98,7 @@ def test_config_matching_picks_the_closest_width():
 
 
 def test_save_and_load_pretrained_round_trip(tmp_path):
-    from bdh_scale.model.pretrained import load_pretrained
+    from bdh_scale.model import load_pretrained
 
     model = tiny().eval()
     model.save_pretrained(tmp_path / "final")

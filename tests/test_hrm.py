@@ -9,7 +9,7 @@ from accelerate.state import AcceleratorState
 from bdh_scale.model import build_model
 from bdh_scale.model.bdh import layer_norm
 from bdh_scale.model.hrm import BDHHRM
-from bdh_scale.model.pretrained import load_pretrained
+from bdh_scale.model import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 

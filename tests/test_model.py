@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bdh_scale.model import BDH, BDHState
-from naive_bdh import naive_logits
+from tests.helpers.naive_bdh import naive_logits
 
 COMBOS = list(itertools.product(["none", "scalar", "data"], [None, 3], [False, True]))
 IDS = [f"forget={f}-window={w}-diff={d}" for f, w, d in COMBOS]

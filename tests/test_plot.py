@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from bdh_scale.plot import main, read_metrics, series
+from bdh_scale.experiments.plot import main, read_metrics, series
 
 
 def write_run(directory, n=20, val_every=5):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bdh_scale import scaling
-from bdh_scale.scaling_fit import fit_power_law, predict
+from bdh_scale.experiments import scaling
+from bdh_scale.experiments.fit import fit_power_law, predict
 
 SPEC = {
     "name": "sc",

@@ -9,11 +9,11 @@ Each writes <name>.json and <name>.png into <run>/analysis/ (or --out). Module m
 inputs.py (run, tokens, windows), capture.py (hooks on BDHLayer: sparse codes, head masks),
 one module per analysis, figures.py (Agg canvas, no display), cli.py (`bdh-analyze`).
 """
-from .capture import ablate_heads, bdh_layers, capture_codes
-from .heads import head_ablation
-from .selectivity import neuron_selectivity
-from .sparsity import activation_sparsity
-from .state import rho_norms
+from bdh_scale.model.probes import ablate_heads, bdh_layers, capture_codes
+from bdh_scale.analysis.heads import head_ablation
+from bdh_scale.analysis.selectivity import neuron_selectivity
+from bdh_scale.analysis.sparsity import activation_sparsity
+from bdh_scale.analysis.state import rho_norms
 
 __all__ = ["ablate_heads", "bdh_layers", "capture_codes", "activation_sparsity", "rho_norms",
            "neuron_selectivity", "head_ablation"]

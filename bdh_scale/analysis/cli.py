@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-from . import heads, selectivity, sparsity, state
-from .figures import save
-from .inputs import labelled_files, load_model, out_dir, val_tokens
+from bdh_scale.analysis import heads, selectivity, sparsity, state
+from bdh_scale.analysis.figures import save
+from bdh_scale.analysis.inputs import labelled_files, load_model, out_dir, val_tokens
 
 
 def common(p: argparse.ArgumentParser, max_tokens: int, text: bool = True) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..io import write_json_atomic
+from bdh_scale.utils.atomic import write_json_atomic
 
 
 def new_figure(n_axes: int = 1, width: float = 9.0, height: float = 5.0):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .capture import ablate_heads, bdh_layers
-from .figures import new_figure
-from .inputs import windows
+from bdh_scale.model.probes import ablate_heads, bdh_layers
+from bdh_scale.analysis.figures import new_figure
+from bdh_scale.analysis.inputs import windows
 
 
 @torch.no_grad()

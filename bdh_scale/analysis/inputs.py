@@ -12,15 +12,12 @@ from typing import Iterator
 
 import torch
 
-from ..generate import load_run
+from bdh_scale.errors import AnalysisError
+from bdh_scale.rundir import load_run
 
 EUROPARL = "europarl/fr-en"
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled" / EUROPARL
 SHARED = Path("/work/shared/data") / EUROPARL  # where the sample lived before it was bundled
-
-
-class AnalysisError(ValueError):
-    """An input the analysis cannot use; the message says what would work."""
 
 
 def load_model(run: str | Path, device: str = "cpu"):
@@ -48,9 +45,9 @@ def val_tokens(run: str | Path, tokenizer, max_tokens: int, text: str | None = N
     """The first max_tokens of the run's validation split (or of `text`), 1-D long."""
     if text is not None:
         return text_tokens(text, tokenizer, max_tokens)
-    from ..config import load_config
-    from ..data.build import tokenize_source
-    from ..data.shards import is_shard_dir, open_shards
+    from bdh_scale.config import load_config
+    from bdh_scale.data.build import tokenize_source
+    from bdh_scale.data.shards import is_shard_dir, open_shards
 
     recipe = Path(run) / "config.yaml"
     if not recipe.is_file():

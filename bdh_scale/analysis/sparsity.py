@@ -6,9 +6,9 @@ from collections import defaultdict
 
 import torch
 
-from .capture import capture_codes
-from .figures import head_labels, new_figure
-from .inputs import windows
+from bdh_scale.model.probes import capture_codes
+from bdh_scale.analysis.figures import head_labels, new_figure
+from bdh_scale.analysis.inputs import windows
 
 PAPER_ACTIVE = 0.05
 

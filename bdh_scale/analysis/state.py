@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .figures import new_figure
+from bdh_scale.analysis.figures import new_figure
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
-from bdh_scale.data.errors import DataError
+from bdh_scale.errors import DataError
 from bdh_scale.data.tokenizer import BPETokenizer
 
 MIN_VOCAB = 257  # the 256 byte symbols plus at least one merge

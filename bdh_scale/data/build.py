@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data.errors import DataError
+from bdh_scale.errors import DataError
 from bdh_scale.data.lanes import Lanes
 from bdh_scale.data.stream import TokenStream
 from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer, token_dtype
@@ -127,7 +127,6 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
     corpus is checked to hold one window of seq_len+1 tokens per lane now rather than at the
     first batch.
     """
-    cfg.validate()
     tokenizer, stream, describe = load_stream(cfg)
     if len(stream) == 0:
         raise DataError(f"data.source: {describe} is empty (0 tokens); point data.source at a "

@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Iterator
 
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data.errors import DataError
-from bdh_scale.data.sources import OFFLINE_ALTERNATIVES, rows_of
+from bdh_scale.errors import DataError
+from bdh_scale.data.catalog import OFFLINE_ALTERNATIVES
+from bdh_scale.data.rows import rows_of
 
 
 def _hub_error(cfg: DataConfig, e: Exception) -> DataError:

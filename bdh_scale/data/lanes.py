@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bdh_scale.data.errors import DataError
+from bdh_scale.errors import DataError
 from bdh_scale.data.stream import TokenStream
 
 

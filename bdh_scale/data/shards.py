@@ -19,11 +19,10 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
-from bdh_scale.data.errors import DataError
+from bdh_scale.errors import DataError
 from bdh_scale.data.stream import TokenStream
 from bdh_scale.data.tokenizer import load_tokenizer, token_dtype
 
@@ -93,15 +92,6 @@ class ShardWriter:
                 "text_bytes": self.text_bytes, "shards": self.shards}
         (self.dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return meta
-
-
-def write_shards(token_arrays: Iterable[np.ndarray], out_dir, tokenizer,
-                 shard_tokens: int = 100_000_000, source: str = "") -> dict:
-    """Write every array of `token_arrays` to a shard dir; returns its meta.json content."""
-    writer = ShardWriter(out_dir, tokenizer, shard_tokens, source)
-    for ids in token_arrays:
-        writer.add(ids)
-    return writer.close()
 
 
 def read_meta(path) -> dict:

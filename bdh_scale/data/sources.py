@@ -21,120 +21,24 @@ Local files use datasets' packaged builders with streaming=True (no Arrow cache 
 
 from __future__ import annotations
 
-import glob
 import os
 from dataclasses import dataclass
 from itertools import zip_longest
-from pathlib import Path
 from typing import Callable, Iterator
 
+from bdh_scale.data.catalog import BUNDLED_DIR, builder_for, local_files, looks_like_path
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data.errors import DataError
-from bdh_scale.data.translation import format_pairs, format_translation_rows
+from bdh_scale.data.hub import hub_batches
+from bdh_scale.data.rows import ROWS_PER_BATCH, rows_of, text_file_dataset
+from bdh_scale.data.translation import format_pairs
+from bdh_scale.errors import DataError
 
-BUNDLED_DIR = Path(__file__).parent / "bundled"
-BUNDLED = {
-    "tinyshakespeare": "tinyshakespeare/input.txt",
-    "europarl_en_fr": "europarl/fr-en/{fr,en}.txt (formatted as <FR:...>/<EN:...> pairs)",
-}
-BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json",
-            ".parquet": "parquet"}
-ROWS_PER_BATCH = 1024
-OFFLINE_ALTERNATIVES = (
-    "a local .txt/.jsonl/.parquet file, directory or glob; a shard dir made by "
-    "`python -m data_prep.tokenize`; or a bundled sample: " + ", ".join(map(repr, BUNDLED)))
 
 
 @dataclass
 class TextSource:
     describe: str                                # human-readable origin, used in messages
     batches: Callable[[], Iterator[list]]        # fresh iterator of row batches, corpus order
-
-
-def looks_like_path(source: str) -> bool:
-    """A string that can only mean a local path (so a miss is "no such file", not a hub name)."""
-    return (source.startswith(("/", "./", "../", "~")) or any(c in source for c in "*?[")
-            or Path(source).suffix.lower() in BUILDERS or os.path.exists(source))
-
-
-def local_files(source: str) -> list[str]:
-    """Files named by a path, directory (searched recursively) or glob; DataError if none."""
-    path = os.path.expanduser(source)
-    if os.path.isdir(path):
-        files = sorted(f for f in glob.glob(os.path.join(path, "**", "*"), recursive=True)
-                       if Path(f).suffix.lower() in BUILDERS and os.path.isfile(f))
-        if not files:
-            raise DataError(f"data.source: directory '{source}' holds no "
-                            f"{'/'.join(BUILDERS)} files and no meta.json (shard dir)")
-        return files
-    if any(c in path for c in "*?["):
-        files = sorted(f for f in glob.glob(path, recursive=True) if os.path.isfile(f))
-        if not files:
-            raise DataError(f"data.source: glob '{source}' matches no files")
-        return files
-    if not os.path.isfile(path):
-        raise DataError(f"data.source: no such file or directory: '{source}'")
-    return [path]
-
-
-def builder_for(files: list[str], source: str) -> str:
-    kinds = {BUILDERS.get(Path(f).suffix.lower()) for f in files}
-    if None in kinds:
-        bad = next(f for f in files if Path(f).suffix.lower() not in BUILDERS)
-        raise DataError(f"data.source: '{bad}' has an unknown extension; "
-                        f"use one of {', '.join(BUILDERS)}")
-    if len(kinds) > 1:
-        raise DataError(f"data.source: '{source}' mixes {sorted(kinds)} files; "
-                        "point it at one kind (e.g. a glob '*.jsonl')")
-    return kinds.pop()
-
-
-def text_file_dataset(files, raw_bytes: bool = False):
-    """Lines of text files, line breaks kept, through datasets' "text" builder (streaming);
-    latin-1 decoded when raw_bytes (see module docstring), else UTF-8 with replacement."""
-    from datasets import load_dataset
-
-    enc = dict(encoding="latin-1") if raw_bytes else dict(encoding="utf-8", encoding_errors="replace")
-    return load_dataset("text", data_files=[str(f) for f in files], split="train", streaming=True,
-                        keep_linebreaks=True, **enc)
-
-
-def rows_of(dataset, cfg: DataConfig, describe: str, column: str, separator: str,
-            latin1_bytes: bool = False) -> Iterator[list]:
-    """Batches of text from a datasets (Iterable)Dataset: checks the column, renders
-    translation dicts, appends the separator to every row; latin1_bytes turns the rows of a
-    raw_bytes text_file_dataset back into bytes."""
-    first = True
-    for batch in dataset.iter(batch_size=ROWS_PER_BATCH):
-        if first:
-            if column not in batch:
-                raise DataError(f"data.text_column: '{column}' is not a column of {describe}; "
-                                f"available columns: {sorted(batch)}")
-            first = False
-        values = batch[column]
-        sample = next((v for v in values if v is not None), None)
-        if isinstance(sample, dict):
-            if cfg.translation is None:
-                raise DataError(f"data.translation: column '{column}' of {describe} holds "
-                                f"translation pairs {sorted(sample)}; set data.translation to "
-                                f"[source, target] language codes, e.g. {sorted(sample)}")
-            try:
-                rows = format_translation_rows([v for v in values if v is not None],
-                                               cfg.translation)
-            except KeyError as e:
-                raise DataError(f"data.translation: {e.args[0]} in {describe}") from None
-            yield rows  # pairs end with their own newline: no separator, same as the bundle
-            continue
-        elif sample is not None and not isinstance(sample, str):
-            raise DataError(f"data.text_column: column '{column}' of {describe} holds "
-                            f"{type(sample).__name__}, not text; name a string column")
-        else:
-            rows = [v for v in values if v]
-        if separator:
-            rows = [r + separator for r in rows]
-        if latin1_bytes:
-            rows = [r.encode("latin-1") for r in rows]
-        yield rows
 
 
 def parallel_text(src_path, tgt_path, langs=("fr", "en"),
@@ -194,6 +98,4 @@ def open_text_source(cfg: DataConfig, raw_bytes: bool = False) -> TextSource:
                               **cfg.load_kwargs)
             return rows_of(ds, cfg, describe, cfg.text_column, cfg.doc_separator)
         return TextSource(describe, batches)
-    from bdh_scale.data.hub import hub_batches
-
     return TextSource(f"hub dataset '{source}'", lambda: hub_batches(cfg))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bdh_scale.data.errors import DataError
+from bdh_scale.errors import DataError
 
 TOKENIZER_FILE = "tokenizer.json"
 _BYTES_MARKER = "bdh_scale.bytes"

@@ -1,6 +1,6 @@
 """BDH: a language model of sparse positive neurons with Hebbian linear attention.
 
-Per layer and head (DESIGN.md; names from the paper and the reference code):
+Per layer and head (docs/design.md; names from the paper and the reference code):
 
     x_sparse = relu(x @ encoder)                   N >> D positive neurons
     a        = c * sum_{s<t} (q~_t . q~_s) x_s     linear attention, state rho = sum q~_s x_s^T
@@ -18,13 +18,13 @@ from einops import rearrange, reduce, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import attend_parallel
-from .causal_self import causal_self_attention
-from .recurrent import AttnState, attend_chunked, pick_backend
-from .config import BDHConfig
-from .memory import BDHState, ForgetGate
-from .output import ModelOutput
-from .rope import RopeCache, rotate
+from bdh_scale.model.attention import (AttnState, BDHState, ForgetGate, attend_chunked, attend_parallel,
+                                       causal_self_attention, pick_backend)
+from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.output import ModelOutput
+from bdh_scale.model.pretrained import Pretrained
+from bdh_scale.model.rope import RopeCache, rotate
+from bdh_scale.model.sampling import sample_next
 
 
 class AttnPlan(NamedTuple):
@@ -58,7 +58,7 @@ def diff_lambda_init(layer_index: int) -> float:
 class SparseProduct(nn.Module):
     """xy_sparse = x_sparse * y_sparse, the gated neurons that reach the decoder.
 
-    A module of its own so that analyses can hook it (analysis/capture.py): a forward pre-hook
+    A module of its own so that analyses can hook it (model/probes.py): a forward pre-hook
     reads both sparse codes as the layer computed them, a forward hook can silence heads.
     Its arguments are (B, H, T, N) views of the layer's heads-first tensors.
     """
@@ -139,10 +139,11 @@ class BDHLayer(nn.Module):
         return layer_norm(x + layer_norm(y)), new_state
 
 
-class BDH(nn.Module):
+class BDH(Pretrained, nn.Module):
+    arch = "bdh"
+
     def __init__(self, config: BDHConfig):
         super().__init__()
-        config.validate()
         self.config = config
         nh, D, N = config.n_head, config.n_embd, config.n_neurons
         self.embed = nn.Embedding(config.vocab_size, D)
@@ -241,8 +242,6 @@ class BDH(nn.Module):
         ones, as in training; a rebuild reads max_context // 2 tokens once per max_context // 2
         new ones, so a token still costs the same whatever the length of the text.
         """
-        from ..generate import sample_next  # one sampling rule for every model
-
         if max_context is not None and (max_context < 2 or state is not None):
             raise ValueError("max_context must be >= 2 and rebuilds the state from the text itself, "
                              "so it cannot continue a given state")
@@ -265,15 +264,3 @@ class BDH(nn.Module):
                 held += 1
             state, logits = out.state, out.logits[:, -1]
         return torch.cat(tokens, dim=1)
-
-    # -- files ---------------------------------------------------------------------------------
-    def save_pretrained(self, directory):
-        from .pretrained import save_pretrained
-
-        return save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory, **overrides) -> "BDH":
-        from .pretrained import load_pretrained
-
-        return load_pretrained(directory, **overrides)

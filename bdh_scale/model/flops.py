@@ -8,7 +8,7 @@ the scaling sweeps. Counted as 2 x multiply-adds of the model's math, the usual 
 """
 from __future__ import annotations
 
-from .config import BDHConfig
+from bdh_scale.model.config import BDHConfig
 
 
 def bdh_layer_macs(cfg: BDHConfig, ctx: float) -> float:

@@ -20,7 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.output import ModelOutput
+from bdh_scale.model.pretrained import Pretrained
+from bdh_scale.model.sampling import generate_by_rerun
 
 STATELESS = ('the gpt baseline is stateless and cannot carry state across chunks; '
              'set train.state to "reset"')
@@ -81,7 +84,9 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(nn.Module):
+class GPT(Pretrained, nn.Module):
+    arch = "gpt"
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -129,41 +134,29 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return ModelOutput(logits=logits, loss=loss)
 
-    @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  state=None, generator: torch.Generator | None = None, max_context: int | None = None) -> torch.Tensor:
-        """Append `max_new_tokens` sampled tokens to idx (B, T), with BDH's sampling rule.
-
-        Each step reruns the model on the last block_size (or max_context, if fewer) tokens (no KV
-        cache: this model is a baseline for loss comparisons, not a serving path).
-        """
-        from ..generate import sample_next  # one sampling rule for every model
-
+        """Append `max_new_tokens` sampled tokens to idx (B, T), with BDH's sampling rule, each from
+        the last block_size (or max_context, if fewer) tokens."""
         if state is not None:
             raise ValueError(STATELESS)
         ctx = min(self.config.block_size, max_context or self.config.block_size)
-        for _ in range(max_new_tokens):
-            logits = self(idx[:, -ctx:]).logits[:, -1]
-            idx = torch.cat([idx, sample_next(logits, temperature, top_k, generator)], dim=1)
-        return idx
+        return generate_by_rerun(self, idx, max_new_tokens, ctx, temperature, top_k, generator)
 
-    def save_pretrained(self, directory):
-        """Write config.json + model.safetensors that `load_pretrained` rebuilds as this model.
+    # -- the recipe's model section (save_pretrained / from_pretrained) ------------------------
+    @classmethod
+    def from_config(cls, config: BDHConfig) -> "GPT":
+        return cls(GPTConfig(n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
+                             vocab_size=config.vocab_size, dropout=config.dropout, block_size=config.block_size))
 
-        The config is written as the trainer's model config (BDHConfig with arch "gpt"),
-        which is what `build_model` reads back; bias=True has no field there, so it is refused.
-        """
-        from types import SimpleNamespace
-
-        from .config import BDHConfig
-        from .pretrained import save_pretrained
-
+    def model_config(self) -> BDHConfig:
+        """This model as the recipe's model section (arch gpt), which config.json holds; bias=True
+        has no field there, so it is refused."""
         c = self.config
         if c.bias:
             raise ValueError("save_pretrained: bias=True cannot be described by the model config (no bias field)")
-        model_cfg = BDHConfig(arch="gpt", n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
-                              vocab_size=c.vocab_size, dropout=c.dropout, block_size=c.block_size)
-        return save_pretrained(SimpleNamespace(config=model_cfg, state_dict=self.state_dict), directory)
+        return BDHConfig(arch="gpt", n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
+                         vocab_size=c.vocab_size, dropout=c.dropout, block_size=c.block_size)
 
 
 def gpt_param_count(cfg: GPTConfig) -> int:

@@ -46,10 +46,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .bdh import BDH, BDHLayer, layer_norm, projection_params
-from .config import BDHConfig
-from .output import ModelOutput
-from .rope import RopeCache
+from bdh_scale.model.bdh import BDH, BDHLayer, layer_norm, projection_params
+from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.output import ModelOutput
+from bdh_scale.model.pretrained import Pretrained
+from bdh_scale.model.sampling import generate_by_rerun
+from bdh_scale.model.rope import RopeCache
 
 STATELESS = ('the bdh_hrm hybrid is stateless and cannot carry state across chunks; '
              'set train.state to "reset"')
@@ -80,12 +82,13 @@ class BDHStack(nn.Module):
         return x
 
 
-class BDHHRM(nn.Module):
+class BDHHRM(Pretrained, nn.Module):
     """The BDH-HRM hybrid (model.arch: bdh_hrm); same interface as BDH minus the state."""
+
+    arch = "bdh_hrm"
 
     def __init__(self, config: BDHConfig):
         super().__init__()
-        config.validate()
         self.config = config
         D = config.n_embd
         self.embed = nn.Embedding(config.vocab_size, D)
@@ -206,32 +209,14 @@ class BDHHRM(nn.Module):
             self.train(was_training)
 
     # -- generation ----------------------------------------------------------------------------
-    @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  state=None, generator: torch.Generator | None = None, max_context: int | None = None) -> torch.Tensor:
         """Sample max_new_tokens after idx (B, T). No state to carry: every token reruns the model
         on the last hrm_gen_context (or max_context, if fewer) tokens."""
-        from ..generate import sample_next  # one sampling rule for every model
-
         if state is not None:
             raise ValueError(STATELESS)
         ctx = min(self.config.hrm_gen_context, max_context or self.config.hrm_gen_context)
-        for _ in range(max_new_tokens):
-            logits = self(idx[:, -ctx:]).logits[:, -1]
-            idx = torch.cat([idx, sample_next(logits, temperature, top_k, generator)], dim=1)
-        return idx
-
-    # -- files ---------------------------------------------------------------------------------
-    def save_pretrained(self, directory):
-        from .pretrained import save_pretrained
-
-        return save_pretrained(self, directory)
-
-    @classmethod
-    def from_pretrained(cls, directory, **overrides) -> "BDHHRM":
-        from .pretrained import load_pretrained
-
-        return load_pretrained(directory, **overrides)
+        return generate_by_rerun(self, idx, max_new_tokens, ctx, temperature, top_k, generator)
 
 
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .output import ModelOutput
+from bdh_scale.model.output import ModelOutput
 
 
 def _ln(x):

@@ -36,10 +36,10 @@ import torch
 import yaml
 from accelerate.utils import broadcast_object_list
 
-from ..data.tokenizer import load_tokenizer
-from ..io import atomic_path, write_json_atomic, write_text_atomic
-from .distributed import from_main
-from .errors import CheckpointError
+from bdh_scale.data.tokenizer import load_tokenizer
+from bdh_scale.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
+from bdh_scale.train.distributed import from_main
+from bdh_scale.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"  # inside the run directory
 PREFIX = "step_"

@@ -4,11 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..config import ConfigError, load_config
-from ..data.errors import DataError
-from .errors import CheckpointError, TrainingStopped
+from bdh_scale.config import load_config
+from bdh_scale.errors import TrainingStopped, UsageError
 
-USAGE_ERRORS = (ConfigError, DataError, FileNotFoundError, CheckpointError)
+USAGE_ERRORS = (UsageError, FileNotFoundError)
 
 
 def parse_args(argv):
@@ -26,7 +25,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.recipe, args.overrides)
-        from .loop import train  # heavy imports only once the recipe is known to be good
+        from bdh_scale.train.loop import train  # heavy imports only once the recipe is known to be good
 
         result = train(cfg)
     except USAGE_ERRORS as e:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from ..analysis.capture import bdh_layers, capture_codes
-from ..data.curriculum import seq_len_at
-from ..model.flops import flops_per_token
-from ..perf import compute_dtype, device_peak_flops
+from bdh_scale.model.flops import flops_per_token
+from bdh_scale.model.probes import bdh_layers, capture_codes
+from bdh_scale.model.registry import is_stateful
+from bdh_scale.utils.perf import compute_dtype, device_peak_flops
 
 
 class MFU:
@@ -51,8 +51,7 @@ def activation_and_state(model, x: torch.Tensor) -> dict:
     model.eval()
     try:
         with capture_codes(model, sink):
-            stateful = getattr(model.config, "arch", "bdh") == "bdh"  # bdh_hrm carries no state across windows
-            out = model(x, return_state=True) if stateful else model(x)
+            out = model(x, return_state=True) if is_stateful(model) else model(x)
     finally:
         model.train(was_training)
     record = {}
@@ -82,26 +81,3 @@ def carried_rho_norms(states: list) -> dict:
     if not rows:
         return {}
     return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-
-
-def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, temperature: float, top_k: int | None,
-                seed: int, device, max_context: int | None = None) -> str:
-    """n_tokens sampled after prompt with a private generator (the global RNG is left alone), from
-    at most max_context earlier tokens (see BDH.generate)."""
-    was_training = model.training
-    model.eval()
-    try:
-        idx = torch.tensor([tokenizer.encode(prompt) or [0]], dtype=torch.long, device=device)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        out = model.generate(idx, n_tokens, temperature=temperature, top_k=top_k, generator=gen,
-                             max_context=max_context)
-    finally:
-        model.train(was_training)
-    return tokenizer.decode(out[0].tolist())
-
-
-def sample_context(tc) -> int | None:
-    """How much context a sample may use: a model trained on independent windows (state: reset)
-    has only seen states built from at most one window, so its samples keep to that (the last
-    window of a curriculum); a carried state has seen whole streams."""
-    return seq_len_at(tc.max_steps, tc.seq_len_schedule, tc.seq_len) if tc.state == "reset" else None

@@ -12,7 +12,7 @@ import os
 import torch
 from accelerate.utils import DistributedType, broadcast_object_list
 
-from ..config import ConfigError
+from bdh_scale.errors import ConfigError
 
 
 def use_cpu_processes() -> bool:

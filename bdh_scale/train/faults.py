@@ -35,7 +35,7 @@ import threading
 
 import torch
 
-from .errors import TrainingStopped
+from bdh_scale.errors import TrainingStopped
 
 
 class BadStepGuard:

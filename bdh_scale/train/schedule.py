@@ -1,4 +1,5 @@
-"""Learning-rate schedule: linear warmup, cosine decay to a floor, then flat.
+"""Schedules over optimizer steps: the learning rate (linear warmup, cosine decay to a floor, then
+flat) and the sequence-length curriculum (seq_len_at).
 
 The schedule is written once as a plain function of the step (`lr_at`, easy to test and to
 log) and applied to an optimizer as a *multiplier* `lr_at(step) / lr` (`make_scheduler`).
@@ -63,3 +64,26 @@ def make_scheduler(
         return lr_at(step, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=max_steps) / lr
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=last_epoch)
+
+
+# -- sequence-length curriculum ----------------------------------------------------------------
+# train.seq_len_schedule = [[step, T], ...]: "from optimizer step `step` on, use windows of T
+# tokens" (checked by TrainConfig). Lanes stay contiguous when T changes (each lane just reads
+# its next T+1 tokens), so the curriculum never skips or repeats data.
+
+def seq_len_at(step: int, schedule: list | None, default: int) -> int:
+    """Window length T at optimizer step `step` (0-based): the schedule's, or `default` (train.seq_len)."""
+    T = default
+    for start, t in schedule or []:
+        if step >= start:
+            T = t
+        else:
+            break
+    return int(T)
+
+
+def sample_context(tc) -> int | None:
+    """How much context a sample of a run may use: a model trained on independent windows (state:
+    reset) has only seen states built from at most one window, so its samples keep to that (the
+    last window of a curriculum); a carried state has seen whole streams."""
+    return seq_len_at(tc.max_steps, tc.seq_len_schedule, tc.seq_len) if tc.state == "reset" else None

@@ -11,8 +11,8 @@ import dataclasses
 
 import torch
 
-from .model import BDH, BDHConfig
-from .model.rope import rope_freqs
+from bdh_scale.model import BDH, BDHConfig
+from bdh_scale.model.rope import rope_freqs
 
 REQUIRED = ("encoder", "encoder_v", "decoder", "embed.weight", "lm_head")
 IGNORED = ("lm_gate",)  # present in some reference versions, unused by its forward

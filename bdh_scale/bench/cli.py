@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from .bench_cases import MEASURES, PLAIN, VARIANTS, device
-from .perf import matmul_peak_flops, memory_bandwidth
+from bdh_scale.bench.cases import MEASURES, PLAIN, VARIANTS, device
+from bdh_scale.utils.perf import matmul_peak_flops, memory_bandwidth
 
 # The seed work's M1 config (issue: state and performance targets are stated for it).
 SEED = dict(n_layer=2, n_embd=256, n_head=4, mlp_internal_dim_multiplier=32, dropout=0.0)
@@ -74,7 +74,7 @@ def model_config(args) -> dict:
     if args.recipe:
         import dataclasses
 
-        from .config import load_config
+        from bdh_scale.config import load_config
 
         cfg = dataclasses.asdict(load_config(args.recipe, args.override).model)
         cfg["dropout"] = 0.0
@@ -88,7 +88,7 @@ def state_step_floor(model_cfg: dict, dev, tokens: int) -> dict:
     is that of reading a buffer the size of those bytes, so a cache that holds the model (a
     server CPU's L3 can) counts as it does for the real steps; writes are counted as reads,
     which they are no faster than."""
-    from .model import BDHConfig
+    from bdh_scale.model import BDHConfig
 
     cfg = BDHConfig(**model_cfg)
     H, D, N = cfg.n_head, cfg.n_embd, cfg.n_neurons
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     session = generation_session(args, model_cfg, dev)
     data = None
     if args.data:
-        from .data import DataConfig, bench_data
+        from bdh_scale.data import DataConfig, bench_data
 
         data = {"bytes": bench_data(DataConfig(), T=Ts[0], B=args.batch_size or max(1, args.batch_tokens // Ts[0]),
                                     steps=200)}

@@ -24,20 +24,19 @@ where it stopped; finished points are not rerun. Compute is model FLOPs per toke
 from __future__ import annotations
 
 import argparse
-import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 import yaml
 
-from .config import ConfigError, load_config
-from .model import build_model
-from .model.flops import flops_per_token
-from .scaling_fit import fit_power_law, plot_scaling
-from .sweep import format_table, result_row, slurm_command, train_command, write_table
+from bdh_scale.config import load_config
+from bdh_scale.errors import ConfigError
+from bdh_scale.model import build_model
+from bdh_scale.model.flops import flops_per_token
+from bdh_scale.experiments.fit import fit_power_law, plot_scaling
+from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
+from bdh_scale.experiments.sweep import format_table, result_row, write_table
 
 
 def load_spec(path: str) -> dict:
@@ -72,10 +71,6 @@ def points(spec: dict) -> list[dict]:
             out.append({"arch": arch, "run_name": f"{spec['name']}-{arch}-{label}",
                         "overrides": as_overrides(spec.get("set")) + as_overrides(entry.get("set")) + as_overrides(size)})
     return out
-
-
-def run_overrides(point: dict, out_dir: str) -> list[str]:
-    return [*point["overrides"], f"train.run_name={point['run_name']}", f"train.out_dir={out_dir}", "train.resume=auto"]
 
 
 def resolved_config(point: dict, recipe: str, out_dir: str):
@@ -136,40 +131,14 @@ def report(spec: dict, out_dir: str) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="launch/scaling.py", description=__doc__.split("\n\n")[0])
     p.add_argument("spec", help="scaling spec YAML, e.g. launch/scaling_cpu.yaml")
-    p.add_argument("--mode", choices=["run", "print", "slurm", "collect"], default="run")
-    p.add_argument("--out_dir", default="runs", help="where the runs go (train.out_dir)")
-    p.add_argument("--launcher", choices=["python", "accelerate"], default="python")
-    p.add_argument("--config_file", help="accelerate config for --launcher accelerate (see launch/)")
-    p.add_argument("--sbatch", action="append", default=[], metavar="ARG", help="extra sbatch argument (slurm)")
-    p.add_argument("--dry-run", action="store_true", help="slurm: print the sbatch commands, submit nothing")
+    add_launch_args(p, run_mode="run")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     spec = load_spec(args.spec)
     todo = points(spec)
     for point in todo:  # fail on a bad override before anything runs
         resolved_config(point, spec["recipe"], args.out_dir)
-    if args.mode == "collect":
-        return report(spec, args.out_dir)
-    for i, point in enumerate(todo, 1):
-        overrides = run_overrides(point, args.out_dir)
-        if args.mode == "print":
-            print(shlex.join(train_command(spec["recipe"], overrides, args.launcher, args.config_file)))
-        elif args.mode == "slurm":
-            cmd = slurm_command(spec["recipe"], overrides, point["run_name"], args.sbatch)
-            if args.dry_run:
-                print(shlex.join(cmd))
-            elif shutil.which("sbatch") is None:
-                raise SystemExit("error: --mode slurm: sbatch not found on PATH; use --dry-run or --mode print")
-            else:
-                subprocess.run(cmd, check=True)
-        else:
-            if (Path(args.out_dir) / point["run_name"] / "final").is_dir():
-                print(f"[{i}/{len(todo)}] {point['run_name']}: finished already, skipped", flush=True)
-                continue
-            print(f"[{i}/{len(todo)}] {point['run_name']}", flush=True)
-            cmd = train_command(spec["recipe"], overrides, args.launcher, args.config_file)
-            if subprocess.run(cmd).returncode != 0:
-                print(f"[{i}/{len(todo)}] {point['run_name']}: failed", file=sys.stderr, flush=True)
-    return report(spec, args.out_dir) if args.mode == "run" else 0
+    dispatch([job(pt["run_name"], spec["recipe"], pt["overrides"], args.out_dir) for pt in todo], args)
+    return report(spec, args.out_dir) if args.mode in ("run", "collect") else 0
 
 
 if __name__ == "__main__":

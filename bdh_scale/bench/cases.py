@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from .host_memory import keep_freed_host_memory
-from .model.flops import flops_per_token
-from .perf import synchronize
+from bdh_scale.utils.host_memory import keep_freed_host_memory
+from bdh_scale.model.flops import flops_per_token
+from bdh_scale.utils.perf import synchronize
 
 VARIANTS = ("plain", "plain+reuse", "parallel", "chunked", "auto", "compiled")
 PLAIN = ("plain", "plain+reuse")
@@ -32,8 +32,8 @@ def device() -> torch.device:
 
 def build(model_cfg: dict, variant: str, dev: torch.device):
     """(model, config) for a variant, on `dev`, seeded; the allocator set as the variant runs."""
-    from .model import BDH, BDHConfig
-    from .model.plain import PlainBDH
+    from bdh_scale.model import BDH, BDHConfig
+    from bdh_scale.model.plain import PlainBDH
 
     if variant != "plain" and dev.type == "cpu":
         keep_freed_host_memory()
@@ -50,7 +50,7 @@ def optimizer(model, variant: str, dev: torch.device):
     """The reference's AdamW for the plain variants, the trainer's (fused on CPU/CUDA) otherwise."""
     if variant in PLAIN:
         return torch.optim.AdamW(model.parameters(), lr=1e-4)
-    from .train.optim import build_optimizer
+    from bdh_scale.train.optim import build_optimizer
 
     return build_optimizer(model, name="adamw", lr=1e-4, weight_decay=0.1, fused=dev.type in ("cpu", "cuda"))
 

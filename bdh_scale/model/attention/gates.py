@@ -1,4 +1,4 @@
-"""The synaptic state carried between forward calls, and the forgetting gates that decay it.
+"""The forgetting gates that decay the synaptic state.
 
 rho_{t+1} = g_t * rho_t + q~_t x_t^T. With g = 1 (forget_mode none) rho only grows, as in the
 paper; a learned per-head scalar g (scalar) or a per-head, per-token g computed from the layer
@@ -8,13 +8,9 @@ that underflow.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .recurrent import AttnState
 
 # g starts near 1 (an effective memory of ~1/(1-g) = 400 tokens): the gate begins as the
 # paper's non-forgetting state and learns to forget where that helps.
@@ -43,35 +39,3 @@ class ForgetGate(nn.Module):
             return F.logsigmoid(self.proj(x).float()).transpose(1, 2)
         return None
 
-
-@dataclass
-class BDHState:
-    """Everything a BDH model needs to continue a stream: one AttnState per layer and the position.
-
-    The position is shared by all lanes of a batch. Scores depend only on t - s, so a lane whose
-    state was reset (rho zeroed) may go on at any absolute position: only queries and the keys
-    stored in rho must agree, and a zero rho holds no keys.
-    """
-
-    layers: list[AttnState]
-    pos: int = 0
-
-    def detach(self) -> "BDHState":
-        """Cut the graph here: truncated backpropagation through time."""
-        return BDHState([s.detach() for s in self.layers], self.pos)
-
-    def to(self, device=None, dtype=None) -> "BDHState":
-        return BDHState([s.to(device=device, dtype=dtype) for s in self.layers], self.pos)
-
-    def reset_(self, mask: torch.Tensor) -> "BDHState":
-        """Zero, in place, the state of the lanes where mask is True (their stream restarted)."""
-        for s in self.layers:
-            s.reset_(mask)
-        return self
-
-    def state_dict(self) -> dict:
-        return {"pos": self.pos, "layers": [s.state_dict() for s in self.layers]}
-
-    @classmethod
-    def from_state_dict(cls, d: dict) -> "BDHState":
-        return cls([AttnState.from_state_dict(x) for x in d["layers"]], int(d["pos"]))

@@ -11,16 +11,11 @@ w(t, s) = prod_{u=s+1}^{t-1} g_u = exp(L_{t-1} - L_s), L the running sum of log 
 A local window w keeps only the terms with t - s <= w.
 
 `attend_parallel` is the quadratic form of the reference code and the test oracle for the
-recurrent forms; the chunked recurrent form (linear in T, with the carried `AttnState`) lives in
-recurrent.py and is re-exported here, so `from .attention import ...` finds every backend.
+recurrent forms (chunked.py, linear in T, with the carried `AttnState`).
 """
 from __future__ import annotations
 
 import torch
-
-from .recurrent import AttnState, attend_chunked, pick_backend
-
-__all__ = ["AttnState", "attend_chunked", "attend_parallel", "decay_mask", "pick_backend"]
 
 
 def decay_mask(log_g: torch.Tensor | None, T: int, window: int | None, device, dtype) -> torch.Tensor:

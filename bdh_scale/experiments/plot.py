@@ -13,29 +13,23 @@ A line that is not valid JSON (e.g. the half-written last line of a live run) is
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bdh_scale import rundir
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The records of run_dir/metrics.jsonl; ValueError with a one-line reason if unusable."""
     if not run_dir.is_dir():
         raise ValueError(f"run directory not found: {run_dir}")
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / rundir.METRICS
     if not path.is_file():
-        raise ValueError(f"no metrics.jsonl in {run_dir}")
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
+        raise ValueError(f"no {rundir.METRICS} in {run_dir}")
+    records = rundir.read_metrics(run_dir)
     if not records:
         raise ValueError(f"{path} has no metrics records")
     return records

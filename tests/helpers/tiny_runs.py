@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "shakespeare_cpu.yaml"
 TINY = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=8",
         "model.dropout=0.0", "model.attn_backend=parallel", "train.seq_len=32", "train.eval_batches=2",

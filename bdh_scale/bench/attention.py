@@ -1,6 +1,6 @@
 """Micro-benchmark of the attention backends: forward+backward time and memory.
 
-    python -m bdh_scale.bench_attention --T 256 1024 2048 --chunks 64 128 256 [--gate data] [--mem]
+    python -m bdh_scale.bench.attention --T 256 1024 2048 --chunks 64 128 256 [--gate data] [--mem]
 
 Time is the best of --reps forward+backward passes after one warm-up (best, not median: the
 CPU is shared, and interference only ever adds time). The chunked backend runs as in TBPTT
@@ -75,7 +75,7 @@ def memory_mib(backend, C, B, H, T, N, D, gate="none", device="cpu") -> tuple[fl
     """(saved, peak) MiB of one forward+backward beyond the inputs, from a fresh subprocess."""
     args = json.dumps([backend, C, B, H, T, N, D, gate, device])
     code = (
-        "import json; from bdh_scale.bench_attention import _memory_here; "
+        "import json; from bdh_scale.bench.attention import _memory_here; "
         f"print(*_memory_here(*json.loads({args!r})))"
     )
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20))

@@ -26,16 +26,14 @@ import csv
 import itertools
 import json
 import re
-import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-SLURM_SCRIPT = ROOT / "launch" / "slurm.sh"
+from bdh_scale import rundir
+from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
+
 METRIC_COLUMNS = ["step", "tokens", "loss", "val_loss", "val_bpb"]
 
 
@@ -91,45 +89,14 @@ def run_name(name: str, point: dict[str, str]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts)).strip("_")
 
 
-def overrides_for(point: dict[str, str], fixed: list[str], name: str, out_dir: str) -> list[str]:
-    return [*fixed, *(f"{k}={v}" for k, v in point.items()), f"train.run_name={name}",
-            f"train.out_dir={out_dir}", "train.resume=auto"]
-
-
-def train_command(recipe: str, overrides: list[str], launcher: str, config_file: str | None) -> list[str]:
-    if launcher == "python":
-        return [sys.executable, "-m", "bdh_scale.train.cli", recipe, *overrides]
-    cmd = ["accelerate", "launch"]
-    if config_file:
-        cmd += ["--config_file", config_file]
-    return cmd + ["-m", "bdh_scale.train.cli", recipe, *overrides]
-
-
-def slurm_command(recipe: str, overrides: list[str], name: str, sbatch_args: list[str]) -> list[str]:
-    return ["sbatch", f"--job-name={name}", *sbatch_args, str(SLURM_SCRIPT), recipe, *overrides]
-
-
 # -- results ------------------------------------------------------------------------------------
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-    return rows
-
 
 def result_row(run_dir: Path, point: dict[str, str], failed: bool = False) -> dict:
     """One table row: the point's values, its status and its final metrics."""
-    rows = read_metrics(run_dir)
+    rows = rundir.read_metrics(run_dir)
     val = [r for r in rows if "val_loss" in r]
     train_rows = [r for r in rows if "loss" in r]
-    if (run_dir / "final").is_dir():
+    if (run_dir / rundir.FINAL).is_dir():
         status = "done"
     elif failed:
         status = "failed"
@@ -181,14 +148,7 @@ def parse_args(argv):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="fixed",
                    help="an override applied to every point")
     p.add_argument("--name", default="sweep", help="sweep name: prefix of the run names and of the table")
-    p.add_argument("--out_dir", default="runs", help="where the runs go (train.out_dir)")
-    p.add_argument("--mode", choices=["sequential", "print", "slurm", "collect"], default="sequential")
-    p.add_argument("--launcher", choices=["python", "accelerate"], default="python",
-                   help="sequential/print: run train directly or under `accelerate launch`")
-    p.add_argument("--config_file", help="accelerate config for --launcher accelerate (see launch/)")
-    p.add_argument("--sbatch", action="append", default=[], metavar="ARG",
-                   help="extra sbatch argument for --mode slurm, e.g. --sbatch=--nodes=2")
-    p.add_argument("--dry-run", action="store_true", help="slurm: print the sbatch commands, submit nothing")
+    add_launch_args(p, run_mode="sequential")
     p.add_argument("--force", action="store_true", help="sequential: rerun points that already finished")
     args = p.parse_args(argv)
     if not args.grid:
@@ -208,33 +168,14 @@ def main(argv=None) -> int:
                 yaml.safe_load(value)
             except yaml.YAMLError:
                 raise SystemExit(f"error: --grid {key}: value {value!r} is not valid YAML") from None
-    out_dir = Path(args.out_dir)
-    failed = set()
-    for i, point in enumerate(grid, 1):
-        name = run_name(args.name, point)
-        overrides = overrides_for(point, args.fixed, name, args.out_dir)
-        if args.mode == "print":
-            print(shlex.join(train_command(args.recipe, overrides, args.launcher, args.config_file)))
-        elif args.mode == "slurm":
-            cmd = slurm_command(args.recipe, overrides, name, args.sbatch)
-            if args.dry_run:
-                print(shlex.join(cmd))
-            elif shutil.which("sbatch") is None:
-                raise SystemExit("error: --mode slurm: sbatch not found on PATH; use --dry-run or --mode print")
-            else:
-                subprocess.run(cmd, check=True)
-        elif args.mode == "sequential":
-            if (out_dir / name / "final").is_dir() and not args.force:
-                print(f"[{i}/{len(grid)}] {name}: finished already, skipped (--force reruns it)", flush=True)
-                continue
-            print(f"[{i}/{len(grid)}] {name}", flush=True)
-            rc = subprocess.run(train_command(args.recipe, overrides, args.launcher, args.config_file)).returncode
-            if rc != 0:
-                print(f"[{i}/{len(grid)}] {name}: exit code {rc}", file=sys.stderr, flush=True)
-                failed.add(name)
+    names = [run_name(args.name, point) for point in grid]
+    jobs = [job(name, args.recipe, [*args.fixed, *(f"{k}={v}" for k, v in point.items())], args.out_dir)
+            for name, point in zip(names, grid)]
+    failed = dispatch(jobs, args, force=args.force)
     if args.mode in ("print", "slurm"):
         return 0
-    rows = [result_row(out_dir / run_name(args.name, p), p, run_name(args.name, p) in failed) for p in grid]
+    out_dir = Path(args.out_dir)
+    rows = [result_row(out_dir / name, point, name in failed) for name, point in zip(names, grid)]
     csv_path, json_path = write_table(rows, out_dir / "sweeps" / args.name)
     print(format_table(rows))
     print(f"table: {csv_path} and {json_path}")

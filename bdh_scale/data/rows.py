@@ -1,0 +1,60 @@
+"""Rows of a `datasets` dataset as batches of text, in corpus order: the one place that reads
+the text column, renders translation pairs and appends the document separator."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from bdh_scale.data.config import DataConfig
+from bdh_scale.data.translation import format_translation_rows
+from bdh_scale.errors import DataError
+
+ROWS_PER_BATCH = 1024
+
+
+def text_file_dataset(files, raw_bytes: bool = False):
+    """Lines of text files, line breaks kept, through datasets' "text" builder (streaming);
+    latin-1 decoded when raw_bytes (see module docstring), else UTF-8 with replacement."""
+    from datasets import load_dataset
+
+    enc = dict(encoding="latin-1") if raw_bytes else dict(encoding="utf-8", encoding_errors="replace")
+    return load_dataset("text", data_files=[str(f) for f in files], split="train", streaming=True,
+                        keep_linebreaks=True, **enc)
+
+
+def rows_of(dataset, cfg: DataConfig, describe: str, column: str, separator: str,
+            latin1_bytes: bool = False) -> Iterator[list]:
+    """Batches of text from a datasets (Iterable)Dataset: checks the column, renders
+    translation dicts, appends the separator to every row; latin1_bytes turns the rows of a
+    raw_bytes text_file_dataset back into bytes."""
+    first = True
+    for batch in dataset.iter(batch_size=ROWS_PER_BATCH):
+        if first:
+            if column not in batch:
+                raise DataError(f"data.text_column: '{column}' is not a column of {describe}; "
+                                f"available columns: {sorted(batch)}")
+            first = False
+        values = batch[column]
+        sample = next((v for v in values if v is not None), None)
+        if isinstance(sample, dict):
+            if cfg.translation is None:
+                raise DataError(f"data.translation: column '{column}' of {describe} holds "
+                                f"translation pairs {sorted(sample)}; set data.translation to "
+                                f"[source, target] language codes, e.g. {sorted(sample)}")
+            try:
+                rows = format_translation_rows([v for v in values if v is not None],
+                                               cfg.translation)
+            except KeyError as e:
+                raise DataError(f"data.translation: {e.args[0]} in {describe}") from None
+            yield rows  # pairs end with their own newline: no separator, same as the bundle
+            continue
+        elif sample is not None and not isinstance(sample, str):
+            raise DataError(f"data.text_column: column '{column}' of {describe} holds "
+                            f"{type(sample).__name__}, not text; name a string column")
+        else:
+            rows = [v for v in values if v]
+        if separator:
+            rows = [r + separator for r in rows]
+        if latin1_bytes:
+            rows = [r.encode("latin-1") for r in rows]
+        yield rows

@@ -1,0 +1,1 @@
+"""Experiments over many runs: grids of recipe overrides (sweep.py), scaling sweeps with L(N) fits (scaling.py, fit.py), loss curves of runs (plot.py) and the SLURM job script they submit (slurm.sh)."""

@@ -1,0 +1,112 @@
+"""The backward pass of the unwindowed chunked form: an autograd Function that recomputes the
+chunk-start states rho_p instead of saving them."""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from bdh_scale.model.attention.blocks import chunks, decay_weights, local_log_decay, mm_into, rho_forward, rho_update
+
+
+class RhoChunks(torch.autograd.Function):
+    """The unwindowed chunked form with a hand-written backward that recomputes the chunk-start
+    states rho_p (one cheap sweep of updates) instead of having autograd save them: saving
+    costs T/C * N * D per head, which for D/C > 1 is more than q itself, and it would stay
+    alive, per layer, until the backward pass reaches the layer.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, log_g, rho0, scale, C, need_state):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(q, k, v, log_g, rho0)
+        ctx.scale, ctx.C, ctx.q_is_k = scale, C, q is k
+        return rho_forward(q, k, v, log_g, rho0, scale, C, need_state)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, da, drho):
+        q, k, v, log_g, rho0 = ctx.saved_tensors
+        scale, C = ctx.scale, ctx.C
+        acc = torch.promote_types(q.dtype, torch.float32)
+        want_dl = log_g is not None and ctx.needs_input_grad[3]
+        with torch.autocast(q.device.type, enabled=False):
+            # The chunk-start states, recomputed: rho_p for every chunk (None: zero). The one
+            # transient (T/C, N, D) per head of the whole step, alive during this layer's backward.
+            starts, rho = [], rho0
+            for _, kc, vc, lg in chunks(C, k, v, log_g):
+                starts.append(rho)
+                if len(starts) * C < q.size(-2):
+                    rho = rho_update(rho, kc.to(acc), vc.to(acc), local_log_decay(lg)[0])
+            # Gradients are written chunk by chunk into whole buffers (per-head dv: v may be shared).
+            # BDH's q is k: then one buffer takes both gradients, returned once.
+            dq = torch.zeros_like(q, dtype=acc)
+            dk = dq if ctx.q_is_k else torch.zeros_like(k, dtype=acc)
+            dv = q.new_zeros(*q.shape[:-1], v.size(-1), dtype=acc)
+            dlg = q.new_zeros(q.shape[:-1], dtype=acc) if want_dl else None
+            causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
+            per_chunk = list(chunks(C, q, k, v, log_g, da, dq, dk, dv, dlg))
+            for p, qc, kc, vc, lg, dac, *grads in reversed(per_chunk):
+                qc, kc, vc = qc.to(acc) * scale, kc.to(acc), vc.to(acc)
+                rho_p = starts.pop()  # freed once used
+                drho = rho_chunk_backward(qc, kc, vc, lg, rho_p, dac, drho, causal, scale, *grads)
+        dv = dv.sum_to_size(v.shape)  # summed over the heads where v is shared
+        dk = None if ctx.q_is_k else dk.to(k.dtype)  # already in dq
+        return (dq.to(q.dtype), dk, dv.to(v.dtype), dlg, drho, None, None, None)
+
+
+def rho_chunk_backward(qc, kc, vc, lg, rho, da, drho, causal, scale, dq, dk, dv, dlg):
+    """Gradients through one chunk, in the accumulation dtype; returns the gradient of rho_p.
+
+    qc is already scaled (qc = scale * q); rho is the state at the chunk start and drho the
+    gradient of the state after the chunk (None: zero). dq, dk, dv (per head) and dlg (None: not
+    wanted) are this chunk's slices of the gradient buffers, accumulated in place; dq is dk when
+    q is k. The scale goes onto the small (C, C) and (C, D) factors of dq, not onto dq itself.
+    """
+    c = qc.size(-2)
+    l, l_prev = local_log_decay(lg)
+    if dlg is not None:  # gradients of l and of l_prev_i = l_{i-1}
+        dl, dl_prev = torch.zeros_like(dlg), torch.zeros_like(dlg)
+    drho_p = None
+    if da is not None:
+        da = da.to(qc.dtype)
+        if c > 1:  # in-chunk: P = S * W, a = P v
+            S = qc @ kc.transpose(-1, -2)
+            W = decay_weights(causal[:c, :c], l_prev, l, qc.dtype)
+            dv += (S * W).transpose(-1, -2) @ da
+            dS = (da @ vc.transpose(-1, -2)) * W
+            if dq is dk:  # q = k: d/dk (k S k^T) = (dS + dS^T) k, one product
+                mm_into(dq, (dS + dS.transpose(-1, -2)).mul_(scale), kc)
+            else:
+                mm_into(dq, dS, kc, alpha=scale)
+                mm_into(dk, dS.transpose(-1, -2), qc)
+            if dlg is not None:  # d(l_prev_i - l_j) = dS * S
+                dE = dS * S
+                dl_prev += dE.sum(-1)
+                dl -= dE.sum(-2)
+        if rho is not None:  # before the chunk: a += exp(l_prev) * (q rho)
+            dae = da if l is None else torch.exp(l_prev)[..., None] * da
+            mm_into(dq, dae, rho.transpose(-1, -2), alpha=scale)
+            drho_p = qc.transpose(-1, -2) @ dae
+            if dlg is not None:
+                dl_prev += (dae * (qc @ rho)).sum(-1)
+    if drho is not None:  # rho_next = gamma * rho + k^T (e_tail * v)
+        e_tail = None if l is None else torch.exp(l[..., -1:] - l)
+        vd = vc if l is None else e_tail[..., None] * vc
+        mm_into(dk, vd, drho.transpose(-1, -2))
+        dvd = kc @ drho
+        dv += dvd if l is None else e_tail[..., None] * dvd
+        if dlg is not None:
+            de = (dvd * vc).sum(-1) * e_tail
+            dl -= de
+            dl[..., -1] += de.sum(-1)
+        if rho is not None:
+            gamma = None if l is None else torch.exp(l[..., -1])[..., None, None]
+            g = drho if l is None else gamma * drho
+            drho_p = g if drho_p is None else drho_p.add_(g)  # into the fresh product
+            if dlg is not None:
+                dl[..., -1] += (g * rho).sum((-2, -1))
+    if dlg is not None:
+        dl[..., :-1] += dl_prev[..., 1:]
+        dlg += dl.flip(-1).cumsum(-1).flip(-1)  # l = cumsum(log g)
+    return drho_p
+

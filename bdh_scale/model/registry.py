@@ -1,0 +1,43 @@
+"""Every model architecture the trainer builds, in one place: `model.arch` of a recipe -> its class
+and whether it carries a state across windows (train.state: carry, carried validation, generation
+from a state). Everything that depends on the architecture asks here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bdh_scale.model.bdh import BDH
+from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.gpt import GPT
+from bdh_scale.model.hrm import BDHHRM
+from bdh_scale.model.pretrained import read_config
+
+
+@dataclass(frozen=True)
+class Arch:
+    model: type  # a Pretrained nn.Module: from_config(BDHConfig), from_pretrained(dir)
+    stateful: bool  # carries a synaptic state from one window to the next
+    about: str
+
+
+ARCHS: dict[str, Arch] = {
+    "bdh": Arch(BDH, True, "BDH: sparse positive neurons, Hebbian linear attention, state rho"),
+    "gpt": Arch(GPT, False, "GPT-2-style Transformer baseline (softmax attention, no state)"),
+    "bdh_hrm": Arch(BDHHRM, False, "BDH-HRM hybrid: H and L modules of BDH layers, no state across windows"),
+}
+
+
+def build_model(config: BDHConfig):
+    """The model a recipe asks for (config.arch)."""
+    return ARCHS[config.arch].model.from_config(config)
+
+
+def load_pretrained(directory, **overrides):
+    """The model saved in `directory` by save_pretrained, whatever its architecture."""
+    config = read_config(directory, **overrides)
+    return ARCHS[config.arch].model.from_pretrained(directory, **overrides)
+
+
+def is_stateful(model) -> bool:
+    """Whether a built model carries a state across windows."""
+    return ARCHS[model.arch].stateful

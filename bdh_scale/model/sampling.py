@@ -1,0 +1,51 @@
+"""Sampling: the next-token rule shared by every model, generation for models without a state,
+and text in, text out (`sample_text`) for the trainer's samples and bdh-generate."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (B, vocab) -> next tokens (B, 1): temperature, then top-k, then a categorical draw.
+
+    temperature 0 is greedy. The draw happens on the CPU so a seeded CPU generator gives the same
+    text on every device.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1).cpu()
+    return torch.multinomial(probs, 1, generator=generator).to(logits.device)
+
+
+@torch.no_grad()
+def generate_by_rerun(model, idx: torch.Tensor, max_new_tokens: int, context: int, temperature: float = 1.0,
+                      top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Append max_new_tokens to idx (B, T) for a model without a state: every token reruns the
+    model on the last `context` tokens (no cache: the stateless models are baselines, not a
+    serving path)."""
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -context:]).logits[:, -1]
+        idx = torch.cat([idx, sample_next(logits, temperature, top_k, generator)], dim=1)
+    return idx
+
+
+def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, temperature: float, top_k: int | None,
+                seed: int, device, max_context: int | None = None) -> str:
+    """n_tokens sampled after prompt with a private generator (the global RNG is left alone), from
+    at most max_context earlier tokens (see BDH.generate)."""
+    was_training = model.training
+    model.eval()
+    try:
+        idx = torch.tensor([tokenizer.encode(prompt) or [0]], dtype=torch.long, device=device)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        out = model.generate(idx, n_tokens, temperature=temperature, top_k=top_k, generator=gen,
+                             max_context=max_context)
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(out[0].tolist())

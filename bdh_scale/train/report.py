@@ -1,0 +1,88 @@
+"""What a run reports: a metrics row every train.log_every steps (loss over the steps since the
+last row, throughput, MFU, carried-state norms, loss scale) and at each validation the held-out
+loss with the dashboard extras (sparsity, rho norms, a sample). Rows go to metrics.jsonl and to
+Accelerate's trackers with the same keys.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from bdh_scale.model.sampling import sample_text
+from bdh_scale.train.diagnostics import activation_and_state, carried_rho_norms
+from bdh_scale.train.distributed import slowest
+from bdh_scale.train.evaluate import evaluate
+from bdh_scale.train.schedule import sample_context
+
+
+class LossWindow:
+    """Loss and tokens since the last metrics row; skipped (non-finite) steps add tokens, not loss."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.n, self.tokens, self.t0 = 0.0, 0, 0, time.perf_counter()
+
+    def add(self, step) -> None:
+        if not step.bad:
+            self.loss += step.loss
+            self.n += 1
+        self.tokens += step.tokens
+
+
+def train_row(run, window: LossWindow, step, T: int, started: float) -> dict:
+    """The metrics row of the steps in `window` (every rank takes part: loss and time are reduced)."""
+    acc = run.accelerator
+    mean = window.loss / window.n if window.n else torch.tensor(float("nan"))
+    loss = acc.reduce(torch.as_tensor(mean, device=acc.device), reduction="mean").item()
+    elapsed = slowest(acc, time.perf_counter() - window.t0)
+    row = {"step": run.step, "tokens": run.tokens, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+           "tokens_per_s": window.tokens / max(elapsed, 1e-9), "seq_len": T,
+           "elapsed_s": time.perf_counter() - started, "grad_norm": float(step.grad_norm),
+           "bad_steps": run.guard.total}
+    row.update(run.mfu(T, row["tokens_per_s"]))
+    if run.carry and run.extras:
+        row.update(carried_rho_norms(run.carried))
+    if acc.scaler is not None:
+        row.update(loss_scale=acc.scaler.get_scale(), scaler_overflows=run.guard.overflows)
+    window.reset()
+    return row
+
+
+def eval_T(tc) -> int:
+    return tc.eval_seq_len or tc.seq_len
+
+
+def validate(run) -> dict:
+    """Held-out loss of the run's model (every rank takes part): the same windows every time, rows
+    spread over the ranks so the figure does not depend on the process count."""
+    tc = run.cfg.train
+    rows = tc.batch_size * tc.grad_accum_steps * run.accelerator.num_processes
+    return evaluate(run.model, run.data, T=eval_T(tc), batch_size=rows, max_batches=tc.eval_batches,
+                    accelerator=run.accelerator)
+
+
+def sample(run, model, n_tokens: int) -> str:
+    """A sample of n_tokens after the recipe's prompt, with a private RNG (training is unaffected)."""
+    tc = run.cfg.train
+    return sample_text(model, run.data.tokenizer, tc.sample_prompt, n_tokens, temperature=tc.sample_temperature,
+                       top_k=tc.sample_top_k, seed=tc.seed, device=run.accelerator.device,
+                       max_context=sample_context(tc))
+
+
+def eval_extras(run) -> dict:
+    """Dashboard extras at a validation, read on the main process: sparsity and rho norms on the
+    first held-out rows, and a short sample (also sent to the W&B samples table)."""
+    cfg, device = run.cfg, run.accelerator.device
+    extra = {}
+    if cfg.tracking.diagnostics:
+        batch = next(iter(run.data.val_batches(eval_T(cfg.train), 8, 1)), None)
+        if batch is not None:
+            extra.update(activation_and_state(run.raw_model, batch[0].to(device)))
+    if cfg.tracking.eval_sample_tokens:
+        text = sample(run, run.raw_model, cfg.tracking.eval_sample_tokens)
+        extra["sample"] = text
+        run.samples.add(run.step, text)
+    return extra

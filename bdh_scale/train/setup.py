@@ -1,0 +1,157 @@
+"""Everything a training run holds, built in order: Accelerate -> data -> model and optimizer ->
+run directory -> resume. `setup(cfg)` returns it as one `Run`; loop.py drives it.
+
+Data is not passed through accelerator.prepare: every rank builds its own disjoint lanes
+(bdh_scale.data), so the global batch is processes x B lanes x T tokens and nothing is re-split
+or duplicated. The carried TBPTT states of a lane live on the rank that owns the lane.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, set_seed
+
+from bdh_scale.config import RunConfig
+from bdh_scale.data import DataBundle, build_data
+from bdh_scale.model import build_model
+from bdh_scale.rundir import METRICS, create_run_dir
+from bdh_scale.train.checkpoint import Checkpointer, checkpoint_step, resolve_resume
+from bdh_scale.train.diagnostics import MFU
+from bdh_scale.train.distributed import check_parallel_plan, from_main, use_cpu_processes
+from bdh_scale.train.faults import BadStepGuard, FaultInjection
+from bdh_scale.train.optim import build_optimizer
+from bdh_scale.train.precision import resolve_mixed_precision
+from bdh_scale.train.schedule import make_scheduler
+from bdh_scale.train.tracking import MetricsLog, SampleTable, accelerate_log_with, init_trackers
+from bdh_scale.utils.host_memory import keep_freed_host_memory
+
+
+@dataclass
+class Run:
+    """One training run: its parts, and where it stands (step, tokens, carried states)."""
+
+    cfg: RunConfig
+    accelerator: Accelerator
+    precision: str  # the mixed precision in effect (a CPU runs fp32 whatever the recipe asks)
+    data: DataBundle
+    model: object  # as prepared by Accelerate (DDP/FSDP wrapper, or the model itself)
+    raw_model: object  # the unwrapped model: init_state, diagnostics, samples
+    optimizer: object
+    scheduler: object
+    run_dir: Path
+    checkpoints: Checkpointer
+    guard: BadStepGuard
+    inject: FaultInjection
+    log: MetricsLog
+    samples: SampleTable
+    mfu: MFU
+    resumed_from: Path | None = None
+    step: int = 0  # optimizer steps taken (skipped non-finite steps included)
+    tokens: int = 0  # tokens trained on, all ranks
+    carried: list = field(default_factory=list)  # per micro-batch group of lanes: its TBPTT state or None
+
+    @property
+    def carry(self) -> bool:
+        return self.cfg.train.state == "carry"
+
+    @property
+    def extras(self) -> bool:
+        """Whether this process reads the dashboard extras: the main process, from the unwrapped
+        model; not under FSDP, where that holds only this rank's shard of every matrix."""
+        return self.accelerator.is_main_process and self.accelerator.distributed_type != DistributedType.FSDP
+
+
+def make_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
+    """The Accelerator for this recipe on this machine, and the precision in effect."""
+    tc = cfg.train
+    cpu = use_cpu_processes()  # several processes on a machine without GPUs: gloo on the CPU
+    process = PartialState(cpu=cpu)
+    precision, notice = resolve_mixed_precision(tc.mixed_precision, process.device)
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with=accelerate_log_with(cfg.tracking))
+    check_parallel_plan(accelerator, tc)
+    if notice:
+        accelerator.print(notice)
+    if tc.host_memory_reuse and accelerator.device.type == "cpu":
+        keep_freed_host_memory()  # big tensors would otherwise page-fault in on every step
+    return accelerator, precision
+
+
+def make_data(cfg: RunConfig, accelerator: Accelerator) -> DataBundle:
+    """This rank's lanes (the micro-batches of one step are disjoint groups of them) and the
+    held-out data; the model's vocabulary follows the tokenizer."""
+    tc = cfg.train
+    longest_T = max([tc.seq_len] + [T for _, T in tc.seq_len_schedule or []])
+    data = build_data(cfg.data, batch_size=tc.batch_size * tc.grad_accum_steps, world_size=accelerator.num_processes,
+                      rank=accelerator.process_index, seed=tc.seed, seq_len=longest_T)
+    if cfg.model.vocab_size != data.tokenizer.vocab_size:
+        accelerator.print(f"model.vocab_size set to {data.tokenizer.vocab_size} by the tokenizer {data.tokenizer.name}")
+        cfg.model.vocab_size = data.tokenizer.vocab_size
+    return data
+
+
+def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator):
+    """(prepared model, optimizer, scheduler): the model compiled in place if asked, fused AdamW
+    where it exists, the LR schedule as a multiplier (train/schedule.py)."""
+    tc = cfg.train
+    model = build_model(cfg.model)
+    model.gradient_checkpointing = tc.gradient_checkpointing  # non-reentrant: safe under DDP
+    if tc.compile:
+        # In place (nn.Module.compile): parameter names, state_dict and checkpoints stay those of
+        # the eager model, and DDP/FSDP wrap it as usual. Each new window length compiles once.
+        model.compile()
+    # Fused AdamW (one kernel for all parameters) exists for CPU and CUDA. Not with fp16: the loss
+    # scaler then always calls the fused step (which skips inside), and Accelerate could no longer
+    # tell a skipped step (optimizer_step_was_skipped) from a taken one.
+    fused = accelerator.device.type in ("cpu", "cuda") and tc.optim == "adamw" and accelerator.scaler is None
+    optimizer = build_optimizer(model, name=tc.optim, lr=tc.lr, weight_decay=tc.weight_decay,
+                                betas=(tc.beta1, tc.beta2), muon_lr=tc.muon_lr, fused=fused or None)
+    # A short run (max_steps below warmup_steps) warms up over all of its steps.
+    scheduler = make_scheduler(optimizer, lr=tc.lr, min_lr=tc.min_lr, warmup_steps=min(tc.warmup_steps, tc.max_steps),
+                               max_steps=tc.max_steps)
+    # The schedule follows loop steps, skipped ones included (faults.py): torch's warning about a
+    # scheduler step without an optimizer step is expected when the first step is skipped.
+    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Not prepared: Accelerate's scheduler wrapper would step it once per process. Registered, so
+    # that save_state/load_state carry it.
+    accelerator.register_for_checkpointing(scheduler)
+    return model, optimizer, scheduler
+
+
+def setup(cfg: RunConfig) -> Run:
+    """Build the run, continue it from a checkpoint when train.resume says so, and say what it is."""
+    tc = cfg.train
+    accelerator, precision = make_accelerator(cfg)
+    set_seed(tc.seed, device_specific=True)  # dropout differs across ranks; data order does not
+    data = make_data(cfg, accelerator)
+    model, optimizer, scheduler = make_model_and_optimizer(cfg, accelerator)
+    raw_model = accelerator.unwrap_model(model)
+
+    resume_from = resolve_resume(tc, accelerator)
+
+    def make_run_dir() -> str:  # on the main process: one process decides and writes
+        resumed_step = checkpoint_step(resume_from) if resume_from is not None else 0
+        return str(create_run_dir(cfg, data.tokenizer, resume_from, resumed_step))
+
+    run_dir = Path(from_main(accelerator, make_run_dir))
+    log = MetricsLog(run_dir / METRICS, accelerator.is_main_process)
+    init_trackers(accelerator, cfg.tracking, run_dir, run_dir.name, cfg.to_dict())
+    inject = FaultInjection.from_env()  # test-only faults; inert unless BDH_* variables are set
+    checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer, inject)
+    guard = BadStepGuard(tc.max_bad_steps, accelerator.scaler, checkpoint_dir=str(checkpoints.root))
+    run = Run(cfg=cfg, accelerator=accelerator, precision=precision, data=data, model=model, raw_model=raw_model,
+              optimizer=optimizer, scheduler=scheduler, run_dir=run_dir, checkpoints=checkpoints, guard=guard,
+              inject=inject, log=log, samples=SampleTable(accelerator, cfg.tracking), mfu=None,
+              resumed_from=resume_from, carried=[None] * tc.grad_accum_steps)
+    if resume_from is not None:
+        resumed = checkpoints.load(resume_from, data.train, raw_model)
+        run.step, run.tokens, run.carried = resumed.step, resumed.tokens, resumed.states
+        guard.load_state_dict(resumed.faults)
+    run.mfu = MFU(cfg.model, accelerator.device, precision, accelerator.num_processes, cfg.tracking.peak_tflops)
+    accelerator.print(f"run {run_dir} | {cfg.model.arch} {raw_model.num_params() / 1e6:.2f}M params | "
+                      f"{accelerator.num_processes} process(es) on {accelerator.device} | precision {precision}"
+                      + (f" | resumed from {resume_from} at step {run.step}" if resume_from is not None else ""))
+    return run

@@ -1,0 +1,69 @@
+"""One optimizer step: forward and backward over the micro-batches of this rank's lanes, the carried
+states detached (truncated BPTT), then one agreed decision across ranks: step, or skip a
+non-finite step (faults.py), and whether to stop.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from bdh_scale.train.distributed import any_rank
+from bdh_scale.train.faults import reset_nonfinite_lanes
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # mean loss of the step on this rank (a 0-dim tensor, not synchronized)
+    grad_norm: torch.Tensor
+    bad: bool  # non-finite: skipped and counted
+    tokens: int  # tokens of the step, all ranks
+    stop: str | None  # "SIGTERM" | "SIGINT" when a signal asked to stop (on any rank)
+    time_up: bool  # train.max_time_s reached (on any rank)
+
+
+def train_step(run, T: int, signals, started: float) -> StepResult:
+    """Advance `run` by one optimizer step of windows of T tokens."""
+    tc, acc = run.cfg.train, run.accelerator
+    x_all, y_all, restarted_all = run.data.train.next_batch(T)
+    step_loss = 0.0
+    for micro in range(tc.grad_accum_steps):
+        rows = slice(micro * tc.batch_size, (micro + 1) * tc.batch_size)
+        x = x_all[rows].to(acc.device, non_blocking=True)  # pinned when data.pin_memory
+        y = y_all[rows].to(acc.device, non_blocking=True)
+        carried = None
+        if run.carry:
+            carried = run.carried[micro] or run.raw_model.init_state(tc.batch_size, acc.device)
+            carried.reset_(restarted_all[rows].to(acc.device))  # lanes that (re)started their stretch
+        # Sync gradients across ranks only on the last micro-batch of the step.
+        sync = micro == tc.grad_accum_steps - 1
+        with nullcontext() if sync else acc.no_sync(run.model):
+            out = run.model(x, y, state=carried, return_state=run.carry)
+            loss = run.inject.poison(out.loss, run.step + 1)
+            acc.backward(loss / tc.grad_accum_steps)
+        if run.carry:
+            run.carried[micro] = out.state.detach()  # truncated BPTT: the next window sees values, not graph
+        step_loss += loss.detach().float() / tc.grad_accum_steps
+
+    # The norm is always measured (max_norm inf when clipping is off): it is the check. Ranks agree
+    # on every decision that ends or skips a step, in one small all-reduce.
+    grad_norm = acc.clip_grad_norm_(run.model.parameters(), tc.grad_clip or math.inf)
+    out_of_time = tc.max_time_s is not None and time.perf_counter() - started >= tc.max_time_s
+    loss_bad, grads_bad, time_up, sigterm, sigint = any_rank(
+        acc, not torch.isfinite(step_loss), not torch.isfinite(grad_norm), out_of_time,
+        signals.requested == "SIGTERM", signals.requested == "SIGINT")
+    if run.guard.may_step(loss_bad, grads_bad):
+        run.optimizer.step()
+    bad = run.guard.record(run.step + 1, loss_bad, grads_bad, acc.optimizer_step_was_skipped)
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if bad and run.carry:
+        run.carried = [reset_nonfinite_lanes(s) for s in run.carried]
+    run.step += 1
+    tokens = x_all.numel() * acc.num_processes
+    run.tokens += tokens
+    stop = "SIGINT" if sigint else "SIGTERM" if sigterm else None
+    return StepResult(step_loss, grad_norm, bad, tokens, stop, time_up)

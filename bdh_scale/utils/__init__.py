@@ -1,0 +1,1 @@
+"""Small utilities shared by every layer: atomic file writes, host memory reuse, device peak probes, typed config sections."""

@@ -1,0 +1,1 @@
+"""Importable helpers of the test suite: reference models and tiny training runs."""
