@@ -204,8 +204,3 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> RunConf
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(tree, key, value)
     return _build(RunConfig, tree, "")
-
-
-def config_from_dict(tree: dict) -> RunConfig:
-    """Rebuild a RunConfig saved with to_dict() (run directories, checkpoints)."""
-    return _build(RunConfig, tree, "")

@@ -3,7 +3,7 @@
     python launch/scaling.py launch/scaling_cpu.yaml            # the CPU sweep, ~20 min on 2 cores
     python launch/scaling.py launch/scaling_gpu.yaml --mode slurm
 
-The logic lives in bdh_scale/scaling.py; this file only makes it runnable from the repository root.
+The logic lives in bdh_scale/experiments/scaling.py; this file only makes it runnable from the repository root.
 """
 import sys
 from pathlib import Path

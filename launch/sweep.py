@@ -3,7 +3,7 @@
     python launch/sweep.py recipes/shakespeare_cpu.yaml --name depth --grid model.n_layer=2,4 \
         --grid train.seq_len=128,256 --set train.max_steps=300 [--mode sequential|print|slurm|collect]
 
-The logic lives in bdh_scale/sweep.py (its docstring lists every option); this file only makes it
+The logic lives in bdh_scale/experiments/sweep.py (its docstring lists every option); this file only makes it
 runnable from the repository root without installing the package.
 """
 import sys

@@ -1,7 +1,9 @@
 """Recipes: typos and impossible values are refused with a message that says what is right."""
 import pytest
 
-from bdh_scale.config import config_from_dict, load_config
+import yaml
+
+from bdh_scale.config import load_config
 from bdh_scale.errors import ConfigError
 
 RECIPES = ["recipes/shakespeare_cpu.yaml", "recipes/shakespeare_m1.yaml"]
@@ -78,6 +80,7 @@ def test_override_syntax_errors():
         load_config(None, ["max_steps=3"])
 
 
-def test_resolved_config_round_trips():
+def test_resolved_config_round_trips_through_a_run_dirs_config_yaml(tmp_path):
     cfg = load_config("recipes/shakespeare_m1.yaml", ["model.forget_mode=data"])
-    assert config_from_dict(cfg.to_dict()) == cfg
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    assert load_config(tmp_path / "config.yaml") == cfg

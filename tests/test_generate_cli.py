@@ -1,7 +1,6 @@
 """bdh-generate on a trained run: text out, the training window as default context for a run
 trained with state reset, and one clear error line for bad arguments."""
 import pytest
-import torch
 
 from bdh_scale import generate
 from bdh_scale.model import BDH

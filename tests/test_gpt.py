@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bdh_scale.model.gpt import GPT, GPTConfig, gpt_config_matching, gpt_param_count
+from bdh_scale.model.gpt import GPT, GPTConfig
 from bdh_scale.model.output import ModelOutput
 
 
@@ -79,22 +79,12 @@ def test_generate_crops_to_block_size_and_is_seeded(one_thread):
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_param_count_formula_and_tying(bias):
+def test_the_head_is_tied_to_the_embedding(bias):
     model = tiny(bias=bias)
-    assert model.num_params() == gpt_param_count(model.config)
     assert "lm_head.weight" not in model.state_dict()  # tied head is the embedding itself
-
-
-def test_config_matching_picks_the_closest_width():
-    target = 3_000_000
-    cfg = gpt_config_matching(target, n_layer=4, vocab_size=256)
-    assert cfg.n_embd % (cfg.n_head * 8) == 0 and cfg.n_embd // cfg.n_head == 64
-    count = gpt_param_count(cfg)
-    for d in (cfg.n_embd - 64, cfg.n_embd + 64):
-        other = GPTConfig(n_layer=4, n_embd=d, n_head=d // 64, vocab_size=256)
-        assert abs(gpt_param_count(other) - target) >= abs(count - target)
-    fixed = gpt_config_matching(target, n_layer=4, vocab_size=256, n_head=6)
-    assert fixed.n_head == 6 and fixed.n_embd % 48 == 0
+    d, V = model.config.n_embd, model.config.vocab_size
+    per_layer = 12 * d * d + 2 * d * (1 + bias) + bias * 9 * d  # 2 LN, qkv / proj / fc / proj
+    assert model.num_params() == model.config.n_layer * per_layer + (V + model.config.block_size) * d + d * (1 + bias)
 
 
 def test_save_and_load_pretrained_round_trip(tmp_path):

@@ -6,7 +6,7 @@
     bdh-analyze heads       runs/<name>    val loss change when each head is zeroed; prunable heads
 
 Each writes <name>.json and <name>.png into <run>/analysis/ (or --out). Module map:
-inputs.py (run, tokens, windows), capture.py (hooks on BDHLayer: sparse codes, head masks),
+inputs.py (run, tokens, windows), model/probes.py (hooks on BDHLayer: sparse codes, head masks),
 one module per analysis, figures.py (Agg canvas, no display), cli.py (`bdh-analyze`).
 """
 from bdh_scale.model.probes import ablate_heads, bdh_layers, capture_codes

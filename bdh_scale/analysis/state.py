@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from bdh_scale.analysis.figures import new_figure
+from bdh_scale.model.registry import is_stateful
 
 
 @torch.no_grad()
 def rho_norms(model, tokens: torch.Tensor, chunk: int) -> dict:
     """Report: tokens read after each chunk, ||rho||_F per layer and head, loss per chunk."""
-    if not hasattr(model, "init_state"):
-        raise ValueError(f"{type(model).__name__} carries no state; the state analysis needs a BDH model")
+    if not is_stateful(model):
+        raise ValueError(f"model.arch={model.arch} is stateless across windows; the state analysis needs a BDH model")
     if getattr(model.config, "attn_window", None) is not None:
         raise ValueError(f"model.attn_window={model.config.attn_window}: a windowed model keeps its last "
                          "keys, not a synaptic state rho; nothing to measure")

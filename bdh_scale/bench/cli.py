@@ -3,7 +3,7 @@
     python -m bdh_scale.bench                      # seed config, T sweep 256..2048, all variants
     python -m bdh_scale.bench --recipe recipes/shakespeare_cpu.yaml --T 128 --variants plain,auto
 
-Every measurement runs in a fresh worker process (bench_cases.py: what each variant is and how
+Every measurement runs in a fresh worker process (cases.py: what each variant is and how
 it is measured). Step time is the median of several steps after warm-up, AdamW step included.
 Shared machines are noisy and interference only ever adds time, so each training case runs
 --repeats times, interleaved with the other variants, and the fastest run counts. FLOP/s count

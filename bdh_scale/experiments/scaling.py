@@ -47,7 +47,7 @@ def load_spec(path: str) -> dict:
     spec = yaml.safe_load(p.read_text()) or {}
     for key in ("name", "recipe", "arches"):
         if key not in spec:
-            raise SystemExit(f"error: {p}: missing '{key}' (needs name, recipe, arches; see bdh_scale/scaling.py)")
+            raise SystemExit(f"error: {p}: missing '{key}' (needs name, recipe, arches; see bdh_scale/experiments/scaling.py)")
     if not isinstance(spec["arches"], dict) or not spec["arches"]:
         raise SystemExit(f"error: {p}: 'arches' must map an architecture label to {{set, sizes}}")
     for arch, entry in spec["arches"].items():

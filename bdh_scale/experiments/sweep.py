@@ -34,7 +34,6 @@ import yaml
 from bdh_scale import rundir
 from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
 
-METRIC_COLUMNS = ["step", "tokens", "loss", "val_loss", "val_bpb"]
 
 
 def split_values(raw: str) -> list[str]:

@@ -157,34 +157,3 @@ class GPT(Pretrained, nn.Module):
             raise ValueError("save_pretrained: bias=True cannot be described by the model config (no bias field)")
         return BDHConfig(arch="gpt", n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
                          vocab_size=c.vocab_size, dropout=c.dropout, block_size=c.block_size)
-
-
-def gpt_param_count(cfg: GPTConfig) -> int:
-    """GPT(cfg).num_params() without building the model (tested against it)."""
-    d, b = cfg.n_embd, int(cfg.bias)
-    per_layer = 12 * d * d + 2 * d * (1 + b) + b * (3 * d + d + 4 * d + d)  # 2 LN + qkv/proj/fc/proj
-    return cfg.n_layer * per_layer + (cfg.vocab_size + cfg.block_size) * d + d * (1 + b)
-
-
-def gpt_config_matching(bdh_param_count: int, n_layer: int, vocab_size: int, *, n_head: int | None = None,
-                        block_size: int = 1024, dropout: float = 0.0, bias: bool = False) -> GPTConfig:
-    """The GPTConfig whose parameter count is closest to `bdh_param_count`.
-
-    n_embd steps over multiples of n_head * 8 (whole heads, tensor-core friendly sizes).
-    With n_head None the head size is fixed at 64 (GPT-2's), n_head = n_embd / 64, so
-    n_embd steps by 64. The count includes position embeddings for `block_size`.
-    """
-    if bdh_param_count <= 0 or n_layer <= 0:
-        raise ValueError("bdh_param_count and n_layer must be positive")
-
-    def cfg_for(k: int) -> GPTConfig:
-        d = k * (64 if n_head is None else n_head * 8)
-        heads = d // 64 if n_head is None else n_head
-        return GPTConfig(n_layer=n_layer, n_embd=d, n_head=heads, vocab_size=vocab_size,
-                         dropout=dropout, block_size=block_size, bias=bias)
-
-    k = 1
-    while gpt_param_count(cfg_for(k + 1)) <= bdh_param_count:
-        k += 1
-    lo, hi = cfg_for(k), cfg_for(k + 1)  # count(lo) <= target < count(hi), unless k == 1
-    return min((lo, hi), key=lambda c: abs(gpt_param_count(c) - bdh_param_count))

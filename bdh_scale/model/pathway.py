@@ -15,7 +15,6 @@ from bdh_scale.model import BDH, BDHConfig
 from bdh_scale.model.rope import rope_freqs
 
 REQUIRED = ("encoder", "encoder_v", "decoder", "embed.weight", "lm_head")
-IGNORED = ("lm_gate",)  # present in some reference versions, unused by its forward
 
 
 def load_pathway_state_dict(state_dict: dict, **config) -> BDH:

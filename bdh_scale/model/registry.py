@@ -17,13 +17,12 @@ from bdh_scale.model.pretrained import read_config
 class Arch:
     model: type  # a Pretrained nn.Module: from_config(BDHConfig), from_pretrained(dir)
     stateful: bool  # carries a synaptic state from one window to the next
-    about: str
 
 
 ARCHS: dict[str, Arch] = {
-    "bdh": Arch(BDH, True, "BDH: sparse positive neurons, Hebbian linear attention, state rho"),
-    "gpt": Arch(GPT, False, "GPT-2-style Transformer baseline (softmax attention, no state)"),
-    "bdh_hrm": Arch(BDHHRM, False, "BDH-HRM hybrid: H and L modules of BDH layers, no state across windows"),
+    "bdh": Arch(BDH, stateful=True),  # BDH: sparse positive neurons, Hebbian linear attention, state rho
+    "gpt": Arch(GPT, stateful=False),  # GPT-2-style Transformer baseline (softmax attention)
+    "bdh_hrm": Arch(BDHHRM, stateful=False),  # BDH-HRM hybrid: H and L modules of BDH layers
 }
 
 

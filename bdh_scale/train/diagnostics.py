@@ -25,7 +25,6 @@ class MFU:
         self.model_cfg = model_cfg
         per_device = peak_tflops * 1e12 if peak_tflops else device_peak_flops(str(device), compute_dtype(mixed_precision))
         self.peak = per_device * num_processes
-        self.measured = not peak_tflops
 
     def __call__(self, T: int, tokens_per_s: float) -> dict:
         flops = flops_per_token(self.model_cfg, T) * tokens_per_s

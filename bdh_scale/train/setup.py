@@ -48,7 +48,6 @@ class Run:
     log: MetricsLog
     samples: SampleTable
     mfu: MFU
-    resumed_from: Path | None = None
     step: int = 0  # optimizer steps taken (skipped non-finite steps included)
     tokens: int = 0  # tokens trained on, all ranks
     carried: list = field(default_factory=list)  # per micro-batch group of lanes: its TBPTT state or None
@@ -145,7 +144,7 @@ def setup(cfg: RunConfig) -> Run:
     run = Run(cfg=cfg, accelerator=accelerator, precision=precision, data=data, model=model, raw_model=raw_model,
               optimizer=optimizer, scheduler=scheduler, run_dir=run_dir, checkpoints=checkpoints, guard=guard,
               inject=inject, log=log, samples=SampleTable(accelerator, cfg.tracking), mfu=None,
-              resumed_from=resume_from, carried=[None] * tc.grad_accum_steps)
+              carried=[None] * tc.grad_accum_steps)
     if resume_from is not None:
         resumed = checkpoints.load(resume_from, data.train, raw_model)
         run.step, run.tokens, run.carried = resumed.step, resumed.tokens, resumed.states

@@ -4,15 +4,15 @@ through every step.
 glibc's malloc serves every request above 32 MiB (its largest mmap threshold) with a fresh mmap
 and unmaps it on free. A BDH layer's neuron tensors are (H, B, T, N) floats, 67 MB at the seed
 config, so each of them is a new mapping, and the kernel zero-fills every 4 KiB page on first
-touch: on a 2-core Xeon an elementwise pass over such a tensor took 15 ms into fresh memory and
-4.5 ms into reused memory, and a whole training step went from 1.18 s to 0.83 s.
+touch: an elementwise pass into fresh memory costs several times one into reused memory
+(docs/performance.md has the measurements).
 
 With mmap switched off (M_MMAP_MAX = 0) every allocation comes from the heap, and with a high
 trim threshold a freed block stays there for the next step's tensor of the same size. The
-price is that the process keeps what it freed until it exits, and the heap fragments a little:
-at the seed config (B = 8, T = 256) the resident set settled at 1.86 GB after 30 steps, against
-a peak of 1.32 GB with the default allocator. The PyTorch CPU tuning guides reach the same end by preloading jemalloc
-or tcmalloc; mallopt needs no library and no launcher change.
+price is that the process keeps what it freed until it exits, and the heap fragments a little
+(the resident set settles about 40% above the default allocator's peak at the seed config;
+train.host_memory_reuse=false gives memory back). The PyTorch CPU tuning guides reach the same
+end by preloading jemalloc or tcmalloc; mallopt needs no library and no launcher change.
 
 Other platforms (macOS, musl, Windows) have their own allocators and are left alone.
 """

@@ -21,8 +21,9 @@ def matmul_peak_flops(device, dtype=torch.float32, n: int = 2048, reps: int = 10
     device = torch.device(device)
     if device.type == "cuda" and dtype == torch.float32:
         n, reps = 4096, 20  # bigger and more to outlast launch overhead
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    gen = torch.Generator(device=device).manual_seed(0)  # the global RNG (dropout, resume) is left alone
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
     for _ in range(2):
         a @ b
     synchronize(device)
@@ -40,7 +41,7 @@ def compute_dtype(mixed_precision: str) -> torch.dtype:
 
 @functools.lru_cache(maxsize=None)
 def device_peak_flops(device: str, dtype: torch.dtype) -> float:
-    """The training log's quick peak (about 0.1 s on a laptop CPU), measured once per process."""
+    """The training log's quick peak (a fraction of a second on a laptop CPU), measured once per process."""
     return matmul_peak_flops(device, dtype, n=1536, reps=4)
 
 

@@ -212,7 +212,3 @@ class Section:
     def validate(self) -> None:
         """Check again after fields were assigned in place (the loop sets vocab_size, for one)."""
         self.__post_init__()
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]

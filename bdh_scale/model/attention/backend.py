@@ -5,19 +5,17 @@ import math
 
 
 def pick_backend(T: int, N: int, D: int, window: int | None = None) -> tuple[str, int]:
-    """(backend, chunk size) for `attn_backend: auto`, by a cost model fit to CPU timings.
+    """(backend, chunk size) for `attn_backend: auto`, by a cost model fit to CPU timings
+    (docs/performance.md, "Choosing the attention form").
 
     Per token and head, a training step (forward and backward) costs about T (2N + 3D)
     multiply-adds in the parallel form (the whole T x T map, symmetric backward) and
     7 N D + C (4N + 3D) in the chunked one (q rho, the rho update, its recompute and three
     gradient products; then its C x C blocks). The parallel form's few large products run
     faster per flop than the chunked form's many small ones, so it stays the choice up to 1.3x
-    the flop crossover (seed config, N, D = 2048, 256, whole model: parallel 1.06 s vs chunked
-    1.17 s at T = 1024, 1.63 s vs 1.14 s at T = 2048); below 256 tokens it always wins. The best
-    C measured was about N D / (N + D) / 2 as a power of two, in [64, 256] (2048, 256: C = 128,
-    at T = 2048 1.14 s against 1.29 s for both 64 and 256): longer chunks waste the masked half
-    of bigger blocks, shorter ones run skinny products. With a window (w = 64, T = 1024:
-    parallel 0.75 s, chunked C = 64 0.24 s) the smallest power of two >= max(w, 64).
+    the flop crossover; below 256 tokens it always wins. The best C was about N D / (N + D) / 2
+    as a power of two, in [64, 256]: longer chunks waste the masked half of bigger blocks,
+    shorter ones run skinny products. With a window, the smallest power of two >= max(w, 64).
 
     "parallel" comes with C = T: if a state must be carried, attend_chunked with one chunk is
     the parallel product plus the state update. Past the crossover chunked is also the one whose

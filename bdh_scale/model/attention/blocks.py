@@ -52,8 +52,8 @@ def rho_update(rho, kc, vc, l, in_place=False):
     vd = vc if l is None else torch.exp(l[..., -1:] - l)[..., None] * vc
     gamma = None if l is None or rho is None else torch.exp(l[..., -1])[..., None, None]
     kT = kc.transpose(-1, -2)
-    # One token (generation) is an outer product: as a GEMM with inner size 1, bmm took 1.2 ms
-    # for (4, 2048, 1) @ (4, 1, 256) here, addcmul 0.5 ms, and in place into rho 0.15 ms.
+    # One token (generation) is an outer product: a GEMM with inner size 1 is several times
+    # slower than addcmul, and addcmul in place into rho faster again (docs/performance.md).
     one = kc.size(-2) == 1
     if rho is None:
         return kT * vd if one else kT @ vd  # (..., N, D), per head even with shared v
@@ -71,7 +71,8 @@ def rho_update(rho, kc, vc, l, in_place=False):
 
 def mm_into(out, a, b, alpha=1.0):
     """out += alpha * a @ b over the leading dims (broadcast into out's), written by the GEMM itself:
-    no (M, N) temporary and no second pass to add it (27% faster for dq's (C, N) blocks here).
+    no (M, N) temporary and no second pass to add it (docs/performance.md: about a quarter faster
+    for dq's (C, N) blocks).
     Returns out."""
     lead = out.shape[:-2]
     try:

@@ -1,6 +1,6 @@
 """Linear (softmax-free) attention of BDH.
 
-Notation (DESIGN.md): per head h, rotated queries q~_t and keys k~_t in R^N, values v_t in R^D
+Notation (docs/design.md): per head h, rotated queries q~_t and keys k~_t in R^N, values v_t in R^D
 (the layer input x, shared by all heads), an optional per-token forgetting gate g_t in (0, 1]
 given as log g_t <= 0, and the synaptic state
 
