@@ -126,12 +126,6 @@ class RunConfig(Section):
             raise ConfigError(f"train.state: model.arch={self.model.arch} is stateless across windows; use "
                               f"train.state=reset (or model.arch={stateful} to carry the state)")
 
-    def validate(self) -> None:
-        """Every section checked again, then the rules between them (after in-place changes)."""
-        for section in (self.model, self.data, self.train, self.tracking):
-            section.validate()
-        self.check()
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

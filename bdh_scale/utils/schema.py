@@ -208,7 +208,3 @@ class Section:
 
     def bad(self, field: str, message: str) -> typing.NoReturn:
         raise ConfigError(f"{self.key(field)}: {message}")
-
-    def validate(self) -> None:
-        """Check again after fields were assigned in place (the loop sets vocab_size, for one)."""
-        self.__post_init__()
