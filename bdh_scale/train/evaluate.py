@@ -110,6 +110,19 @@ class Validation:
                                                        self.window.buckets[:, 1].tolist())]}
 
 
+class OneProcess:
+    """The accelerator evaluate() needs when one process reads everything (analyses, tests)."""
+
+    num_processes, process_index = 1, 0
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    @staticmethod
+    def unwrap_model(model):
+        return model
+
+
 def token_losses(model, x, y, **kwargs):
     """(per-token cross-entropy (B, T) in float32, the model output)."""
     out = model(x, **kwargs)
