@@ -15,7 +15,7 @@ import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 
@@ -23,14 +23,14 @@ from bdh_scale.data.config import DataConfig
 from bdh_scale.errors import ConfigError
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.registry import ARCHS
-from bdh_scale.utils.schema import NonNegInt, PosFloat, PosInt, Section, words
+from bdh_scale.utils.schema import NonNegFloat, NonNegInt, PosFloat, PosInt, Range, Section, words
 
 
 @dataclass
 class TrainConfig(Section):
     section = "train"
 
-    run_name: str = "bdh"  # the run directory is <out_dir>/<run_name>
+    run_name: str = "bdh"  # the run directory is <out_dir>/<run_name>: a plain name, no path separators
     out_dir: str = "runs"  # parent of run directories
     seed: int = 1337  # seeds torch, lanes and sampling
     batch_size: PosInt = 8  # B: lanes per process (global batch = processes x B x grad_accum_steps)
@@ -44,27 +44,27 @@ class TrainConfig(Section):
     lr: PosFloat = 1e-3  # peak learning rate (AdamW)
     min_lr: float = 1e-4  # learning rate at the end of the cosine decay, in [0, lr]
     warmup_steps: NonNegInt = 100  # linear warmup steps
-    weight_decay: float = 0.1  # AdamW decay of matrices (not of gains, gates, biases)
-    beta1: float = 0.9  # AdamW beta1
-    beta2: float = 0.95  # AdamW beta2
-    muon_lr: float = 0.02  # Muon learning rate for the projections
+    weight_decay: NonNegFloat = 0.1  # AdamW decay of matrices (not of gains, gates, biases)
+    beta1: Annotated[float, Range(0, 1)] = 0.9  # AdamW beta1
+    beta2: Annotated[float, Range(0, 1)] = 0.95  # AdamW beta2
+    muon_lr: PosFloat = 0.02  # Muon learning rate for the projections
     grad_clip: float = 1.0  # max global gradient norm (0 disables clipping)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # no | fp16 (MPS/CUDA, with loss scaling) | bf16 (CUDA/CPU)
     compile: bool = False  # torch.compile the model (fuses its elementwise passes; first steps compile)
     host_memory_reuse: bool = True  # CPU, Linux: keep freed memory for the next step's tensors (utils/host_memory.py)
     gradient_checkpointing: bool = False  # recompute each layer in backward (non-reentrant)
     eval_every: NonNegInt = 250  # steps between validations (0: only at the end)
-    eval_batches: NonNegInt = 20  # held-out batches per validation
+    eval_batches: NonNegInt = 20  # held-out batches per validation (0: no validation)
     eval_seq_len: PosInt | None = None  # T of validation windows (default: seq_len)
     log_every: PosInt = 10  # steps between metric lines in metrics.jsonl
     sample_tokens: NonNegInt = 300  # tokens generated at the end (0: none)
     sample_prompt: str = "\n"  # prompt of the end-of-run sample
     sample_temperature: PosFloat = 0.8  # sampling temperature of the end-of-run sample
-    sample_top_k: int | None = 40  # top-k of the end-of-run sample (null: full distribution)
+    sample_top_k: PosInt | None = 40  # top-k of the end-of-run sample (null: full distribution)
     progress: bool = True  # show a progress bar on the main process
     checkpoint_every: NonNegInt = 500  # steps between checkpoints (0: only at the end and on SIGTERM/SIGINT)
     keep_checkpoints: NonNegInt = 2  # newest checkpoints kept in <run_dir>/checkpoints (0: write none)
-    resume: str | None = None  # auto (newest valid checkpoint of <out_dir>/<run_name>) | a checkpoint or run dir | null
+    resume: str | None = None  # auto | auto_or_fail | a checkpoint or run dir | null (train/resume.py)
     max_bad_steps: PosInt = 5  # consecutive non-finite steps that stop the run (1: stop at the first)
 
     def check(self) -> None:
@@ -73,8 +73,16 @@ class TrainConfig(Section):
         if self.grad_clip < 0:
             self.bad("grad_clip", f"must be >= 0 (0 disables), got {self.grad_clip}")
         if self.resume is not None and not self.resume.strip():
-            self.bad("resume", "empty; use auto, a checkpoint or run directory, or null")
+            self.bad("resume", "empty; use auto, auto_or_fail, a checkpoint or run directory, or null")
+        name = self.run_name
+        if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
+            self.bad("run_name", f"{name!r} is not a plain directory name; use letters, digits, '-', '_' or '.' "
+                                 "(the run directory is <out_dir>/<run_name>: put paths in train.out_dir)")
         self.check_schedule()
+
+    def longest_T(self) -> int:
+        """The longest window of the run: training (any curriculum step) or validation."""
+        return max([self.seq_len, self.eval_seq_len or 0] + [T for _, T in self.seq_len_schedule or []])
 
     def check_schedule(self) -> None:
         """seq_len_schedule is None or [[0, T0], [s1, T1], ...]: steps strictly increasing from 0,
@@ -125,6 +133,10 @@ class RunConfig(Section):
             stateful = words([name for name, a in ARCHS.items() if a.stateful])
             raise ConfigError(f"train.state: model.arch={self.model.arch} is stateless across windows; use "
                               f"train.state=reset (or model.arch={stateful} to carry the state)")
+        if self.model.arch == "gpt" and self.train.longest_T() > self.model.block_size:
+            raise ConfigError(f"model.block_size: {self.model.block_size} positions, but the run reads windows of "
+                              f"{self.train.longest_T()} tokens (train.seq_len, seq_len_schedule, eval_seq_len); "
+                              "raise model.block_size or shorten the windows")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -182,11 +194,17 @@ def read_recipe(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe '{path}' not found; pass a YAML file such as recipes/shakespeare_cpu.yaml")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"recipe '{path}' is not a text file (not UTF-8); pass a YAML recipe such as "
+                          "recipes/shakespeare_cpu.yaml") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"recipe '{path}' is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if tree is None or tree == {}:
+        raise ConfigError(f"recipe '{path}' is empty; a recipe names at least its model, data and train settings "
+                          "(start from recipes/shakespeare_cpu.yaml)")
     if not isinstance(tree, dict):
         raise ConfigError(f"recipe '{path}' must be a mapping with sections model/data/train/tracking")
     return tree

@@ -8,9 +8,11 @@ what would be right.
     DataError        a data source, tokenizer or lane layout that cannot work (data/)
     CheckpointError  a checkpoint that cannot be resumed: missing, damaged, or for another recipe
     AnalysisError    an input an analysis cannot use (analysis/)
+    RunDirBusy       the run directory is held by another live run (rundir.py)
 
 TrainingStopped is not a mistake: the run went non-finite train.max_bad_steps steps in a row
-and stopped itself with its checkpoints intact (exit code 3).
+and stopped itself with its checkpoints intact (exit code 3). A Fault is the machine's failure,
+not the input's (a full disk while saving): one `error:` line saying what is intact, exit code 1.
 """
 from __future__ import annotations
 
@@ -35,5 +37,13 @@ class AnalysisError(UsageError):
     """An input the analysis cannot use; the message says what would work."""
 
 
+class RunDirBusy(UsageError):
+    """Another live run holds the run directory's lock; the message names it (pid, host, start)."""
+
+
 class TrainingStopped(RuntimeError):
     """The run stopped itself (too many consecutive non-finite steps); checkpoints are intact."""
+
+
+class Fault(RuntimeError):
+    """The machine failed the run (a write that ran out of disk); the message says what is intact."""

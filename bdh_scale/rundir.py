@@ -7,22 +7,26 @@ bdh-analyze and the sweeps read it):
     checkpoints/     train/checkpoint.py
     final/           save_pretrained: config.json + model.safetensors
 
-A new run never overwrites an existing directory: it gets the next free suffix (<name>-1, <name>-2,
-...). A resumed run (train.resume) is the same run going on, so it keeps its directory:
-<out_dir>/<run_name> when the checkpoint lives there (a checkpoint from elsewhere starts a fresh
-directory, a fork). train.resume=auto with nothing to resume yet also uses <out_dir>/<run_name>
-itself, unless a finished run is there, so that a job that is requeued before its first checkpoint
-does not scatter directories. Rows of metrics.jsonl after the resumed step are dropped: the
-resumed run logs them again.
+A run directory has one writer: the main process of the run holds its lock (utils/lock.py,
+`.lock`) from before its first write to its exit, and a second run on it is refused naming the
+holder. A new run never overwrites an existing directory: it gets the next free suffix
+(<name>-1, <name>-2, ...). A resumed run (train.resume) is the same run going on, so it keeps
+its directory; which directory a resume writes is decided in train/resume.py. Rows of
+metrics.jsonl after the resumed step are dropped: the resumed run logs them again.
 """
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from bdh_scale.errors import RunDirBusy
 from bdh_scale.utils.atomic import write_text_atomic
+from bdh_scale.utils.lock import LOCK_FILE, DirLock, LockHeld, describe_holder
 
 FINAL = "final"  # save_pretrained directory: config.json + model.safetensors
 CONFIG = "config.yaml"  # the resolved run config, loadable as a recipe
@@ -30,25 +34,62 @@ TOKENIZER = "tokenizer"
 METRICS = "metrics.jsonl"  # one JSON object per logged step
 
 
-# -- choosing and writing ---------------------------------------------------------------------
+# -- claiming and writing ----------------------------------------------------------------------
 
-def free_run_dir(out_dir: str, run_name: str) -> Path:
-    base = Path(out_dir) / run_name
-    if not base.exists() or not any(base.iterdir()):
-        return base
-    i = 1
-    while (Path(out_dir) / f"{run_name}-{i}").exists():
+@dataclass
+class Claim:
+    """A run directory this process holds the lock of; `created` when this process made it."""
+
+    path: Path
+    lock: DirLock
+    created: bool
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def abandon(self) -> None:
+        """Give the directory back untouched: a run refused after claiming it leaves no trace."""
+        self.release()
+        if self.created and vacant(self.path):
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def vacant(path: Path) -> bool:
+    """Nothing there yet, or nothing but the lock file of a run that wrote nothing."""
+    return not path.exists() or (path.is_dir() and all(p.name == LOCK_FILE for p in path.iterdir()))
+
+
+def claim(path: Path) -> Claim:
+    """Take the lock of run directory `path` (made if missing); RunDirBusy if another run holds it."""
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = DirLock(path).acquire()
+    except LockHeld as e:
+        if created and vacant(path):
+            shutil.rmtree(path, ignore_errors=True)
+        raise RunDirBusy(f"{path} is in use by another run ({describe_holder(e.holder)}); wait for it to end or stop it, "
+                         "or give this run another train.run_name") from None
+    if lock.unsupported:
+        print(f"warning: {lock.unsupported}: this run cannot stop a second run from writing into it", file=sys.stderr)
+    return Claim(path, lock, created)
+
+
+def claim_new(out_dir: str, run_name: str) -> Claim:
+    """A fresh directory for a new run: <out_dir>/<run_name>, or the first free <run_name>-<i>."""
+    i = 0
+    while True:
+        path = Path(out_dir) / (run_name if i == 0 else f"{run_name}-{i}")
         i += 1
-    return Path(out_dir) / f"{run_name}-{i}"
-
-
-def choose_run_dir(tc, resume_from: Path | None) -> Path:
-    base = Path(tc.out_dir) / tc.run_name
-    if resume_from is not None:
-        return base if base.resolve() in Path(resume_from).resolve().parents else free_run_dir(tc.out_dir, tc.run_name)
-    if tc.resume == "auto" and not (base / FINAL).exists():
-        return base
-    return free_run_dir(tc.out_dir, tc.run_name)
+        if not vacant(path):
+            continue
+        try:
+            got = claim(path)
+        except RunDirBusy:  # another new run took this name a moment ago
+            continue
+        if vacant(path):  # still empty now that it is ours
+            return got
+        got.release()
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:
@@ -59,14 +100,12 @@ def truncate_metrics(path: Path, after_step: int) -> None:
     write_text_atomic(path, "".join(f"{line}\n" for line in keep))
 
 
-def create_run_dir(cfg, tokenizer, resume_from: Path | None, resumed_step: int) -> Path:
-    """Pick the run's directory and write its config and tokenizer (main process only)."""
-    run_dir = choose_run_dir(cfg.train, resume_from)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def write_run_dir(run_dir: Path, cfg, tokenizer, resumed_step: int) -> None:
+    """Write the run's config and tokenizer, and drop metrics rows the resumed run will log again.
+    Called once every check has passed, by the process holding the directory's lock."""
     write_text_atomic(run_dir / CONFIG, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     tokenizer.save(run_dir / TOKENIZER)
     truncate_metrics(run_dir / METRICS, resumed_step)
-    return run_dir
 
 
 # -- reading --------------------------------------------------------------------------------------

@@ -1,17 +1,23 @@
 """Checkpoints: a run killed at any point continues exactly as if it had never stopped, a damaged
 checkpoint is never used, and one written for another recipe is refused with what differs."""
+import hashlib
 import json
+import os
+import pickle
 import shutil
 import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate import Accelerator
 
 from bdh_scale.config import load_config
-from bdh_scale.train.checkpoint import check_compatible, find_resume, list_checkpoints, verify
+from bdh_scale.train.checkpoint import check_compatible, list_checkpoints, newest_valid, verify
 from bdh_scale.errors import CheckpointError
-from tests.helpers.tiny_runs import RECIPE, losses, metrics, overrides, rank_state, train_in_process, train_process, weights
+from bdh_scale.train.schedule import lr_at
+from tests.helpers.tiny_runs import (RECIPE, losses, metrics, overrides, rank_state, snapshot, train_in_process,
+                                     train_process, weights)
 
 # carry mode, two micro-batches and a prefetch thread: every piece of state a resume must restore
 RESUME_RUN = ["train.max_steps=8", "train.checkpoint_every=3", "train.state=carry", "train.batch_size=2",
@@ -64,7 +70,7 @@ def two_checkpoints(tmp_path):
     return result.run_dir, ckpts
 
 
-def test_damaged_checkpoints_are_refused_and_auto_falls_back_to_the_previous(two_checkpoints, tmp_path):
+def test_damaged_checkpoints_are_refused_and_auto_falls_back_to_the_previous(two_checkpoints, tmp_path, capsys):
     run_dir, (older, newest) = two_checkpoints
     model = newest / "model.safetensors"
     model.write_bytes(model.read_bytes()[:-100])  # truncated, as by a full disk or a cut copy
@@ -73,20 +79,22 @@ def test_damaged_checkpoints_are_refused_and_auto_falls_back_to_the_previous(two
     with pytest.raises(CheckpointError, match="truncated"):  # named explicitly: refused, no fallback
         train_in_process(tmp_path, "c", "train.max_steps=6", "train.batch_size=4", f"train.resume={newest}")
 
-    with pytest.warns(UserWarning, match="step_00000004 is damaged.*skipping"):
-        assert find_resume("auto", str(tmp_path), "c") == older
-    with pytest.warns(UserWarning, match="skipping"):
-        result = train_in_process(tmp_path, "c", "train.max_steps=6", "train.checkpoint_every=2",
-                                  "train.keep_checkpoints=3", "train.batch_size=4", "data.prefetch=0", "train.resume=auto")
+    found, skipped = newest_valid(run_dir)
+    assert found == older and len(skipped) == 1 and "step_00000004 is damaged" in skipped[0]
+    capsys.readouterr()
+    result = train_in_process(tmp_path, "c", "train.max_steps=6", "train.checkpoint_every=2",
+                              "train.keep_checkpoints=3", "train.batch_size=4", "data.prefetch=0", "train.resume=auto")
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")]
+    assert len(said) == 1 and "step_00000004 is damaged" in said[0] and "resuming from the older step_00000002" in said[0]
     assert result.run_dir == run_dir  # the same run goes on in its own directory, no "-1"
     assert [r["step"] for r in metrics(run_dir) if "loss" in r] == [1, 2, 3, 4, 5, 6]  # rows after 2 redone once
     verify(run_dir / "checkpoints/step_00000004")  # rewritten whole by the resumed run
 
-    flipped = older / "optimizer.bin"  # same size, one byte changed: only the checksum notices
+    flipped = older / "optimizer.pt"  # same size, one byte changed: only the checksum notices
     data = bytearray(flipped.read_bytes())
     data[len(data) // 2] ^= 0xFF
     flipped.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="optimizer.bin does not match its sha256"):
+    with pytest.raises(CheckpointError, match="optimizer.pt does not match its sha256"):
         verify(older)
     (older / "manifest.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete: no manifest.json"):
@@ -126,3 +134,97 @@ def test_resume_auto_without_checkpoints_starts_fresh_and_finished_runs_are_not_
     assert third.run_dir == second.run_dir and third.steps == 3
     assert [r["step"] for r in metrics(third.run_dir) if "loss" in r] == [1, 2, 3]
     shutil.rmtree(tmp_path / "a")
+
+
+def test_resume_applies_the_recipes_current_settings_from_the_resumed_step(tmp_path, monkeypatch):
+    """lr, min_lr, warmup, max_steps, weight decay, clipping, eval and log cadence all change on
+    resume; the optimizer's moments and step counts come from the checkpoint."""
+    common = ["train.batch_size=4", "data.prefetch=0", "train.checkpoint_every=4"]
+    old = dict(lr=4e-3, min_lr=4e-4, warmup_steps=2, max_steps=4)
+    train_in_process(tmp_path, "s", *common, *(f"train.{k}={v}" for k, v in old.items()), "train.weight_decay=0.1",
+                     "train.grad_clip=1.0", "train.log_every=1", "train.eval_every=0")
+    new = dict(lr=1e-3, min_lr=1e-5, warmup_steps=6, max_steps=10)
+    clip_norms = []
+    clip = Accelerator.clip_grad_norm_
+    monkeypatch.setattr(Accelerator, "clip_grad_norm_",
+                        lambda self, params, max_norm, **kw: clip_norms.append(max_norm) or clip(self, params, max_norm, **kw))
+    result = train_in_process(tmp_path, "s", *common, *(f"train.{k}={v}" for k, v in new.items()),
+                              "train.weight_decay=0.0", "train.grad_clip=0.5", "train.log_every=2", "train.eval_every=3",
+                              "train.resume=auto")
+    assert result.run_dir == tmp_path / "s" and result.steps == 10
+    rows = metrics(result.run_dir)
+    logged = {r["step"]: r["lr"] for r in rows if "loss" in r}
+    assert sorted(logged) == [1, 2, 3, 4, 6, 8, 10]  # log_every 1, then 2
+    for step, lr in logged.items():  # the lr each step trained with: the old schedule, then the new one
+        assert lr == pytest.approx(lr_at(step - 1, **(old if step <= 4 else new)))
+    assert [r["step"] for r in rows if "val_loss" in r] == [4, 6, 9, 10]  # at the end of the first run, then every 3
+    assert clip_norms == [0.5] * 6
+    opt = torch.load(result.run_dir / "checkpoints/step_00000010/optimizer.pt", weights_only=True)
+    assert {g["weight_decay"] for g in opt["param_groups"]} == {0.0}  # the first run decayed at 0.1
+    assert {float(s["step"]) for s in opt["state"].values()} == {10.0}  # moments carried on, not restarted
+
+
+class Payload:
+    """Unpickling this runs a shell command: what a planted checkpoint file would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("planted", ["custom_checkpoint_0.pkl", "random_states_0.pkl", "rank_00000.pt", "optimizer.pt"])
+def test_a_planted_pickle_in_a_checkpoint_is_never_executed(two_checkpoints, tmp_path, planted):
+    _, (_, newest) = two_checkpoints
+    marker = tmp_path / "pwned"
+    if planted.endswith(".pkl"):
+        (newest / planted).write_bytes(pickle.dumps(Payload(marker)))  # as Accelerate's pickles were
+    else:
+        torch.save({"state": Payload(marker)}, newest / planted)  # replaces a file the checkpoint does hold
+    manifest = json.loads((newest / "manifest.json").read_text())  # hashes updated: the manifest is no defence
+    manifest["files"][planted] = {"size": (newest / planted).stat().st_size,
+                                  "sha256": hashlib.sha256((newest / planted).read_bytes()).hexdigest()}
+    (newest / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="refusing"):
+        train_in_process(tmp_path, "c", "train.max_steps=6", "train.batch_size=4", "data.prefetch=0",
+                         f"train.resume={newest}")
+    assert not marker.exists()
+
+
+def test_a_refused_resume_writes_nothing(two_checkpoints, tmp_path):
+    run_dir, _ = two_checkpoints
+    before = snapshot(run_dir)
+    with pytest.raises(CheckpointError, match="model.n_layer: checkpoint 2, this run 4"):
+        train_in_process(tmp_path, "c", "train.max_steps=6", "train.batch_size=4", "data.prefetch=0",
+                         "model.n_layer=4", "train.resume=auto")
+    assert snapshot(run_dir) == before  # config.yaml, metrics.jsonl, checkpoints: byte for byte
+
+
+def test_every_checkpoint_damaged_starts_a_fresh_directory_and_leaves_the_old_one(two_checkpoints, tmp_path, capsys):
+    run_dir, ckpts = two_checkpoints
+    shutil.rmtree(run_dir / "final")  # a run that was killed after its checkpoints
+    for ckpt in ckpts:
+        model = ckpt / "model.safetensors"
+        model.write_bytes(model.read_bytes()[:-10])
+    before = snapshot(run_dir)
+    rest = ["train.max_steps=3", "train.batch_size=4", "data.prefetch=0", "train.keep_checkpoints=0"]
+    with pytest.raises(CheckpointError, match="auto_or_fail: every checkpoint in .* is damaged"):
+        train_in_process(tmp_path, "c", *rest, "train.resume=auto_or_fail")
+    assert snapshot(run_dir) == before and not (tmp_path / "c-1").exists()
+    capsys.readouterr()
+    result = train_in_process(tmp_path, "c", *rest, "train.resume=auto")
+    said = [line for line in capsys.readouterr().out.splitlines() if "every checkpoint" in line]
+    assert len(said) == 1 and f"fresh run in {tmp_path / 'c-1'}" in said[0]
+    assert result.run_dir == tmp_path / "c-1" and [r["step"] for r in metrics(result.run_dir)] == [1, 2, 3]
+    assert snapshot(run_dir) == before
+
+
+def test_every_file_of_a_run_gets_the_same_permissions(two_checkpoints):
+    run_dir, _ = two_checkpoints
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.relative_to(run_dir): oct(p.stat().st_mode & 0o777) for p in run_dir.rglob("*")
+             if p.is_file() and p.name != ".lock"}
+    assert "final/model.safetensors" in {str(p) for p in modes}  # safetensors files included
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes

@@ -1,6 +1,7 @@
 """Faults: a non-finite step is skipped and counted, too many in a row stop the run with the last good
 checkpoint intact, the fp16 loss scaler's overflows are its own business, and SIGTERM / SIGINT save a
 checkpoint before the process exits."""
+import json
 import signal
 import time
 
@@ -22,12 +23,13 @@ def test_a_single_nan_step_is_skipped_counted_and_changes_nothing(tmp_path, monk
     monkeypatch.setenv("BDH_INJECT_NAN_AT_STEP", "3")
     result = train_in_process(tmp_path, "n", *SHORT, "train.max_steps=5", "train.checkpoint_every=1",
                               "train.keep_checkpoints=5")
-    rows = {r["step"]: r for r in metrics(result.run_dir)}
+    rows = {r["step"]: r for r in metrics(result.run_dir)}  # strict JSON: no bare NaN in the file
     assert [rows[s]["bad_steps"] for s in range(1, 6)] == [0, 0, 1, 1, 1]
+    assert rows[3]["loss"] is None  # the step's loss was NaN: written as null
     assert rows[5]["loss"] == rows[5]["loss"] and result.final_val["val_loss"] < 6  # finite, trained on
     assert [p.name for p in list_checkpoints(result.run_dir)] == [f"step_0000000{i}" for i in (1, 2, 4, 5)]
     step4 = result.run_dir / "checkpoints/step_00000004"  # none at the bad step 3 itself
-    opt = torch.load(step4 / "optimizer.bin", weights_only=True)
+    opt = torch.load(step4 / "optimizer.pt", weights_only=True)
     assert {float(s["step"]) for s in opt["state"].values()} == {3.0}  # steps 1, 2, 4: step 3 made none
     assert all(torch.isfinite(w).all() for w in weights(step4).values())  # its NaN gradients were dropped
     assert rank_state(step4)["lanes"]["batches_served"] == 4  # its data window was consumed, not replayed
@@ -59,11 +61,19 @@ def test_fp16_scaler_overflow_is_counted_not_bad_and_a_nan_loss_is_bad(tmp_path,
     rows = metrics(result.run_dir)
     assert rows[-1]["scaler_overflows"] >= 1 and rows[-1]["bad_steps"] == 0
     assert rows[-1]["loss_scale"] < 2.0 ** 127 and rows[-1]["loss"] == rows[-1]["loss"]
-    assert (result.run_dir / "checkpoints/step_00000006/scaler.pt").is_file()
+    saved = json.loads((result.run_dir / "checkpoints/step_00000006/scaler.json").read_text())  # JSON, no pickle
+    assert saved["scale"] == rows[-1]["loss_scale"]
 
     monkeypatch.setenv("BDH_INJECT_NAN_AT_STEP", "8,9")  # a NaN loss is bad whatever the scale
     with pytest.raises(TrainingStopped, match="steps 8-9"):
         train_in_process(tmp_path, "s", *SHORT, "train.max_steps=12", "train.max_bad_steps=2", "train.resume=auto")
+
+
+def test_the_stop_message_names_the_last_good_checkpoint_or_says_there_is_none():
+    with pytest.raises(TrainingStopped, match="no checkpoint was written before them"):
+        BadStepGuard(max_bad_steps=1).record(1, True, True)
+    with pytest.raises(TrainingStopped, match="the newest checkpoint, runs/r/checkpoints/step_00000004, is the last good"):
+        BadStepGuard(max_bad_steps=1, last_checkpoint=lambda: "runs/r/checkpoints/step_00000004").record(5, True, True)
 
 
 def test_guard_rules_without_and_with_a_scaler():

@@ -1,9 +1,12 @@
 """The training loop end to end on CPU: it learns, writes a complete run directory, and refuses
 bad input with one clear line and nothing half-written."""
+import errno
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ from accelerate.state import AcceleratorState
 
 from bdh_scale.config import load_config
 from bdh_scale.model import BDH
+from bdh_scale.train.checkpoint import list_checkpoints, verify
+from tests.helpers.tiny_runs import main_in_process
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=8",
@@ -98,3 +103,78 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(tmp_path, args, words):
     for w in words:
         assert w in lines[0]
     assert not out_dir.exists()
+
+
+def refused(tmp_path, capsys, *args, recipe=ROOT / "recipes/shakespeare_cpu.yaml") -> str:
+    """Run bdh-train in this process; it must exit 2 with one `error:` line and nothing written."""
+    out_dir = tmp_path / "runs"
+    capsys.readouterr()
+    code = main_in_process(recipe, *TINY, "train.max_steps=3", f"train.out_dir={out_dir}", *args)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error:"), err
+    assert not out_dir.exists()
+    return err[0]
+
+
+@pytest.mark.parametrize("args,words", [
+    (["data.val_fraction=0"], ["data.val_fraction", "0 tokens"]),  # used to fail at the first validation
+    (["train.eval_seq_len=500000"], ["data.val_fraction", "500001"]),
+    (["train.sample_top_k=0"], ["train.sample_top_k", ">= 1"]),  # used to crash the end-of-run sample
+    (["train.run_name=../../escaped"], ["train.run_name", "plain directory name"]),
+    (["train.run_name=/tmp/absolute"], ["train.run_name", "plain directory name"]),
+    (["train.run_name="], ["train.run_name", "plain directory name"]),
+])
+def test_input_that_would_fail_later_is_refused_before_step_1(tmp_path, capsys, args, words):
+    line = refused(tmp_path, capsys, *args)
+    assert all(w in line for w in words), line
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_recipes_that_are_empty_or_not_text_and_unwritable_outputs_are_refused(tmp_path, capsys):
+    empty, binary, a_file = tmp_path / "empty.yaml", tmp_path / "binary.yaml", tmp_path / "a_file"
+    empty.write_text("# nothing but a comment\n")
+    binary.write_bytes(bytes(range(256)) * 8)
+    a_file.write_text("not a directory")
+    assert "is empty" in refused(tmp_path, capsys, recipe=empty)  # used to build a 151M-parameter default model
+    assert "not a text file" in refused(tmp_path, capsys, recipe=binary)
+    line = refused(tmp_path, capsys, f"train.out_dir={a_file / 'runs'}")
+    assert "train.out_dir" in line and "is a file" in line
+
+
+def test_too_little_free_disk_for_a_checkpoint_is_refused(tmp_path, capsys, monkeypatch):
+    from bdh_scale.train import preflight
+
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 30, used=0, free=1 << 20))
+    line = refused(tmp_path, capsys, "train.checkpoint_every=2")
+    assert "train.out_dir" in line and "1 MiB free" in line and "keep_checkpoints=0" in line
+
+
+def test_a_full_disk_while_saving_is_one_error_line_and_the_last_checkpoint_survives(tmp_path, capsys, monkeypatch):
+    from bdh_scale.train import checkpoint_files
+
+    save_rank, calls = checkpoint_files.save_rank, []
+
+    def disk_fills(directory, *args):
+        calls.append(directory)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory / "rank_00000.pt"))
+        save_rank(directory, *args)
+
+    monkeypatch.setattr(checkpoint_files, "save_rank", disk_fills)
+    code = main_in_process(ROOT / "recipes/shakespeare_cpu.yaml", *TINY, "train.max_steps=6", "train.checkpoint_every=2",
+                           f"train.out_dir={tmp_path}", "train.run_name=d", "train.sample_tokens=0")
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and len(err) == 1, err
+    assert "No space left on device" in err[0] and "the newest complete checkpoint is" in err[0]
+    assert "step_00000002" in err[0]
+    (ckpt,) = list_checkpoints(tmp_path / "d")  # the step-2 checkpoint is whole, the step-4 write left nothing
+    verify(ckpt)
+    assert not list((tmp_path / "d/checkpoints").glob(".step_*"))
+
+
+def test_a_corpus_that_is_mostly_not_text_gets_a_warning(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(random.Random(0).randbytes(100_000))
+    result = run(tmp_path, "train.max_steps=1", "train.sample_tokens=0", f"data.source={corpus}")
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: data.source")]
+    assert len(said) == 1 and "decodes to text" in said[0] and result.steps == 1

@@ -1,12 +1,10 @@
 """Checkpoints: everything a run needs to continue exactly where it stopped, written so that a
-crash can never leave one that looks valid.
+crash can never leave one that looks valid, and read without running code from it.
 
     <run_dir>/checkpoints/step_00001200/
-        model.safetensors, optimizer.bin        accelerator.save_state (FSDP: its sharded files)
-        scaler.pt                               fp16 only: the GradScaler
-        custom_checkpoint_0.pkl                 the LR scheduler (register_for_checkpointing)
-        random_states_<rank>.pkl                every rank's python/numpy/torch/CUDA RNG
-        rank_<rank>.pt                          every rank's lane positions and carried TBPTT states
+        model.safetensors, optimizer.pt         weights and optimizer moments (checkpoint_files.py)
+        scaler.json                             fp16 only: the GradScaler
+        rank_<rank>.pt                          every rank's lane positions, carried TBPTT states and RNG
         trainer_state.json                      step, tokens, fault counters, lane layout, model shape
         config.yaml, tokenizer/                 the resolved recipe and the tokenizer
         manifest.json                           size and sha256 of every file above; written last
@@ -14,38 +12,41 @@ crash can never leave one that looks valid.
 Written atomically: every rank writes into one hidden temporary directory (`.step_...tmp`, on the
 shared filesystem), the main process writes the manifest last and renames the directory into place.
 A crash before the rename leaves only the hidden directory, which is never read; a file damaged
-afterwards (truncated copy, bad disk) fails the manifest's sizes or checksums.
+afterwards (truncated copy, bad disk) fails the manifest's sizes or checksums, and a file no
+checkpoint holds (a planted pickle) fails it too.
 
-train.resume=auto takes the newest checkpoint that passes the manifest, warning about each newer
-one it skips; an explicit path must pass or the run is refused. A checkpoint written for another
-model shape, tokenizer, optimizer or lane layout (world size x batch_size x grad_accum_steps) is
-refused with what differs: its tensors or its lanes would not mean the same thing in this run.
-Learning rate, schedule, seq_len, max_steps and the like may change on resume.
+What a resume takes from the checkpoint and what from the recipe: the weights, the optimizer's
+moments and step counts, the loss scaler, the RNG, the lanes and carried states and the step
+come from the checkpoint; the optimizer's hyperparameters (lr, weight decay, betas, muon_lr),
+the LR schedule (lr, min_lr, warmup_steps, max_steps), clipping, evaluation, logging and
+checkpointing settings come from the recipe, from the resumed step on. A checkpoint written for
+another model shape, tokenizer, optimizer or lane layout (world size x batch_size x
+grad_accum_steps) is refused with what differs: its tensors or its lanes would not mean the same
+thing in this run.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 from accelerate.utils import broadcast_object_list
 
 from bdh_scale.data.tokenizer import load_tokenizer
+from bdh_scale.errors import CheckpointError, Fault
+from bdh_scale.train import checkpoint_files as files
+from bdh_scale.train.optim import keep_recipe_hyperparameters
 from bdh_scale.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
-from bdh_scale.train.distributed import from_main
-from bdh_scale.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"  # inside the run directory
 PREFIX = "step_"
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
-FORMAT = 1
+FORMAT = 2  # 1: Accelerate's save_state, with the scheduler and RNG as pickles (not loadable any more)
 # Model fields that may change on resume: they do not change what the weights mean.
 MODEL_FREE_FIELDS = frozenset({"dropout", "attn_backend", "chunk_size", "hrm_gen_context"})
 
@@ -93,7 +94,13 @@ def verify(path: str | Path) -> dict:
         raise CheckpointError(f"{where} is incomplete: no {MANIFEST} (the write did not finish)") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{where} is damaged: {MANIFEST} is not valid JSON") from None
-    for rel, want in manifest.get("files", {}).items():
+    listed = manifest.get("files", {})
+    present = [str(f.relative_to(path)) for f in _files(path)]
+    strangers = files.unexpected_files(set(present) | set(listed))
+    if strangers:
+        raise CheckpointError(f"{where} holds {', '.join(sorted(strangers))}, which no bdh-scale checkpoint holds "
+                              "(tampered, or written by something else): refusing to read it")
+    for rel, want in listed.items():
         f = path / rel
         if not f.is_file():
             raise CheckpointError(f"{where} is damaged: {rel} is missing")
@@ -103,45 +110,41 @@ def verify(path: str | Path) -> dict:
                                   "(truncated or overwritten)")
         if _sha256(f) != want["sha256"]:
             raise CheckpointError(f"{where} is damaged: {rel} does not match its sha256 in the manifest")
-    if TRAINER_STATE not in manifest.get("files", {}):
+    unlisted = sorted(set(present) - set(listed))
+    if unlisted:
+        raise CheckpointError(f"{where} is damaged: {', '.join(unlisted)} not in its manifest")
+    if TRAINER_STATE not in listed:
         raise CheckpointError(f"{where} is damaged: its manifest lists no {TRAINER_STATE}")
     return manifest
 
 
-def newest_valid(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint of a run that passes verify(); warns about each newer one skipped."""
+def newest_valid(run_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """(the newest checkpoint of a run that passes verify(), why each newer one was skipped)."""
+    skipped = []
     for path in reversed(list_checkpoints(run_dir)):
         try:
             verify(path)
-            return path
+            return path, skipped
         except CheckpointError as e:
-            warnings.warn(f"{e}; skipping it and trying an older one", stacklevel=2)
-    return None
+            skipped.append(str(e))
+    return None, skipped
 
 
-def find_resume(resume: str | None, out_dir: str, run_name: str) -> Path | None:
-    """The checkpoint train.resume points at: None (start fresh), auto, a checkpoint or a run dir."""
-    if resume is None:
-        return None
-    if resume == "auto":
-        return newest_valid(Path(out_dir) / run_name)
+def find_checkpoint(resume: str) -> Path:
+    """The checkpoint a path in train.resume names: a checkpoint (which must pass verify()) or a run
+    directory (its newest valid checkpoint)."""
     path = Path(resume).expanduser()
     if (path / MANIFEST).exists() or path.name.startswith(PREFIX):
         verify(path)
         return path
     if (path / CHECKPOINTS).is_dir():
-        found = newest_valid(path)
+        found, skipped = newest_valid(path)
         if found is None:
-            raise CheckpointError(f"train.resume: no valid checkpoint in {path / CHECKPOINTS}")
+            why = f" (newest: {skipped[0]})" if skipped else ""
+            raise CheckpointError(f"train.resume: no valid checkpoint in {path / CHECKPOINTS}{why}")
         return found
     raise CheckpointError(f"train.resume: {path} is neither a checkpoint (with {MANIFEST}) nor a run directory "
-                          f"(with {CHECKPOINTS}/); use auto, such a path, or null")
-
-
-def resolve_resume(tc, accelerator) -> Path | None:
-    """find_resume on the main process (it reads and hashes files), the answer on every rank."""
-    found = from_main(accelerator, lambda: find_resume(tc.resume, tc.out_dir, tc.run_name))
-    return None if found is None else Path(found)
+                          f"(with {CHECKPOINTS}/); use auto, auto_or_fail, such a path, or null")
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -157,6 +160,10 @@ def lane_layout(world_size: int, tc) -> dict:
 
 def check_compatible(path: Path, meta: dict, cfg, world_size: int, tokenizer, has_scaler: bool) -> None:
     """Raise CheckpointError naming every difference that makes the checkpoint unusable here."""
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, this bdh-scale reads format "
+                              f"{FORMAT} (format 1 kept its scheduler and RNG as pickles, which are never loaded); "
+                              "start fresh (train.resume=null) or resume with the version that wrote it")
     diffs = []
     theirs_model, ours_model = meta["model"], cfg.to_dict()["model"]
     for key in sorted(set(theirs_model) | set(ours_model)):
@@ -208,7 +215,16 @@ class Checkpointer:
             return False
         return at_end or (self.every > 0 and step % self.every == 0 and not in_bad_streak)
 
-    def save(self, step: int, tokens: int, lanes, states: list, faults: dict) -> Path:
+    def save(self, step: int, tokens: int, model, optimizer, lanes, states: list, faults: dict) -> Path:
+        try:
+            return self._save(step, tokens, model, optimizer, lanes, states, faults)
+        except OSError as e:  # a full disk, a lost mount: the half-written directory is already gone
+            raise Fault(f"the checkpoint of step {step} could not be written ({e.strerror or e}"
+                        + (f": {e.filename}" if getattr(e, "filename", None) else "") + "); "
+                        + (f"the newest complete checkpoint is {self.last}" if self.last else "no checkpoint was saved")
+                        ) from e
+
+    def _save(self, step: int, tokens: int, model, optimizer, lanes, states: list, faults: dict) -> Path:
         acc, tc = self.accelerator, self.cfg.train
         final = self.root / f"{PREFIX}{step:08d}"
         writing = atomic_path(final, is_dir=True) if acc.is_main_process else nullcontext(None)
@@ -217,11 +233,11 @@ class Checkpointer:
             if acc.num_processes > 1:
                 broadcast_object_list(box, from_process=0)
             tmp = Path(box[0])
-            acc.save_state(str(tmp))  # model, optimizer, scaler, scheduler, RNG of every rank
-            torch.save({"lanes": lanes.state_dict(),
-                        "states": [None if s is None else _to_cpu(s.state_dict()) for s in states]},
-                       tmp / f"rank_{acc.process_index:05d}.pt")
+            files.save_model_and_optimizer(acc, model, optimizer, tmp)
+            files.save_rank(tmp, acc.process_index, lanes, states)
             if acc.is_main_process:
+                if acc.scaler is not None:
+                    files.save_scaler(acc.scaler, tmp)
                 meta = {"format": FORMAT, "step": step, "tokens": tokens, "optim": tc.optim,
                         "lanes": lane_layout(acc.num_processes, tc), "scaler": acc.scaler is not None,
                         "precision": str(acc.mixed_precision), "model": self.cfg.to_dict()["model"],
@@ -233,29 +249,41 @@ class Checkpointer:
             if self.inject is not None:
                 self.inject.kill_point("in_checkpoint", step)
             if acc.is_main_process:
-                files = {str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in _files(tmp)}
-                write_json_atomic(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": files})
+                listed = {str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in _files(tmp)}
+                write_json_atomic(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": listed})
         if acc.is_main_process:
             self._prune()
         acc.wait_for_everyone()
         self.last, self.last_step = final, step
         return final
 
-    def load(self, path: Path, lanes, model) -> Resumed:
-        """Restore model, optimizer, scheduler, scaler and RNG (every rank), this rank's lanes and states."""
+    def check(self, path: Path) -> dict:
+        """The checkpoint's trainer state, once it is known to fit this run (CheckpointError if not)."""
         acc = self.accelerator
         meta = json.loads((path / TRAINER_STATE).read_text())
         check_compatible(path, meta, self.cfg, acc.num_processes, self.tokenizer, acc.scaler is not None)
-        acc.load_state(str(path))
-        mine = torch.load(path / f"rank_{acc.process_index:05d}.pt", map_location="cpu", weights_only=True)
+        return meta
+
+    def load(self, path: Path, model, optimizer, lanes) -> Resumed:
+        """Restore weights, optimizer moments (the recipe's hyperparameters kept), scaler, this rank's
+        RNG, lanes and carried states. Reads only; nothing is written."""
+        acc = self.accelerator
+        meta = self.check(path)
+        with keep_recipe_hyperparameters(optimizer):
+            files.load_model_and_optimizer(acc, model, optimizer, path)
+        if acc.scaler is not None:
+            files.load_scaler(acc.scaler, path)
+        mine = files.load_rank(path, acc.process_index)
         lanes.load_state_dict(mine["lanes"])
+        files.set_rng_state(mine["rng"])
+        raw = acc.unwrap_model(model)
         state_cls = None
         states = []
         for d in mine["states"]:
             if d is None:
                 states.append(None)
                 continue
-            state_cls = state_cls or type(model.init_state(1, acc.device))
+            state_cls = state_cls or type(raw.init_state(1, acc.device))
             states.append(state_cls.from_state_dict(d).to(acc.device))
         self.last, self.last_step = path, int(meta["step"])
         return Resumed(int(meta["step"]), int(meta["tokens"]), states, meta["faults"])
@@ -269,15 +297,5 @@ class Checkpointer:
                 shutil.rmtree(stray, ignore_errors=True)
 
 
-def _to_cpu(x):
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu()
-    if isinstance(x, dict):
-        return {k: _to_cpu(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_cpu(v) for v in x)
-    return x
-
-
-__all__ = ["Checkpointer", "Resumed", "verify", "newest_valid", "find_resume", "resolve_resume",
-           "list_checkpoints", "checkpoint_step", "check_compatible", "CheckpointError"]
+__all__ = ["Checkpointer", "Resumed", "verify", "newest_valid", "find_checkpoint", "list_checkpoints",
+           "checkpoint_step", "check_compatible", "CheckpointError"]

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from bdh_scale.config import load_config
-from bdh_scale.errors import TrainingStopped, UsageError
+from bdh_scale.errors import Fault, TrainingStopped, UsageError
 
 USAGE_ERRORS = (UsageError, FileNotFoundError)
 
@@ -22,23 +24,45 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 done or stopped by SIGTERM after saving; 1 a fault (disk, network, a lost peer,
+    a bug); 2 bad input, nothing written; 3 too many non-finite steps; 130 SIGINT. Every failure
+    is one `error:` line (BDH_TRACEBACK=1 adds the traceback)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.recipe, args.overrides)
         from bdh_scale.train.loop import train  # heavy imports only once the recipe is known to be good
 
         result = train(cfg)
-    except USAGE_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except USAGE_ERRORS as e:  # the same on every rank (or decided by the main process): said once
+        return report(str(e), 2, every_rank=False)
     except TrainingStopped as e:  # too many non-finite steps; the last good checkpoint is intact
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+        return report(str(e), 3, every_rank=False)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a fault, which may be this rank's own: every rank says what it saw
+        return report(fault_message(e), 1, every_rank=True)
     # A signal stops the run after a checkpoint: SIGTERM (preemption) is a clean stop, SIGINT is Ctrl-C.
     return 130 if result.stopped_by == "SIGINT" else 0
+
+
+def report(message: str, code: int, every_rank: bool) -> int:
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if os.environ.get("BDH_TRACEBACK") == "1":
+        traceback.print_exc()
+    if rank == 0 or every_rank:
+        where = f"rank {rank}: " if every_rank and world > 1 else ""
+        print(f"error: {where}{' '.join(message.split())}", file=sys.stderr)
+    return code
+
+
+def fault_message(e: Exception) -> str:
+    if isinstance(e, Fault):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}" + (f": {e.filename}" if e.filename else "")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first} (set BDH_TRACEBACK=1 to see where)" if first else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -21,6 +21,13 @@ train.resume=auto; a requeue is the scheduler's business) and 130 after SIGINT (
 convention for Ctrl-C). Launchers (accelerate launch / torchrun) forward the signal to every
 worker, often twice; a third signal raises KeyboardInterrupt at once, without saving.
 
+Orphans (watch_launcher). A worker started by a launcher (accelerate launch / torchrun) must not
+outlive it: a launcher killed with SIGKILL forwards nothing, and its workers would go on training
+and writing checkpoints with no one to stop them. A daemon thread watches the parent process;
+when it is gone, the worker sends itself SIGTERM (so it finishes its step and saves, as on
+preemption; the other workers see the same and they agree on the stop) and exits at once if that
+has not ended it within ORPHAN_GRACE_S (a peer may be gone too, and a collective would wait for it).
+
 Fault injection for tests (FaultInjection), read from the environment at the start of a run:
   BDH_INJECT_NAN_AT_STEP=3 or 3,4,5   the loss of those (1-based) steps becomes NaN, on every rank
   BDH_KILL_AT=after_step:5            SIGKILL this process at the end of step 5 (before its checkpoint)
@@ -32,19 +39,21 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import torch
 
 from bdh_scale.errors import TrainingStopped
+from bdh_scale.utils.tree import tensors
 
 
 class BadStepGuard:
     """Decides, per step, whether the optimizer may step; counts bad steps; stops after too many."""
 
-    def __init__(self, max_bad_steps: int, scaler=None, checkpoint_dir: str = "the run's checkpoints"):
+    def __init__(self, max_bad_steps: int, scaler=None, last_checkpoint=lambda: None):
         self.max_bad_steps = max_bad_steps
         self.scaler = scaler  # accelerator.scaler: a GradScaler under fp16, else None
-        self.checkpoint_dir = checkpoint_dir
+        self.last_checkpoint = last_checkpoint  # () -> the newest checkpoint written or resumed, or None
         self.consecutive = 0  # bad steps in a row, up to the current one
         self.total = 0  # bad steps in the whole run
         self.overflows = 0  # fp16 steps the scaler skipped while calibrating (not bad)
@@ -72,10 +81,12 @@ class BadStepGuard:
         if self.consecutive == 1:
             self.first_bad = step
         if self.consecutive >= self.max_bad_steps:
-            raise TrainingStopped(
-                f"train.max_bad_steps={self.max_bad_steps}: steps {self.first_bad}-{step} all had a non-finite "
-                f"loss or gradient; stopped without saving. The newest checkpoint in {self.checkpoint_dir} is "
-                "the last good one: resume from it (train.resume=auto) with a lower train.lr or train.grad_clip")
+            last = self.last_checkpoint()
+            advice = (f"the newest checkpoint, {last}, is the last good one: resume from it (train.resume=auto) "
+                      "with a lower train.lr or train.grad_clip" if last is not None else
+                      "no checkpoint was written before them: start again with a lower train.lr or train.grad_clip")
+            raise TrainingStopped(f"train.max_bad_steps={self.max_bad_steps}: steps {self.first_bad}-{step} all had "
+                                  f"a non-finite loss or gradient; stopped without saving; {advice}")
         return True
 
     def state_dict(self) -> dict:
@@ -90,20 +101,10 @@ class BadStepGuard:
 def nonfinite_lanes(state) -> torch.Tensor | None:
     """(B,) bool: lanes whose carried state holds a NaN or inf; None for an empty state."""
     mask = None
-
-    def visit(x):
-        nonlocal mask
-        if isinstance(x, torch.Tensor) and x.dim() >= 1 and x.is_floating_point():
+    for x in tensors(state.state_dict()):
+        if x.dim() >= 1 and x.is_floating_point():
             m = ~torch.isfinite(x).reshape(x.size(0), -1).all(dim=1)
             mask = m if mask is None else mask | m
-        elif isinstance(x, dict):
-            for v in x.values():
-                visit(v)
-        elif isinstance(x, (list, tuple)):
-            for v in x:
-                visit(v)
-
-    visit(state.state_dict())
     return mask
 
 
@@ -151,6 +152,37 @@ class StopSignals:
             print(f"{name} received: stopping after this step and saving a checkpoint "
                   f"(signal {self.FORCE_AFTER - self.count} more time(s) to stop at once)",
                   file=sys.stderr, flush=True)
+
+
+ORPHAN_GRACE_S = 120.0  # an orphaned worker saves within this, or exits without saving
+
+
+def launched_worker() -> bool:
+    """Whether this process is a worker of torch elastic (torchrun, accelerate launch with
+    several processes): the processes a launcher starts in sessions of their own."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def watch_launcher(poll_s: float = 0.5, grace_s: float = ORPHAN_GRACE_S) -> threading.Thread | None:
+    """Start the orphan watch (see the module docstring) when this is a launched worker."""
+    if not launched_worker():
+        return None
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        print(f"rank {os.environ.get('RANK', '?')}: the launcher (pid {parent}) is gone; saving a checkpoint and "
+              "stopping", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace_s)
+        print(f"rank {os.environ.get('RANK', '?')}: not stopped {grace_s:.0f} s after the launcher died; exiting "
+              "without a checkpoint", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="launcher-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 class FaultInjection:

@@ -38,7 +38,15 @@ class TrainResult:
 
 def train(cfg: RunConfig) -> TrainResult:
     run = setup(cfg)
-    tc, acc = cfg.train, run.accelerator
+    try:
+        return train_run(run)
+    finally:
+        if run.claim is not None:
+            run.claim.release()  # the run directory is free for the next run (also when this one failed)
+
+
+def train_run(run) -> TrainResult:
+    tc, acc = run.cfg.train, run.accelerator
     bar = tqdm(total=tc.max_steps, initial=min(run.step, tc.max_steps), dynamic_ncols=True, desc="train",
                disable=not (tc.progress and acc.is_local_main_process))
     say = bar.write if acc.is_main_process else (lambda *args, **kwargs: None)
@@ -56,7 +64,7 @@ def train(cfg: RunConfig) -> TrainResult:
             if run.step % tc.log_every == 0 or last or step.stop:
                 row = train_row(run, window, step, T, started)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-            if ((tc.eval_every and run.step % tc.eval_every == 0) or last) and not step.stop:
+            if tc.eval_batches and ((tc.eval_every and run.step % tc.eval_every == 0) or last) and not step.stop:
                 final_val = validate(run)
                 row = (row or {"step": run.step, "tokens": run.tokens}) | final_val
                 if run.extras:
@@ -68,7 +76,8 @@ def train(cfg: RunConfig) -> TrainResult:
             run.inject.kill_point("after_step", run.step)
             if run.checkpoints.due(run.step, at_end=last or step.stop is not None,
                                    in_bad_streak=run.guard.consecutive > 0):
-                run.checkpoints.save(run.step, run.tokens, run.data.train, run.carried, run.guard.state_dict())
+                run.checkpoints.save(run.step, run.tokens, run.model, run.optimizer, run.data.train, run.carried,
+                                     run.guard.state_dict())
             if step.stop:
                 stopped_by = step.stop
                 break
@@ -89,7 +98,7 @@ def finish(run, final_val: dict, stopped_by: str | None) -> TrainResult:
         acc.print(f"stopped by {stopped_by} after step {run.step}: {saved}; continue with train.resume=auto")
         acc.end_training()
         return TrainResult(run.run_dir, run.step, run.tokens, final_val, "", stopped_by)
-    if not final_val:  # resumed at or past max_steps: nothing trained, still report where it stands
+    if not final_val and tc.eval_batches:  # resumed at or past max_steps: nothing trained, still report where it stands
         final_val = validate(run)
     final_model = save_final(acc, run.model, run.cfg.model, run.run_dir)  # every rank: FSDP gathers the weights
     text = ""

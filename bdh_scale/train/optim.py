@@ -18,6 +18,7 @@ leading dims (BDH's heads) a batch of separate matrices.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterator
 
 import torch
@@ -106,3 +107,20 @@ def build_optimizer(
         ]
         return MuonWithAdamW([g for g in groups if g["params"]])
     raise ValueError(f'unknown optimizer {name!r}: expected "adamw" or "muon"')
+
+
+@contextmanager
+def keep_recipe_hyperparameters(optimizer):
+    """Load an optimizer state inside this block and keep the recipe's hyperparameters.
+
+    optimizer.load_state_dict restores the saved param_groups too: the lr, weight decay and betas
+    of the run that wrote the checkpoint. A resumed run must train with what its recipe says now
+    (a lower lr after a divergence, a longer schedule), so every group setting of the freshly built
+    optimizer is put back and only the per-parameter state (moments, step counts) is kept. The
+    scheduler's own base lr ("initial_lr") goes too: the schedule is rebuilt from the recipe.
+    """
+    recipe = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    yield
+    for group, settings in zip(optimizer.param_groups, recipe, strict=True):
+        group.pop("initial_lr", None)
+        group.update(settings)

@@ -38,7 +38,7 @@ def train_row(run, window: LossWindow, step, T: int, started: float) -> dict:
     mean = window.loss / window.n if window.n else torch.tensor(float("nan"))
     loss = acc.reduce(torch.as_tensor(mean, device=acc.device), reduction="mean").item()
     elapsed = slowest(acc, time.perf_counter() - window.t0)
-    row = {"step": run.step, "tokens": run.tokens, "loss": loss, "lr": run.scheduler.get_last_lr()[0],
+    row = {"step": run.step, "tokens": run.tokens, "loss": loss, "lr": step.lr,
            "tokens_per_s": window.tokens / max(elapsed, 1e-9), "seq_len": T,
            "elapsed_s": time.perf_counter() - started, "grad_norm": float(step.grad_norm),
            "bad_steps": run.guard.total}

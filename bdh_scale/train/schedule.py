@@ -50,20 +50,25 @@ def make_scheduler(
     min_lr: float,
     warmup_steps: int,
     max_steps: int,
-    last_epoch: int = -1,
+    step: int = 0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR whose factor is `lr_at(step) / lr`, applied to each group's base lr.
+    """A LambdaLR whose factor is `lr_at(step) / lr`, applied to each group's base lr, starting at
+    optimizer step `step` (0: a new run; k: a run resumed after k steps).
 
-    Call `scheduler.step()` once per optimizer step. The factor is a closure, so LambdaLR's
-    state_dict stores only the step counter: on resume the schedule comes from the current
-    config (e.g. a longer max_steps), not from the checkpoint.
+    Call `scheduler.step()` once per optimizer step. The schedule is a function of the step and the
+    recipe only, so a checkpoint keeps no scheduler state: a resumed run builds its scheduler from
+    the recipe it runs with (a new lr, a longer max_steps) at the checkpoint's step, and each
+    group's current lr is taken as its base.
     """
     _check(lr, min_lr, warmup_steps, max_steps)
 
-    def factor(step: int) -> float:
-        return lr_at(step, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=max_steps) / lr
+    def factor(i: int) -> float:
+        return lr_at(i, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=max_steps) / lr
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=last_epoch)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    # LambdaLR steps once on construction: last_epoch step - 1 puts it at `step`.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=step - 1)
 
 
 # -- sequence-length curriculum ----------------------------------------------------------------

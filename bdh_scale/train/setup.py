@@ -1,5 +1,11 @@
 """Everything a training run holds, built in order: Accelerate -> data -> model and optimizer ->
-run directory -> resume. `setup(cfg)` returns it as one `Run`; loop.py drives it.
+checks -> run directory (claimed under its lock) -> resume -> schedule. `setup(cfg)` returns it as
+one `Run`; loop.py drives it.
+
+Nothing is written before every check has passed: the recipe checked itself when it was built,
+preflight.py checks what needs the data and the filesystem, and a resumed checkpoint is read and
+checked against the recipe (read only) before the run directory's config, tokenizer and metrics
+are written. A refused run leaves its directory as it found it.
 
 Data is not passed through accelerator.prepare: every rank builds its own disjoint lanes
 (bdh_scale.data), so the global batch is processes x B lanes x T tokens and nothing is re-split
@@ -17,13 +23,15 @@ from accelerate.utils import DistributedType, set_seed
 from bdh_scale.config import RunConfig
 from bdh_scale.data import DataBundle, build_data
 from bdh_scale.model import build_model
-from bdh_scale.rundir import METRICS, create_run_dir
-from bdh_scale.train.checkpoint import Checkpointer, checkpoint_step, resolve_resume
+from bdh_scale.rundir import METRICS, Claim, write_run_dir
+from bdh_scale.train.checkpoint import Checkpointer, Resumed
 from bdh_scale.train.diagnostics import MFU
 from bdh_scale.train.distributed import check_parallel_plan, from_main, use_cpu_processes
-from bdh_scale.train.faults import BadStepGuard, FaultInjection
+from bdh_scale.train.faults import BadStepGuard, FaultInjection, watch_launcher
 from bdh_scale.train.optim import build_optimizer
 from bdh_scale.train.precision import resolve_mixed_precision
+from bdh_scale.train.preflight import preflight
+from bdh_scale.train.resume import plan_start
 from bdh_scale.train.schedule import make_scheduler
 from bdh_scale.train.tracking import MetricsLog, SampleTable, accelerate_log_with, init_trackers
 from bdh_scale.utils.host_memory import keep_freed_host_memory
@@ -48,6 +56,7 @@ class Run:
     log: MetricsLog
     samples: SampleTable
     mfu: MFU
+    claim: Claim | None = None  # the run directory's lock, held by the main process until the run ends
     step: int = 0  # optimizer steps taken (skipped non-finite steps included)
     tokens: int = 0  # tokens trained on, all ranks
     carried: list = field(default_factory=list)  # per micro-batch group of lanes: its TBPTT state or None
@@ -92,8 +101,7 @@ def make_data(cfg: RunConfig, accelerator: Accelerator) -> DataBundle:
 
 
 def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator):
-    """(prepared model, optimizer, scheduler): the model compiled in place if asked, fused AdamW
-    where it exists, the LR schedule as a multiplier (train/schedule.py)."""
+    """(prepared model, optimizer): the model compiled in place if asked, fused AdamW where it exists."""
     tc = cfg.train
     model = build_model(cfg.model)
     model.gradient_checkpointing = tc.gradient_checkpointing  # non-reentrant: safe under DDP
@@ -107,49 +115,68 @@ def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator):
     fused = accelerator.device.type in ("cpu", "cuda") and tc.optim == "adamw" and accelerator.scaler is None
     optimizer = build_optimizer(model, name=tc.optim, lr=tc.lr, weight_decay=tc.weight_decay,
                                 betas=(tc.beta1, tc.beta2), muon_lr=tc.muon_lr, fused=fused or None)
-    # A short run (max_steps below warmup_steps) warms up over all of its steps.
-    scheduler = make_scheduler(optimizer, lr=tc.lr, min_lr=tc.min_lr, warmup_steps=min(tc.warmup_steps, tc.max_steps),
-                               max_steps=tc.max_steps)
+    return accelerator.prepare(model, optimizer)
+
+
+def make_schedule(tc, optimizer, step: int):
+    """The LR schedule of the recipe, at optimizer step `step` (not prepared: Accelerate's wrapper
+    would step it once per process). A short run (max_steps below warmup_steps) warms up over all
+    of its steps."""
     # The schedule follows loop steps, skipped ones included (faults.py): torch's warning about a
     # scheduler step without an optimizer step is expected when the first step is skipped.
     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # Not prepared: Accelerate's scheduler wrapper would step it once per process. Registered, so
-    # that save_state/load_state carry it.
-    accelerator.register_for_checkpointing(scheduler)
-    return model, optimizer, scheduler
+    return make_scheduler(optimizer, lr=tc.lr, min_lr=tc.min_lr, warmup_steps=min(tc.warmup_steps, tc.max_steps),
+                          max_steps=tc.max_steps, step=step)
+
+
+def claim_run_dir(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, Path | None, Claim | None]:
+    """(run directory, checkpoint to resume or None, the claim on the main process / None elsewhere):
+    decided on the main process under the directory's lock (train/resume.py), told to every rank."""
+    held = {}
+
+    def decide():
+        claim, found = plan_start(cfg.train, say=accelerator.print)
+        held["claim"] = claim
+        return str(claim.path), None if found is None else str(found)
+
+    run_dir, found = from_main(accelerator, decide)
+    return Path(run_dir), None if found is None else Path(found), held.get("claim")
 
 
 def setup(cfg: RunConfig) -> Run:
     """Build the run, continue it from a checkpoint when train.resume says so, and say what it is."""
     tc = cfg.train
+    watch_launcher()  # a worker whose launcher dies saves and stops instead of training on
     accelerator, precision = make_accelerator(cfg)
     set_seed(tc.seed, device_specific=True)  # dropout differs across ranks; data order does not
     data = make_data(cfg, accelerator)
-    model, optimizer, scheduler = make_model_and_optimizer(cfg, accelerator)
+    model, optimizer = make_model_and_optimizer(cfg, accelerator)
     raw_model = accelerator.unwrap_model(model)
+    from_main(accelerator, lambda: preflight(cfg, data, raw_model, accelerator.num_processes, accelerator.print))
 
-    resume_from = resolve_resume(tc, accelerator)
-
-    def make_run_dir() -> str:  # on the main process: one process decides and writes
-        resumed_step = checkpoint_step(resume_from) if resume_from is not None else 0
-        return str(create_run_dir(cfg, data.tokenizer, resume_from, resumed_step))
-
-    run_dir = Path(from_main(accelerator, make_run_dir))
-    log = MetricsLog(run_dir / METRICS, accelerator.is_main_process)
+    run_dir, resume_from, claim = claim_run_dir(cfg, accelerator)
+    try:
+        inject = FaultInjection.from_env()  # test-only faults; inert unless BDH_* variables are set
+        checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer, inject)
+        resumed = Resumed(0, 0, [None] * tc.grad_accum_steps, None)
+        if resume_from is not None:  # read and checked on every rank; nothing written yet
+            resumed = checkpoints.load(resume_from, model, optimizer, data.train)
+        from_main(accelerator, lambda: write_run_dir(run_dir, cfg, data.tokenizer, resumed.step))
+    except BaseException:
+        if claim is not None:
+            claim.abandon()
+        raise
+    scheduler = make_schedule(tc, optimizer, resumed.step)
+    guard = BadStepGuard(tc.max_bad_steps, accelerator.scaler, last_checkpoint=lambda: checkpoints.last)
+    if resumed.faults is not None:
+        guard.load_state_dict(resumed.faults)
     init_trackers(accelerator, cfg.tracking, run_dir, run_dir.name, cfg.to_dict())
-    inject = FaultInjection.from_env()  # test-only faults; inert unless BDH_* variables are set
-    checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer, inject)
-    guard = BadStepGuard(tc.max_bad_steps, accelerator.scaler, checkpoint_dir=str(checkpoints.root))
     run = Run(cfg=cfg, accelerator=accelerator, precision=precision, data=data, model=model, raw_model=raw_model,
               optimizer=optimizer, scheduler=scheduler, run_dir=run_dir, checkpoints=checkpoints, guard=guard,
-              inject=inject, log=log, samples=SampleTable(accelerator, cfg.tracking), mfu=None,
-              carried=[None] * tc.grad_accum_steps)
-    if resume_from is not None:
-        resumed = checkpoints.load(resume_from, data.train, raw_model)
-        run.step, run.tokens, run.carried = resumed.step, resumed.tokens, resumed.states
-        guard.load_state_dict(resumed.faults)
-    run.mfu = MFU(cfg.model, accelerator.device, precision, accelerator.num_processes, cfg.tracking.peak_tflops)
+              inject=inject, log=MetricsLog(run_dir / METRICS, accelerator.is_main_process),
+              samples=SampleTable(accelerator, cfg.tracking), claim=claim,
+              mfu=MFU(cfg.model, accelerator.device, precision, accelerator.num_processes, cfg.tracking.peak_tflops),
+              step=resumed.step, tokens=resumed.tokens, carried=resumed.states)
     accelerator.print(f"run {run_dir} | {cfg.model.arch} {raw_model.num_params() / 1e6:.2f}M params | "
                       f"{accelerator.num_processes} process(es) on {accelerator.device} | precision {precision}"
                       + (f" | resumed from {resume_from} at step {run.step}" if resume_from is not None else ""))

@@ -18,6 +18,7 @@ from bdh_scale.train.faults import reset_nonfinite_lanes
 @dataclass
 class StepResult:
     loss: torch.Tensor  # mean loss of the step on this rank (a 0-dim tensor, not synchronized)
+    lr: float  # the learning rate of the step (the first param group's)
     grad_norm: torch.Tensor
     bad: bool  # non-finite: skipped and counted
     tokens: int  # tokens of the step, all ranks
@@ -55,6 +56,7 @@ def train_step(run, T: int, signals, started: float) -> StepResult:
     loss_bad, grads_bad, time_up, sigterm, sigint = any_rank(
         acc, not torch.isfinite(step_loss), not torch.isfinite(grad_norm), out_of_time,
         signals.requested == "SIGTERM", signals.requested == "SIGINT")
+    lr = run.optimizer.param_groups[0]["lr"]
     if run.guard.may_step(loss_bad, grads_bad):
         run.optimizer.step()
     bad = run.guard.record(run.step + 1, loss_bad, grads_bad, acc.optimizer_step_was_skipped)
@@ -66,4 +68,4 @@ def train_step(run, T: int, signals, started: float) -> StepResult:
     tokens = x_all.numel() * acc.num_processes
     run.tokens += tokens
     stop = "SIGINT" if sigint else "SIGTERM" if sigterm else None
-    return StepResult(step_loss, grad_norm, bad, tokens, stop, time_up)
+    return StepResult(step_loss, lr, grad_norm, bad, tokens, stop, time_up)

@@ -6,6 +6,7 @@ into the run directory, to be synced later with `wandb sync`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -41,7 +42,10 @@ def init_trackers(accelerator, tracking, run_dir: Path, run_name: str, config: d
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl (one JSON object per logged step), written by the main process."""
+    """Append-only metrics.jsonl (one JSON object per logged step), written by the main process.
+
+    Every line is strict JSON: a non-finite number (a window of skipped steps has no loss) is
+    written as null; the row's `bad_steps` counts the skipped steps."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path = path
@@ -51,8 +55,12 @@ class MetricsLog:
         if not self.enabled:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({k: finite_or_none(v) for k, v in record.items()}, allow_nan=False) + "\n")
             f.flush()
+
+
+def finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class SampleTable:

@@ -26,6 +26,7 @@ def atomic_path(path: str | Path, is_dir: bool = False):
     target = tmp if is_dir else tmp / path.name
     try:
         yield target
+        _give_umask_modes(tmp, 0o666 & ~umask)
         if is_dir:
             old = None
             if path.exists():  # a directory cannot be os.replace'd onto a non-empty one: swap
@@ -49,3 +50,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _give_umask_modes(root: Path, mode: int) -> None:
+    """Files that a writer created private (safetensors writes 0600) get the mode every other file
+    gets from the umask, so everything the run writes is readable alike."""
+    for f in root.rglob("*"):
+        if f.is_file() and f.stat().st_mode & 0o777 != mode:
+            f.chmod(mode)

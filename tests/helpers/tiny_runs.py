@@ -75,9 +75,55 @@ def start_process(out_dir, run_name, *extra, env: dict | None = None) -> subproc
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def main_in_process(*argv) -> int:
+    """bdh-train's main() in this process (its exit code; output goes to capsys)."""
+    from accelerate.state import AcceleratorState
+
+    from bdh_scale.train.cli import main
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        return main([str(a) for a in argv])
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _not_json(constant):
+    raise ValueError(f"{constant} is not valid JSON")
+
+
 def metrics(run_dir) -> list[dict]:
+    """The rows of metrics.jsonl, read as strict JSON (a bare NaN or Infinity fails)."""
     path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [json.loads(line, parse_constant=_not_json) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def snapshot(directory) -> dict:
+    """{relative path: bytes} of every file under directory except the lock file: what a refused
+    or diverted run must leave as it was."""
+    root = Path(directory)
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of pid (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def losses(run_dir) -> list[tuple[int, float]]:

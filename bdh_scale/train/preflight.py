@@ -1,0 +1,99 @@
+"""Checks before step 1 of everything that would otherwise fail later: a run that cannot finish
+should fail in seconds, not after hours of training, and before it has written anything.
+
+The recipe checks itself when it is built (config.py); the data checks that every lane holds one
+window of the longest T (data/lanes.py). What is left needs the data, the model or the
+filesystem: a held-out split too short for one validation window, an output directory that
+cannot be written, too little free disk for a checkpoint, and a corpus that is mostly not text
+(a warning: it may be meant). Run on the main process (the filesystem is shared).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bdh_scale.errors import ConfigError, DataError
+from bdh_scale.train.report import eval_T
+from bdh_scale.utils.tree import tensors
+
+DISK_MARGIN = 1.25  # free space wanted per checkpoint: its estimated size x this, plus DISK_SLACK
+DISK_SLACK = 64 << 20
+TEXT_SAMPLE = 1 << 16  # tokens decoded to judge whether the corpus is text
+MIN_TEXT_SHARE = 0.7  # below this share of text characters, the corpus gets a warning
+
+
+def preflight(cfg, data, model, world_size: int, say) -> None:
+    """Raise ConfigError / DataError for what would fail later; `say` the warnings."""
+    check_validation_fits(cfg.train, data, world_size)
+    directory = writable_ancestor(cfg.train.out_dir)
+    if cfg.train.keep_checkpoints:
+        check_free_disk(directory, checkpoint_bytes(cfg.train, model, world_size))
+    share = text_share(data)
+    if share is not None and share < MIN_TEXT_SHARE:
+        say(f"warning: data.source: only {share:.0%} of a sample of {data.source} decodes to text characters; "
+            "is it a text corpus? (training on it anyway)")
+
+
+def check_validation_fits(tc, data, world_size: int) -> None:
+    """The held-out split must hold one validation window (unless validation is off)."""
+    if not tc.eval_batches:
+        return
+    rows = tc.batch_size * tc.grad_accum_steps * world_size
+    if next(iter(data.val_batches(eval_T(tc), rows, 1)), None) is None:
+        raise DataError(f"data.val_fraction: the held-out split yields no window of train.eval_seq_len "
+                        f"{eval_T(tc)}; raise data.val_fraction, lower train.eval_seq_len, or set "
+                        "train.eval_batches=0 to train without validation")
+
+
+def writable_ancestor(out_dir: str) -> Path:
+    """The nearest existing ancestor of out_dir, if this process can create files in it."""
+    path = Path(out_dir).expanduser().absolute()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"train.out_dir: {out_dir} cannot be created: {probe} is a file, not a directory; "
+                          "give a directory path")
+    try:  # a nameless file (O_TMPFILE on Linux): nothing appears in the directory
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise ConfigError(f"train.out_dir: cannot write in {probe} ({e.strerror}); give a writable directory") from None
+    return probe
+
+
+def checkpoint_bytes(tc, model, world_size: int) -> int:
+    """About what one checkpoint takes: the weights, the optimizer's moments (two per weight for
+    AdamW; Muon keeps one, counted as two), and the carried states of every lane of every rank."""
+    total = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    if tc.state == "carry":
+        one_lane = model.init_state(1, torch.device("cpu")).state_dict()
+        lanes = tc.batch_size * tc.grad_accum_steps * world_size
+        total += lanes * sum(t.numel() * t.element_size() for t in tensors(one_lane))
+    return total
+
+
+def check_free_disk(directory: Path, need: int) -> None:
+    free = shutil.disk_usage(directory).free
+    want = int(need * DISK_MARGIN) + DISK_SLACK
+    if free < want:
+        raise ConfigError(f"train.out_dir: {directory} has {free / 2**20:,.0f} MiB free; a checkpoint of this run "
+                          f"takes about {need / 2**20:,.0f} MiB and {want / 2**20:,.0f} MiB are wanted with the margin; "
+                          "free some space, point train.out_dir elsewhere, or set train.keep_checkpoints=0")
+
+
+def text_share(data) -> float | None:
+    """Share of text characters (printable or whitespace) in the decoded start of the held-out
+    split, or of the train stream when there is none; None when neither can be read."""
+    stream = data.val if len(data.val) else getattr(getattr(data.train, "lanes", data.train), "stream", None)
+    if stream is None or not len(stream):
+        return None
+    text = data.tokenizer.decode(stream.read(0, min(len(stream), TEXT_SAMPLE)).tolist())
+    if not text:
+        return None
+    good = sum(1 for c in text if (c.isprintable() or c in "\t\n\r\f") and c != "\ufffd")
+    return good / len(text)
+
