@@ -149,6 +149,20 @@ def test_too_little_free_disk_for_a_checkpoint_is_refused(tmp_path, capsys, monk
     assert "train.out_dir" in line and "1 MiB free" in line and "keep_checkpoints=0" in line
 
 
+def test_a_validation_batch_that_does_not_fit_in_memory_is_refused_before_step_1(tmp_path, capsys, monkeypatch):
+    """What a forced quadratic attention at a long eval_seq_len does on a GPU, without allocating it here."""
+    forward = BDH.forward
+
+    def out_of_memory_in_eval(self, *args, **kwargs):
+        if not self.training:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 74.51 GiB")
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(BDH, "forward", out_of_memory_in_eval)
+    line = refused(tmp_path, capsys, "train.eval_seq_len=4096")
+    assert "train.eval_seq_len" in line and "does not fit in memory" in line and "74.51 GiB" in line
+
+
 def test_a_full_disk_while_saving_is_one_error_line_and_the_last_checkpoint_survives(tmp_path, capsys, monkeypatch):
     from bdh_scale.train import checkpoint_files
 

@@ -3,9 +3,11 @@ should fail in seconds, not after hours of training, and before it has written a
 
 The recipe checks itself when it is built (config.py); the data checks that every lane holds one
 window of the longest T (data/lanes.py). What is left needs the data, the model or the
-filesystem: a held-out split too short for one validation window, an output directory that
-cannot be written, too little free disk for a checkpoint, and a corpus that is mostly not text
-(a warning: it may be meant). Run on the main process (the filesystem is shared).
+filesystem: a held-out split too short for one validation window or a validation batch too big
+for memory (one forward, before training rather than at the first validation), an output
+directory that cannot be written, too little free disk for a checkpoint, and a corpus that is
+mostly not text (a warning: it may be meant). The filesystem checks run on the main process (the
+filesystem is shared).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from bdh_scale.errors import ConfigError, DataError
+from bdh_scale.train.distributed import from_main
 from bdh_scale.train.report import eval_T
 from bdh_scale.utils.tree import tensors
 
@@ -25,27 +28,48 @@ TEXT_SAMPLE = 1 << 16  # tokens decoded to judge whether the corpus is text
 MIN_TEXT_SHARE = 0.7  # below this share of text characters, the corpus gets a warning
 
 
-def preflight(cfg, data, model, world_size: int, say) -> None:
-    """Raise ConfigError / DataError for what would fail later; `say` the warnings."""
-    check_validation_fits(cfg.train, data, world_size)
+def preflight(cfg, data, model, accelerator) -> None:
+    """Raise ConfigError / DataError for what would fail later, on every rank; print the warnings."""
+    check_validation_fits(cfg.train, data, model, accelerator)
+    from_main(accelerator, lambda: check_output(cfg, data, accelerator.unwrap_model(model), accelerator))
+
+
+def check_output(cfg, data, raw_model, accelerator) -> None:
+    """The filesystem and the corpus, on the main process."""
     directory = writable_ancestor(cfg.train.out_dir)
     if cfg.train.keep_checkpoints:
-        check_free_disk(directory, checkpoint_bytes(cfg.train, model, world_size))
+        check_free_disk(directory, checkpoint_bytes(cfg.train, raw_model, accelerator.num_processes))
     share = text_share(data)
     if share is not None and share < MIN_TEXT_SHARE:
-        say(f"warning: data.source: only {share:.0%} of a sample of {data.source} decodes to text characters; "
-            "is it a text corpus? (training on it anyway)")
+        accelerator.print(f"warning: data.source: only {share:.0%} of a sample of {data.source} decodes to text "
+                          "characters; is it a text corpus? (training on it anyway)")
 
 
-def check_validation_fits(tc, data, world_size: int) -> None:
-    """The held-out split must hold one validation window (unless validation is off)."""
+def check_validation_fits(tc, data, model, accelerator) -> None:
+    """The held-out split must hold one validation window, and one validation batch must fit in
+    memory (a forward of this rank's rows of it; every rank runs it). Skipped without validation."""
     if not tc.eval_batches:
         return
-    rows = tc.batch_size * tc.grad_accum_steps * world_size
-    if next(iter(data.val_batches(eval_T(tc), rows, 1)), None) is None:
-        raise DataError(f"data.val_fraction: the held-out split yields no window of train.eval_seq_len "
-                        f"{eval_T(tc)}; raise data.val_fraction, lower train.eval_seq_len, or set "
-                        "train.eval_batches=0 to train without validation")
+    W, r, T = accelerator.num_processes, accelerator.process_index, eval_T(tc)
+    batch = next(iter(data.val_batches(T, tc.batch_size * tc.grad_accum_steps * W, 1)), None)
+    if batch is None:
+        raise DataError(f"data.val_fraction: the held-out split yields no window of train.eval_seq_len {T}; raise "
+                        "data.val_fraction, lower train.eval_seq_len, or set train.eval_batches=0 to train without "
+                        "validation")
+    x = batch[0][r::W].to(accelerator.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not isinstance(e, torch.OutOfMemoryError) and "allocate" not in str(e):
+            raise
+        raise ConfigError(f"train.eval_seq_len: one validation batch ({x.size(0)} x {T} tokens per process) "
+                          f"does not fit in memory ({str(e).splitlines()[0][:200]}); lower train.eval_seq_len or "
+                          "train.batch_size, or use model.attn_backend=auto") from None
+    finally:
+        model.train(was_training)
 
 
 def writable_ancestor(out_dir: str) -> Path:

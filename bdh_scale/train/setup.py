@@ -152,7 +152,7 @@ def setup(cfg: RunConfig) -> Run:
     data = make_data(cfg, accelerator)
     model, optimizer = make_model_and_optimizer(cfg, accelerator)
     raw_model = accelerator.unwrap_model(model)
-    from_main(accelerator, lambda: preflight(cfg, data, raw_model, accelerator.num_processes, accelerator.print))
+    preflight(cfg, data, model, accelerator)
 
     run_dir, resume_from, claim = claim_run_dir(cfg, accelerator)
     try:
