@@ -17,3 +17,15 @@ def tiny_config():
         return BDHConfig(**base)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory):
+    """A 2-process DDP run (tiny_runs.TWO) on the CPU over gloo: (run directory, CompletedProcess)."""
+    from tests.helpers.tiny_runs import TWO, train_process
+
+    out = tmp_path_factory.mktemp("two")
+    proc = train_process(2, out, "d", *TWO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es) on cpu" in proc.stdout
+    return out / "d", proc

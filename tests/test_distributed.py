@@ -18,24 +18,11 @@ from bdh_scale.experiments import sweep
 from bdh_scale.errors import ConfigError
 from bdh_scale.train.checkpoint import list_checkpoints, verify
 from bdh_scale.train.distributed import check_parallel_plan
-from tests.helpers.tiny_runs import ROOT, clean_env, command, losses, metrics, rank_state, train_process, weights
+from tests.helpers.tiny_runs import ROOT, TWO, clean_env, command, losses, metrics, rank_state, train_process, weights
 
-# W=2 processes x B=2 lanes x 2 micro-batches = 8 global lanes, with TBPTT state, gradient
-# checkpointing under DDP and a checkpoint every 3 steps.
-TWO = ["train.max_steps=8", "train.checkpoint_every=3", "train.state=carry", "train.batch_size=2",
-       "train.grad_accum_steps=2", "train.gradient_checkpointing=true", "data.prefetch=2", "train.resume=auto"]
 # The same 8 global lanes in one process: B=8, one micro-batch.
 ONE = ["train.max_steps=8", "train.checkpoint_every=3", "train.state=carry", "train.batch_size=8",
        "data.prefetch=2"]
-
-
-@pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("two")
-    proc = train_process(2, out, "d", *TWO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "2 process(es) on cpu" in proc.stdout
-    return out / "d", proc
 
 
 def test_two_processes_read_disjoint_lanes_and_match_one_process(two_process_run, tmp_path):

@@ -2,7 +2,8 @@
 crash can never leave one that looks valid, and read without running code from it.
 
     <run_dir>/checkpoints/step_00001200/
-        model.safetensors, optimizer.pt         weights and optimizer moments (checkpoint_files.py)
+        model.safetensors, optimizer.pt         weights and optimizer moments (checkpoint_files.py);
+                                                under FSDP sharded/ (torch distributed checkpoint)
         scaler.json                             fp16 only: the GradScaler
         rank_<rank>.pt                          every rank's lane positions, carried TBPTT states and RNG
         trainer_state.json                      step, tokens, fault counters, lane layout, model shape
@@ -158,7 +159,8 @@ def lane_layout(world_size: int, tc) -> dict:
             "state": tc.state}
 
 
-def check_compatible(path: Path, meta: dict, cfg, world_size: int, tokenizer, has_scaler: bool) -> None:
+def check_compatible(path: Path, meta: dict, cfg, world_size: int, tokenizer, has_scaler: bool,
+                     sharded: bool = False) -> None:
     """Raise CheckpointError naming every difference that makes the checkpoint unusable here."""
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, this bdh-scale reads format "
@@ -176,6 +178,9 @@ def check_compatible(path: Path, meta: dict, cfg, world_size: int, tokenizer, ha
         if theirs_lanes[key] != ours_lanes[key]:
             name = "number of processes" if key == "world_size" else f"train.{key}"
             diffs.append(f"{name}: checkpoint {theirs_lanes[key]!r}, this run {ours_lanes[key]!r}")
+    if meta.get("sharded", False) != sharded:
+        kinds = {True: "FSDP (sharded)", False: "unsharded (one process or DDP)"}
+        diffs.append(f"distributed type: checkpoint {kinds[meta.get('sharded', False)]}, this run {kinds[sharded]}")
     if has_scaler and not meta["scaler"]:
         diffs.append("train.mixed_precision: this run uses fp16 loss scaling, the checkpoint has no scaler")
     try:
@@ -241,7 +246,7 @@ class Checkpointer:
                 meta = {"format": FORMAT, "step": step, "tokens": tokens, "optim": tc.optim,
                         "lanes": lane_layout(acc.num_processes, tc), "scaler": acc.scaler is not None,
                         "precision": str(acc.mixed_precision), "model": self.cfg.to_dict()["model"],
-                        "faults": faults}
+                        "faults": faults, "sharded": files.is_sharded(acc)}
                 write_json_atomic(tmp / TRAINER_STATE, meta)
                 write_text_atomic(tmp / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
                 self.tokenizer.save(tmp / "tokenizer")
@@ -261,7 +266,8 @@ class Checkpointer:
         """The checkpoint's trainer state, once it is known to fit this run (CheckpointError if not)."""
         acc = self.accelerator
         meta = json.loads((path / TRAINER_STATE).read_text())
-        check_compatible(path, meta, self.cfg, acc.num_processes, self.tokenizer, acc.scaler is not None)
+        check_compatible(path, meta, self.cfg, acc.num_processes, self.tokenizer, acc.scaler is not None,
+                         files.is_sharded(acc))
         return meta
 
     def load(self, path: Path, model, optimizer, lanes) -> Resumed:

@@ -4,25 +4,85 @@ Little does: Accelerate wraps the model (DDP/FSDP) and all-reduces gradients; ea
 own lanes (bdh_scale.data.lanes), so the global batch is W x B lanes x T tokens. What is left is
 here: which backend a CPU-only multi-process launch gets, which plans are refused, how ranks agree
 on a per-step decision, and how logged throughput is measured across ranks.
+
+FSDP on CPU processes. torch's FSDP2 (`fully_shard`) shards over a CPU device mesh with gloo, but
+Accelerate (up to at least 1.15) sets up CPU processes as MULTI_CPU, which it wraps in DDP, and it
+only turns a launch config's FSDP on for accelerator-device types (accelerate/state.py,
+AcceleratorState.__init__: the FSDP switch sits in the branch for MULTI_GPU, MULTI_NPU, ...): an
+FSDP launch on CPUs silently trained as DDP. `shard_cpu_processes` completes Accelerate's state
+instead: distributed type FSDP with the plugin the launch config describes, so prepare() shards
+with FSDP2 as on GPUs. FSDP1 on CPU processes is refused (its CPU support is not what the tests
+exercise), and so is any FSDP launch Accelerate does not end up running as FSDP2.
 """
 from __future__ import annotations
 
 import os
 
+import accelerate
 import torch
-from accelerate.utils import DistributedType, broadcast_object_list
+from accelerate import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, broadcast_object_list
+from torch.distributed.tensor import DTensor
 
 from bdh_scale.errors import ConfigError
 
 
+def fsdp_requested() -> bool:
+    """Whether the launch config asks for FSDP (accelerate launch sets ACCELERATE_USE_FSDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
 def use_cpu_processes() -> bool:
-    """Several processes (WORLD_SIZE > 1) and no GPU: run them on the CPU over gloo.
+    """Launched processes and no GPU: run them on the CPU over gloo.
 
     `accelerate launch --num_processes 2` (and torchrun) start the workers with WORLD_SIZE set,
     but Accelerate joins them into one group only on a GPU or when told it is on the CPU. Without
-    this, two workers on a CPU-only machine would each train alone and write the same files.
+    this, two workers on a CPU-only machine would each train alone and write the same files. An
+    FSDP launch needs the process group even for one process.
     """
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    if torch.cuda.is_available():
+        return False
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or (fsdp_requested() and "LOCAL_RANK" in os.environ)
+
+
+def shard_cpu_processes(accelerator) -> None:
+    """Run CPU processes as FSDP2, as the launch config asks (see the module docstring)."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables accelerate launch sets
+    if plugin.fsdp_version != 2:
+        raise ConfigError(f"fsdp_version: {plugin.fsdp_version} on CPU processes; FSDP on CPUs runs as FSDP2 only "
+                          "(launch/fsdp.yaml: fsdp_version: 2)")
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        raise ConfigError(f"the launch config asks for FSDP, but Accelerate set up {accelerator.distributed_type.value} "
+                          f"on {accelerator.device}; FSDP needs processes joined in a group (accelerate launch "
+                          "--config_file launch/fsdp.yaml), refusing rather than training unsharded")
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # read back by every new state object
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
+    if not accelerator.is_fsdp2:
+        raise ConfigError(f"accelerate {accelerate.__version__} does not run FSDP2 on CPU processes here; launch "
+                          "with launch/multi_gpu.yaml or launch/cpu_2proc.yaml (DDP), or on GPUs")
+
+
+def describe_plan(accelerator) -> str:
+    """One line: how the processes share the work (the first line a run prints)."""
+    n, device, kind = accelerator.num_processes, accelerator.device, accelerator.distributed_type
+    backend = getattr(accelerator.state, "backend", None)
+    over = f"over {n} process{'es' if n > 1 else ''} on {device.type}" + (f" ({backend})" if backend else "")
+    if kind == DistributedType.FSDP:
+        plugin = accelerator.state.fsdp_plugin
+        mode = "FULL_SHARD" if plugin.reshard_after_forward in (True, "FULL_SHARD") else "SHARD_GRAD_OP"
+        return (f"distributed: FSDP{plugin.fsdp_version} ({mode}) {over}: parameters, gradients and optimizer state "
+                "sharded")
+    if kind in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU):
+        return f"distributed: DDP {over}: parameters and optimizer state replicated, gradients all-reduced"
+    return f"distributed: none, 1 process on {device}"
+
+
+def full_value(t):
+    """A replicated DTensor (FSDP's gradient norm) as a plain tensor; other tensors as they are."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def check_parallel_plan(accelerator, tc) -> None:

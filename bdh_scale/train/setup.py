@@ -26,7 +26,8 @@ from bdh_scale.model import build_model
 from bdh_scale.rundir import METRICS, Claim, write_run_dir
 from bdh_scale.train.checkpoint import Checkpointer, Resumed
 from bdh_scale.train.diagnostics import MFU
-from bdh_scale.train.distributed import check_parallel_plan, from_main, use_cpu_processes
+from bdh_scale.train.distributed import (check_parallel_plan, describe_plan, from_main, fsdp_requested,
+                                         shard_cpu_processes, use_cpu_processes)
 from bdh_scale.train.faults import BadStepGuard, FaultInjection, watch_launcher
 from bdh_scale.train.optim import build_optimizer
 from bdh_scale.train.precision import resolve_mixed_precision
@@ -79,6 +80,9 @@ def make_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
     process = PartialState(cpu=cpu)
     precision, notice = resolve_mixed_precision(tc.mixed_precision, process.device)
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with=accelerate_log_with(cfg.tracking))
+    if fsdp_requested():
+        shard_cpu_processes(accelerator)  # no-op where Accelerate runs FSDP itself (GPUs)
+    accelerator.print(describe_plan(accelerator))
     check_parallel_plan(accelerator, tc)
     if notice:
         accelerator.print(notice)
@@ -115,6 +119,11 @@ def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator):
     fused = accelerator.device.type in ("cpu", "cuda") and tc.optim == "adamw" and accelerator.scaler is None
     optimizer = build_optimizer(model, name=tc.optim, lr=tc.lr, weight_decay=tc.weight_decay,
                                 betas=(tc.beta1, tc.beta2), muon_lr=tc.muon_lr, fused=fused or None)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # FSDP2 warns once that the model returns views (the carried state is a lanes-first view of
+        # the heads-first tensors, attention/state.py): an in-place op on them would skip its hook.
+        # The loop never writes into a model output in place.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     return accelerator.prepare(model, optimizer)
 
 
@@ -148,9 +157,12 @@ def setup(cfg: RunConfig) -> Run:
     tc = cfg.train
     watch_launcher()  # a worker whose launcher dies saves and stops instead of training on
     accelerator, precision = make_accelerator(cfg)
-    set_seed(tc.seed, device_specific=True)  # dropout differs across ranks; data order does not
     data = make_data(cfg, accelerator)
+    # Every rank initializes the same weights: FSDP keeps each rank's own shard of its own init (DDP
+    # would broadcast rank 0's). Dropout then differs across ranks; data order never does.
+    set_seed(tc.seed)
     model, optimizer = make_model_and_optimizer(cfg, accelerator)
+    set_seed(tc.seed, device_specific=True)
     raw_model = accelerator.unwrap_model(model)
     preflight(cfg, data, model, accelerator)
 

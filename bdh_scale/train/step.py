@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bdh_scale.train.distributed import any_rank
+from bdh_scale.train.distributed import any_rank, full_value
 from bdh_scale.train.faults import reset_nonfinite_lanes
 
 
@@ -51,7 +51,7 @@ def train_step(run, T: int, signals, started: float) -> StepResult:
 
     # The norm is always measured (max_norm inf when clipping is off): it is the check. Ranks agree
     # on every decision that ends or skips a step, in one small all-reduce.
-    grad_norm = acc.clip_grad_norm_(run.model.parameters(), tc.grad_clip or math.inf)
+    grad_norm = full_value(acc.clip_grad_norm_(run.model.parameters(), tc.grad_clip or math.inf))
     out_of_time = tc.max_time_s is not None and time.perf_counter() - started >= tc.max_time_s
     loss_bad, grads_bad, time_up, sigterm, sigint = any_rank(
         acc, not torch.isfinite(step_loss), not torch.isfinite(grad_norm), out_of_time,

@@ -25,6 +25,12 @@ TINY = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_inter
         "train.log_every=1", "train.eval_every=0", "train.max_time_s=null"]
 
 
+# W=2 processes x B=2 lanes x 2 micro-batches = 8 global lanes, with TBPTT state, gradient
+# checkpointing and a checkpoint every 3 steps: the 2-process runs of the DDP and FSDP tests.
+TWO = ["train.max_steps=8", "train.checkpoint_every=3", "train.state=carry", "train.batch_size=2",
+       "train.grad_accum_steps=2", "train.gradient_checkpointing=true", "data.prefetch=2", "train.resume=auto"]
+
+
 def overrides(out_dir, run_name, *extra) -> list[str]:
     return TINY + [f"train.out_dir={out_dir}", f"train.run_name={run_name}", *extra]
 
@@ -55,19 +61,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(processes: int, out_dir, run_name, *extra) -> list[str]:
-    """train.py as 1 plain process, or under `accelerate launch` with the CPU 2-process config."""
+def command(processes: int, out_dir, run_name, *extra, config: str = "cpu_2proc.yaml") -> list[str]:
+    """train.py as 1 plain process, or under `accelerate launch` with a launch/ config (the CPU
+    2-process one: DDP over gloo; fsdp.yaml: FSDP2)."""
     args = [str(ROOT / "train.py"), str(RECIPE), *overrides(out_dir, run_name, *extra)]
-    if processes == 1:
+    if processes == 1 and config == "cpu_2proc.yaml":
         return [sys.executable, *args]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch/cpu_2proc.yaml"),
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / config),
             "--num_processes", str(processes), "--main_process_port", str(free_port()), *args]
 
 
-def train_process(processes: int, out_dir, run_name, *extra, env: dict | None = None, timeout=300):
+def train_process(processes: int, out_dir, run_name, *extra, env: dict | None = None, timeout=300,
+                  config: str = "cpu_2proc.yaml"):
     """Run to the end; returns the CompletedProcess (stdout and stderr captured)."""
-    return subprocess.run(command(processes, out_dir, run_name, *extra), cwd=ROOT, env=clean_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command(processes, out_dir, run_name, *extra, config=config), cwd=ROOT,
+                          env=clean_env(env), capture_output=True, text=True, timeout=timeout)
 
 
 def start_process(out_dir, run_name, *extra, env: dict | None = None) -> subprocess.Popen:
@@ -135,6 +143,17 @@ def rank_state(checkpoint, rank: int = 0) -> dict:
 
 
 def weights(checkpoint) -> dict:
-    """Model weights of a checkpoint, without DDP's `module.` prefix."""
-    sd = load_file(str(Path(checkpoint) / "model.safetensors"))
-    return {k.removeprefix("module."): v for k, v in sd.items()}
+    """The full model weights of a checkpoint, unsharded or FSDP's shards put together in this process."""
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "sharded").is_dir():
+        return load_file(str(checkpoint / "model.safetensors"))
+    import torch.distributed.checkpoint as dcp
+
+    from bdh_scale.config import load_config
+    from bdh_scale.model import build_model
+    from bdh_scale.train.checkpoint_files import SafeLoadPlanner, SafeReader
+
+    template = build_model(load_config(checkpoint / "config.yaml").model).state_dict()
+    state = {"model": {k: torch.empty_like(v) for k, v in template.items()}}
+    dcp.load(state, storage_reader=SafeReader(checkpoint / "sharded"), planner=SafeLoadPlanner(), no_dist=True)
+    return state["model"]
