@@ -18,7 +18,8 @@ from bdh_scale.experiments import sweep
 from bdh_scale.errors import ConfigError
 from bdh_scale.train.checkpoint import list_checkpoints, verify
 from bdh_scale.train.distributed import check_parallel_plan
-from tests.helpers.tiny_runs import ROOT, TWO, clean_env, command, losses, metrics, rank_state, train_process, weights
+from tests.helpers.tiny_runs import (ROOT, TWO, clean_env, command, losses, metrics, rank_state, train_nodes,
+                                     train_process, weights)
 
 # The same 8 global lanes in one process: B=8, one micro-batch.
 ONE = ["train.max_steps=8", "train.checkpoint_every=3", "train.state=carry", "train.batch_size=8",
@@ -66,6 +67,24 @@ def test_two_process_run_killed_with_sigkill_resumes_bitwise(two_process_run, tm
         assert rank_state(end, rank)["lanes"] == rank_state(ref_end, rank)["lanes"]
     wa, wb = weights(end), weights(ref_end)
     assert all((wa[k] == wb[k]).all() for k in wb)
+
+
+def test_two_nodes_on_one_machine_train_disjoint_lanes_and_resume_bitwise(two_process_run, tmp_path):
+    """The multi-node path (the flags launch/slurm.sh passes) as two "nodes" of one process each on
+    localhost, killed after step 5 and started again: the same run as one node of two processes."""
+    ref, _ = two_process_run
+    killed = train_nodes(tmp_path, "n", *TWO, env={"BDH_KILL_AT": "after_step:5"})
+    assert all(code != 0 for code, _, _ in killed)
+    assert [p.name for p in list_checkpoints(tmp_path / "n")] == ["step_00000003"]
+    (code0, out0, err0), (code1, _, err1) = train_nodes(tmp_path, "n", *TWO)
+    assert code0 == code1 == 0, err0[-2000:] + err1[-2000:]
+    assert "step_00000003 at step 3" in out0 and "distributed: DDP over 2 processes" in out0
+    assert losses(tmp_path / "n") == losses(ref)  # bit for bit
+    end = tmp_path / "n/checkpoints/step_00000008"
+    verify(end)
+    lanes = [rank_state(end, rank)["lanes"] for rank in (0, 1)]
+    assert not set(lanes[0]["positions"]) & set(lanes[1]["positions"])  # each node its own lanes
+    assert lanes == [rank_state(ref / "checkpoints/step_00000008", rank)["lanes"] for rank in (0, 1)]
 
 
 def test_sigterm_to_the_launcher_reaches_every_rank_and_they_save_together(tmp_path):

@@ -78,6 +78,29 @@ def train_process(processes: int, out_dir, run_name, *extra, env: dict | None = 
                           env=clean_env(env), capture_output=True, text=True, timeout=timeout)
 
 
+def node_command(machine_rank: int, port: int, out_dir, run_name, *extra) -> list[str]:
+    """One of two "nodes" of one CPU process each on this machine, launched with the flags
+    launch/slurm.sh passes on a cluster."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch/cpu_2proc.yaml"),
+            "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(machine_rank),
+            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), "--rdzv_backend", "static",
+            "--same_network", str(ROOT / "train.py"), str(RECIPE), *overrides(out_dir, run_name, *extra)]
+
+
+def train_nodes(out_dir, run_name, *extra, env: dict | None = None, timeout=300) -> list[tuple[int, str, str]]:
+    """Both nodes to the end: [(returncode, stdout, stderr)] for machine ranks 0 and 1."""
+    port = free_port()
+    nodes = [subprocess.Popen(node_command(i, port, out_dir, run_name, *extra), cwd=ROOT, env=clean_env(env),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    try:
+        outputs = [node.communicate(timeout=timeout) for node in nodes]
+        return [(node.returncode, out, err) for node, (out, err) in zip(nodes, outputs)]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+
+
 def start_process(out_dir, run_name, *extra, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(command(1, out_dir, run_name, *extra), cwd=ROOT, env=clean_env(env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
