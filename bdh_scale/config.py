@@ -65,6 +65,9 @@ class TrainConfig(Section):
     checkpoint_every: NonNegInt = 500  # steps between checkpoints (0: only at the end and on SIGTERM/SIGINT)
     keep_checkpoints: NonNegInt = 2  # newest checkpoints kept in <run_dir>/checkpoints (0: write none)
     resume: str | None = None  # auto | auto_or_fail | a checkpoint or run dir | null (train/resume.py)
+    # resume on another number of processes: relay (the same global batch, lanes dealt anew, carried states
+    # reset) | refuse (train/resume.py)
+    world_size_change: Literal["relay", "refuse"] = "relay"
     max_bad_steps: PosInt = 5  # consecutive non-finite steps that stop the run (1: stop at the first)
 
     def check(self) -> None:

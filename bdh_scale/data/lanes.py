@@ -108,7 +108,7 @@ class Lanes:
         return {"offset": self.offset, "fresh": self.fresh, "epoch": self.epoch,
                 "tokens_served": self.tokens_served, "batches_served": self.batches_served,
                 "n_lanes": self.n_lanes, "stretch_len": self.stretch_len, "seed": self.seed,
-                "positions": self.positions()}
+                "batch_size": self.batch_size, "positions": self.positions()}
 
     def load_state_dict(self, d: dict) -> None:
         theirs = (d["n_lanes"], d["stretch_len"], d.get("seed", 0))
@@ -119,7 +119,10 @@ class Lanes:
                 f"{self.stretch_len:,}, seed {self.seed}); resume with the same data config, "
                 f"train.batch_size, seed and number of processes")
         self.offset, self.fresh, self.epoch = int(d["offset"]), bool(d["fresh"]), int(d["epoch"])
-        self.tokens_served = int(d["tokens_served"])
+        # The same lanes may be dealt to another number of ranks (a resume with another world size):
+        # they share one offset, so any rank's state places this rank's lanes; only the count of
+        # tokens this rank handed out scales with its share of the lanes.
+        self.tokens_served = int(d["tokens_served"]) * self.batch_size // int(d.get("batch_size", self.batch_size))
         self.batches_served = int(d["batches_served"])
 
     def close(self) -> None:

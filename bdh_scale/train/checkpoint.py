@@ -159,6 +159,10 @@ def lane_layout(world_size: int, tc) -> dict:
             "state": tc.state}
 
 
+def global_lanes(layout: dict) -> int:
+    return layout["world_size"] * layout["batch_size"] * layout["grad_accum_steps"]
+
+
 def check_compatible(path: Path, meta: dict, cfg, world_size: int, tokenizer, has_scaler: bool,
                      sharded: bool = False) -> None:
     """Raise CheckpointError naming every difference that makes the checkpoint unusable here."""
@@ -174,7 +178,11 @@ def check_compatible(path: Path, meta: dict, cfg, world_size: int, tokenizer, ha
     if meta["optim"] != cfg.train.optim:
         diffs.append(f"train.optim: checkpoint {meta['optim']!r}, this run {cfg.train.optim!r}")
     theirs_lanes, ours_lanes = meta["lanes"], lane_layout(world_size, cfg.train)
-    for key in ("world_size", "batch_size", "grad_accum_steps", "state"):
+    keys = ["world_size", "batch_size", "grad_accum_steps", "state"]
+    if theirs_lanes["world_size"] != world_size and cfg.train.world_size_change == "relay" \
+            and global_lanes(theirs_lanes) == global_lanes(ours_lanes):
+        keys = ["state"]  # the same lanes dealt to another number of processes (train/resume.py)
+    for key in keys:
         if theirs_lanes[key] != ours_lanes[key]:
             name = "number of processes" if key == "world_size" else f"train.{key}"
             diffs.append(f"{name}: checkpoint {theirs_lanes[key]!r}, this run {ours_lanes[key]!r}")
@@ -279,20 +287,24 @@ class Checkpointer:
             files.load_model_and_optimizer(acc, model, optimizer, path)
         if acc.scaler is not None:
             files.load_scaler(acc.scaler, path)
-        mine = files.load_rank(path, acc.process_index)
+        # Another number of processes: the lanes were dealt anew (train/resume.py). All lanes share
+        # one position, so rank 0's file places every rank's; the carried states and RNG streams
+        # belonged to ranks of the old layout: states start empty, the RNG keeps this run's seed.
+        relaid = meta["lanes"]["world_size"] != acc.num_processes
+        mine = files.load_rank(path, 0 if relaid else acc.process_index)
         lanes.load_state_dict(mine["lanes"])
-        files.set_rng_state(mine["rng"])
-        raw = acc.unwrap_model(model)
-        state_cls = None
-        states = []
-        for d in mine["states"]:
-            if d is None:
-                states.append(None)
-                continue
-            state_cls = state_cls or type(raw.init_state(1, acc.device))
-            states.append(state_cls.from_state_dict(d).to(acc.device))
+        states = [None] * self.cfg.train.grad_accum_steps
+        if not relaid:
+            files.set_rng_state(mine["rng"])
+            states = [None if d is None else self._state(d, model) for d in mine["states"]]
         self.last, self.last_step = path, int(meta["step"])
         return Resumed(int(meta["step"]), int(meta["tokens"]), states, meta["faults"])
+
+    def _state(self, d: dict, model):
+        """A carried state from its state dict, of the model's own state class, on this device."""
+        device = self.accelerator.device
+        kind = type(self.accelerator.unwrap_model(model).init_state(1, device))
+        return kind.from_state_dict(d).to(device)
 
     def _prune(self) -> None:
         """Keep the newest `keep` checkpoints; drop leftovers of interrupted writes."""

@@ -11,6 +11,14 @@ while it holds that directory's lock (rundir.py), before anything is written.
     train.resume=<path>        that checkpoint, or the newest valid one of that run directory; refused
                                when damaged. The run goes on in <out_dir>/<run_name> when the checkpoint
                                lives there, else in a new directory (a fork).
+
+A checkpoint written by another number of processes (relay_lanes): with
+train.world_size_change=relay (the default) the run keeps the checkpoint's global batch, W x B x A
+lanes, and deals the same lanes to its own processes; each lane reads on from where it stopped,
+so within the epoch no token is read twice or skipped. The per-process lanes B or the
+accumulation steps A change to fit (the micro-batch B is kept where it divides). A carry run's
+TBPTT states are then reset: they live with lanes on ranks that no longer exist. With
+train.world_size_change=refuse such a resume is refused.
 """
 from __future__ import annotations
 
@@ -55,3 +63,33 @@ def plan_start(tc, say) -> tuple[Claim, Path | None]:
         say(f"train.resume={tc.resume}: every checkpoint in {base / CHECKPOINTS} is damaged (newest: {skipped[0]}); "
             f"starting a fresh run in {fresh.path}, {base} left untouched")
     return fresh, None
+
+
+def relay_lanes(theirs: dict, world_size: int, tc) -> str | None:
+    """Fit tc's lanes to a checkpoint's layout `theirs` written by another number of processes
+    (module docstring); the line to print, or None when the number of processes is the same.
+    CheckpointError when the run may not or cannot continue that way."""
+    if theirs["world_size"] == world_size or theirs["state"] != tc.state:  # (a changed state is refused later)
+        return None
+    lanes = theirs["world_size"] * theirs["batch_size"] * theirs["grad_accum_steps"]
+    change = f"number of processes: checkpoint {theirs['world_size']}, this run {world_size}"
+    if tc.world_size_change == "refuse":
+        raise CheckpointError(f"{change}; train.world_size_change=refuse. Resume with {theirs['world_size']} "
+                              "processes, or set train.world_size_change=relay to deal the same lanes anew"
+                              + ("" if tc.state == "reset" else " (the carried states are then reset)"))
+    before = (tc.batch_size, tc.grad_accum_steps)
+    if world_size * tc.batch_size * tc.grad_accum_steps != lanes:
+        if before != (theirs["batch_size"], theirs["grad_accum_steps"]):
+            raise CheckpointError(f"{change}, and train.batch_size x grad_accum_steps changed too; a resume keeps the "
+                                  f"checkpoint's global batch of {lanes} lanes: give both so that processes x "
+                                  f"batch_size x grad_accum_steps = {lanes}, or neither")
+        if lanes % world_size:
+            raise CheckpointError(f"{change}: the global batch of {lanes} lanes cannot be dealt evenly to "
+                                  f"{world_size} processes; resume with a number of processes that divides {lanes}")
+        per = lanes // world_size
+        B, A = before
+        tc.batch_size, tc.grad_accum_steps = (B, per // B) if per % B == 0 else (per // A, A) if per % A == 0 else (per, 1)
+    said = (f"{change}: the global batch of {lanes} lanes is kept as {world_size} x {tc.batch_size} lanes x "
+            f"{tc.grad_accum_steps} micro-batch(es) (train.batch_size {before[0]} -> {tc.batch_size}, grad_accum_steps "
+            f"{before[1]} -> {tc.grad_accum_steps}); the lanes are dealt anew and read on where they stopped")
+    return said + ("; the carried TBPTT states are reset (train.world_size_change=relay)" if tc.state == "carry" else "")

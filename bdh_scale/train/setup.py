@@ -13,6 +13,7 @@ or duplicated. The carried TBPTT states of a lane live on the rank that owns the
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from bdh_scale.config import RunConfig
 from bdh_scale.data import DataBundle, build_data
 from bdh_scale.model import build_model
 from bdh_scale.rundir import METRICS, Claim, write_run_dir
-from bdh_scale.train.checkpoint import Checkpointer, Resumed
+from bdh_scale.train.checkpoint import TRAINER_STATE, Checkpointer, Resumed
 from bdh_scale.train.diagnostics import MFU
 from bdh_scale.train.distributed import (check_parallel_plan, describe_plan, from_main, fsdp_requested,
                                          shard_cpu_processes, use_cpu_processes)
@@ -32,7 +33,7 @@ from bdh_scale.train.faults import BadStepGuard, FaultInjection, watch_launcher
 from bdh_scale.train.optim import build_optimizer
 from bdh_scale.train.precision import resolve_mixed_precision
 from bdh_scale.train.preflight import preflight
-from bdh_scale.train.resume import plan_start
+from bdh_scale.train.resume import plan_start, relay_lanes
 from bdh_scale.train.schedule import make_scheduler
 from bdh_scale.train.tracking import MetricsLog, SampleTable, accelerate_log_with, init_trackers
 from bdh_scale.utils.host_memory import keep_freed_host_memory
@@ -138,18 +139,20 @@ def make_schedule(tc, optimizer, step: int):
                           max_steps=tc.max_steps, step=step)
 
 
-def claim_run_dir(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, Path | None, Claim | None]:
-    """(run directory, checkpoint to resume or None, the claim on the main process / None elsewhere):
-    decided on the main process under the directory's lock (train/resume.py), told to every rank."""
+def claim_run_dir(cfg: RunConfig, accelerator: Accelerator):
+    """(run directory, checkpoint to resume or None, its lane layout or None, the claim on the main
+    process / None elsewhere): decided on the main process under the directory's lock
+    (train/resume.py), told to every rank."""
     held = {}
 
     def decide():
         claim, found = plan_start(cfg.train, say=accelerator.print)
         held["claim"] = claim
-        return str(claim.path), None if found is None else str(found)
+        layout = None if found is None else json.loads((found / TRAINER_STATE).read_text()).get("lanes")
+        return str(claim.path), None if found is None else str(found), layout
 
-    run_dir, found = from_main(accelerator, decide)
-    return Path(run_dir), None if found is None else Path(found), held.get("claim")
+    run_dir, found, layout = from_main(accelerator, decide)
+    return Path(run_dir), None if found is None else Path(found), layout, held.get("claim")
 
 
 def setup(cfg: RunConfig) -> Run:
@@ -166,8 +169,13 @@ def setup(cfg: RunConfig) -> Run:
     raw_model = accelerator.unwrap_model(model)
     preflight(cfg, data, model, accelerator)
 
-    run_dir, resume_from, claim = claim_run_dir(cfg, accelerator)
+    run_dir, resume_from, layout, claim = claim_run_dir(cfg, accelerator)
     try:
+        relaid = relay_lanes(layout, accelerator.num_processes, tc) if resume_from is not None else None
+        if relaid:  # another number of processes: the same global lanes, dealt anew
+            accelerator.print(relaid)
+            data.close()
+            data = make_data(cfg, accelerator)
         inject = FaultInjection.from_env()  # test-only faults; inert unless BDH_* variables are set
         checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer, inject)
         resumed = Resumed(0, 0, [None] * tc.grad_accum_steps, None)
