@@ -30,6 +30,8 @@ has not ended it within ORPHAN_GRACE_S (a peer may be gone too, and a collective
 
 Fault injection for tests (FaultInjection), read from the environment at the start of a run:
   BDH_INJECT_NAN_AT_STEP=3 or 3,4,5   the loss of those (1-based) steps becomes NaN, on every rank
+  BDH_INJECT_OVERFLOW_AT_STEP=3,5     the loss keeps its value but its gradients are scaled by 1e38:
+                                      an fp16 loss scaler overflows (inf gradients) on those steps
   BDH_KILL_AT=after_step:5            SIGKILL this process at the end of step 5 (before its checkpoint)
   BDH_KILL_AT=in_checkpoint:6         SIGKILL while the checkpoint of step 6 is half written
 """
@@ -188,14 +190,19 @@ def watch_launcher(poll_s: float = 0.5, grace_s: float = ORPHAN_GRACE_S) -> thre
 class FaultInjection:
     """Test-only faults from the environment (see the module docstring); inert when unset."""
 
-    def __init__(self, nan_steps: set[int], kill_at: tuple[str, int] | None):
+    OVERFLOW = 1e38  # finite, but past fp32 once a loss scale multiplies the gradients
+
+    def __init__(self, nan_steps: set[int], kill_at: tuple[str, int] | None, overflow_steps: set[int] = frozenset()):
         self.nan_steps = nan_steps
         self.kill_at = kill_at
+        self.overflow_steps = overflow_steps
 
     @classmethod
     def from_env(cls, env=os.environ) -> "FaultInjection":
-        nan = env.get("BDH_INJECT_NAN_AT_STEP", "")
-        nan_steps = {int(s) for s in nan.split(",") if s.strip()}
+        def steps(name):
+            return {int(s) for s in env.get(name, "").split(",") if s.strip()}
+
+        nan_steps = steps("BDH_INJECT_NAN_AT_STEP")
         kill = env.get("BDH_KILL_AT", "")
         kill_at = None
         if kill:
@@ -203,10 +210,13 @@ class FaultInjection:
             if where not in ("after_step", "in_checkpoint") or not step.isdigit():
                 raise ValueError(f"BDH_KILL_AT={kill!r}: expected after_step:N or in_checkpoint:N")
             kill_at = (where, int(step))
-        return cls(nan_steps, kill_at)
+        return cls(nan_steps, kill_at, steps("BDH_INJECT_OVERFLOW_AT_STEP"))
 
     def poison(self, loss: torch.Tensor, step: int) -> torch.Tensor:
-        """The loss, made NaN on the steps listed in BDH_INJECT_NAN_AT_STEP."""
+        """The loss, made NaN on the steps of BDH_INJECT_NAN_AT_STEP, and with its value kept but its
+        gradient scaled by OVERFLOW on the steps of BDH_INJECT_OVERFLOW_AT_STEP."""
+        if step in self.overflow_steps:
+            loss = loss + (loss - loss.detach()) * self.OVERFLOW
         return loss * float("nan") if step in self.nan_steps else loss
 
     def kill_point(self, where: str, step: int) -> None:

@@ -6,6 +6,11 @@ dS^T k as two (T x T) @ (T x N) products, transposes k for the second, and adds 
 Here the backward uses (dS + dS^T) k: one product, no transpose, no add. The masked, scaled
 score map is kept for backward (B*H*T*T, small next to the (B, H, T, N) activations at the
 T where the parallel form is chosen).
+
+Autocast: the forward runs in the autocast state it is called in (bf16 or fp16 products under
+mixed precision) and the backward replays that state, as torch.amp.custom_bwd does for one device
+type, here for the inputs' device. Without it the backward, which autograd runs outside the
+model's autocast region, would multiply the half-precision saved scores with fp32 gradients.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import torch
 class CausalSelfAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        device = k.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         scores = torch.matmul(k, k.transpose(-1, -2))
         scores.tril_(-1)  # strictly causal: a token never sees itself
         if scale != 1.0:
@@ -25,6 +32,12 @@ class CausalSelfAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, da: torch.Tensor):
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return CausalSelfAttention._backward(ctx, da)
+
+    @staticmethod
+    def _backward(ctx, da: torch.Tensor):
         k, v, scores = ctx.saved_tensors
         d_scores = torch.matmul(da, v.transpose(-1, -2))
         d_scores.tril_(-1)

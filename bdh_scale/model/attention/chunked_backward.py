@@ -13,6 +13,10 @@ class RhoChunks(torch.autograd.Function):
     states rho_p (one cheap sweep of updates) instead of having autograd save them: saving
     costs T/C * N * D per head, which for D/C > 1 is more than q itself, and it would stay
     alive, per layer, until the backward pass reaches the layer.
+
+    Autocast: off in both passes (attend_chunked calls it with autocast disabled; the backward
+    disables it again, since autograd runs it outside any region). Inputs may be half precision;
+    the state, the products and the gradients accumulate in fp32 (docs/design.md, section 3).
     """
 
     @staticmethod
