@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test bench clean
+.PHONY: install train test bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bdh_scale.bench $(ARGS)
+
+# On a GPU machine (a CUDA build of torch: make gpu-check TORCH=torch); ARGS=--dry-run anywhere.
+gpu-check: $(STAMP)
+	$(PY) -m bdh_scale.bench.gpu_check $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

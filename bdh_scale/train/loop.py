@@ -107,6 +107,7 @@ def finish(run, final_val: dict, stopped_by: str | None) -> TrainResult:
         acc.print(f"--- sample ({tc.sample_tokens} tokens) ---\n{text}\n---")
     acc.wait_for_everyone()
     acc.end_training()
-    acc.print(f"done: {run.step} steps, {run.tokens} tokens, val loss {final_val.get('val_loss', float('nan')):.4f}"
-              f" ({final_val.get('val_bpb', float('nan')):.4f} bpb); weights in {run.run_dir}")
+    val = (f"val loss {final_val['val_loss']:.4f} ({final_val['val_bpb']:.4f} bpb)" if final_val
+           else "no validation (train.eval_batches=0)")
+    acc.print(f"done: {run.step} steps, {run.tokens} tokens, {val}; weights in {run.run_dir}")
     return TrainResult(run.run_dir, run.step, run.tokens, final_val, text)
