@@ -1,18 +1,23 @@
 """FSDP2 through Accelerate on 2 CPU processes over gloo (launch/fsdp.yaml): it really shards,
 checkpoints its shards with torch distributed checkpoint, resumes bit for bit after SIGKILL,
 exports the gathered weights, and trains as DDP does up to fp32 reduction order."""
+import json
 import os
 import pickle
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
+from accelerate.utils import DistributedType
 
-from bdh_scale.errors import CheckpointError
+from bdh_scale.bench import shard_memory
+from bdh_scale.errors import CheckpointError, ConfigError
 from bdh_scale.model import BDH
 from bdh_scale.train.checkpoint import list_checkpoints, verify
+from bdh_scale.train.distributed import shard_cpu_processes
 from bdh_scale.train.checkpoint_files import SafeLoadPlanner, SafeReader, distributed_checkpoint_errors
-from tests.helpers.tiny_runs import TWO, losses, rank_state, train_process, weights
+from tests.helpers.tiny_runs import RECIPE, TWO, losses, rank_state, train_process, weights
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +93,29 @@ def test_a_sharded_checkpoint_never_unpickles_code(tmp_path):
         dcp.load({"x": torch.zeros(2), "setting": None}, storage_reader=SafeReader(values),
                  planner=SafeLoadPlanner(), no_dist=True)
     assert not marker.exists()
+
+
+def test_each_fsdp_rank_holds_half_the_parameters_gradients_and_optimizer_state_of_ddp(tmp_path):
+    """bdh_scale.bench.shard_memory on a tiny model: tracked tensor by tensor on every rank."""
+    out = tmp_path / "memory.json"
+    assert shard_memory.main([str(RECIPE), "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+                              "train.batch_size=2", "train.seq_len=16", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert (result["ddp"]["distributed"], result["fsdp"]["distributed"]) == ("MULTI_CPU", "FSDP")
+    for kind in ("parameters", "gradients", "optimizer_state"):
+        ddp = [rank["held_mb"][kind] for rank in result["ddp"]["ranks"]]
+        fsdp = [rank["held_mb"][kind] for rank in result["fsdp"]["ranks"]]
+        assert len(ddp) == len(fsdp) == 2 and ddp[0] > 0
+        assert sum(fsdp) == pytest.approx(ddp[0], rel=0.05) and max(fsdp) <= 0.55 * ddp[0], (kind, ddp, fsdp)
+
+
+def test_an_fsdp_launch_that_cannot_shard_is_refused_not_run_as_ddp(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    cpu_processes = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="fsdp_version: 1 on CPU processes; FSDP on CPUs runs as FSDP2 only"):
+        shard_cpu_processes(cpu_processes)
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    alone = SimpleNamespace(distributed_type=DistributedType.NO, device=torch.device("cpu"))
+    with pytest.raises(ConfigError, match="asks for FSDP, but Accelerate set up NO.*refusing rather than training unsharded"):
+        shard_cpu_processes(alone)

@@ -54,7 +54,8 @@ def overrides(model: dict, T: int, B: int, steps: int, out: Path, name: str, pre
     return [*(f"model.{k}={v}" for k, v in model.items()), f"train.seq_len={T}", f"train.batch_size={B}",
             f"train.max_steps={steps}", "train.warmup_steps=2", "train.log_every=1", "train.eval_batches=0",
             "train.keep_checkpoints=0", "train.sample_tokens=0", "train.progress=false", "train.max_time_s=null",
-            f"train.mixed_precision='{precision}'", f"train.compile={str(compile_).lower()}",  # quoted: YAML reads no as false
+            # quoted: YAML would read a bare no as false
+            f"train.mixed_precision='{precision}'", f"train.compile={str(compile_).lower()}",
             "tracking.eval_sample_tokens=0", f"train.out_dir={out}", f"train.run_name={name}"]
 
 

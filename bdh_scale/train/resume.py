@@ -86,9 +86,10 @@ def relay_lanes(theirs: dict, world_size: int, tc) -> str | None:
         if lanes % world_size:
             raise CheckpointError(f"{change}: the global batch of {lanes} lanes cannot be dealt evenly to "
                                   f"{world_size} processes; resume with a number of processes that divides {lanes}")
-        per = lanes // world_size
+        per = lanes // world_size  # lanes of each process: B' x A'
         B, A = before
-        tc.batch_size, tc.grad_accum_steps = (B, per // B) if per % B == 0 else (per // A, A) if per % A == 0 else (per, 1)
+        fits = [(B, per // B), (per // A, A), (per, 1)]  # keep the micro-batch, else the accumulation
+        tc.batch_size, tc.grad_accum_steps = next((b, a) for b, a in fits if b * a == per)
     said = (f"{change}: the global batch of {lanes} lanes is kept as {world_size} x {tc.batch_size} lanes x "
             f"{tc.grad_accum_steps} micro-batch(es) (train.batch_size {before[0]} -> {tc.batch_size}, grad_accum_steps "
             f"{before[1]} -> {tc.grad_accum_steps}); the lanes are dealt anew and read on where they stopped")
