@@ -95,6 +95,10 @@ def verify(path: str | Path) -> dict:
         raise CheckpointError(f"{where} is incomplete: no {MANIFEST} (the write did not finish)") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CheckpointError(f"{where} is damaged: {MANIFEST} is not valid JSON") from None
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{where} has format {manifest.get('format')!r}, this bdh-scale reads format {FORMAT} "
+                              "(format 1 kept its scheduler and RNG as pickles, which are never loaded); start fresh "
+                              "(train.resume=null) or resume with the version that wrote it")
     listed = manifest.get("files", {})
     present = [str(f.relative_to(path)) for f in _files(path)]
     strangers = files.unexpected_files(set(present) | set(listed))
@@ -166,10 +170,6 @@ def global_lanes(layout: dict) -> int:
 def check_compatible(path: Path, meta: dict, cfg, world_size: int, tokenizer, has_scaler: bool,
                      sharded: bool = False) -> None:
     """Raise CheckpointError naming every difference that makes the checkpoint unusable here."""
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, this bdh-scale reads format "
-                              f"{FORMAT} (format 1 kept its scheduler and RNG as pickles, which are never loaded); "
-                              "start fresh (train.resume=null) or resume with the version that wrote it")
     diffs = []
     theirs_model, ours_model = meta["model"], cfg.to_dict()["model"]
     for key in sorted(set(theirs_model) | set(ours_model)):

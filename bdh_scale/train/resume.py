@@ -55,12 +55,13 @@ def plan_start(tc, say) -> tuple[Claim, Path | None]:
         return held, None  # nothing saved yet: the same run starts over in its own directory
     held.abandon()
     if skipped and tc.resume == "auto_or_fail":
-        raise CheckpointError(f"train.resume=auto_or_fail: every checkpoint in {base / CHECKPOINTS} is damaged "
-                              f"(newest: {skipped[0]}); repair or remove them, or resume with train.resume=auto "
+        raise CheckpointError(f"train.resume=auto_or_fail: every checkpoint in {base / CHECKPOINTS} is damaged or "
+                              f"unreadable (newest: {skipped[0]}); repair or remove them, or resume with train.resume=auto "
                               "to start a fresh run directory")
     fresh = claim_new(tc.out_dir, tc.run_name)
     if skipped:
-        say(f"train.resume={tc.resume}: every checkpoint in {base / CHECKPOINTS} is damaged (newest: {skipped[0]}); "
+        say(f"train.resume={tc.resume}: every checkpoint in {base / CHECKPOINTS} is damaged or unreadable "
+            f"(newest: {skipped[0]}); "
             f"starting a fresh run in {fresh.path}, {base} left untouched")
     return fresh, None
 
