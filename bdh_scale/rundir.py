@@ -148,8 +148,8 @@ def load_run(source: str | Path, tokenizer=None):
     elif tok is None and (root / TOKENIZER).is_dir():
         tok = load_tokenizer(root / TOKENIZER)
     if tok is None:
-        raise ModelError(f"{source} has no tokenizer.json: its token ids cannot be read as text; pass the tokenizer "
-                         "it was trained with (bytes, or the path of its tokenizer.json)")
+        raise ModelError(f"{source} has no tokenizer.json, so its token ids cannot be read as text; pass the "
+                         "tokenizer it was trained with: --tokenizer bytes, or --tokenizer PATH/tokenizer.json")
     if tok.vocab_size != model.model_config().vocab_size:
         raise ModelError(f"the tokenizer {tok.name} has {tok.vocab_size} tokens, the model {source} "
                          f"{model.model_config().vocab_size}; pass the tokenizer it was trained with")

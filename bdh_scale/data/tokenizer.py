@@ -149,6 +149,39 @@ class BPETokenizer:
         return isinstance(other, BPETokenizer) and self.tok.to_str() == other.tok.to_str()
 
 
+class StreamDecoder:
+    """The text of a growing sequence of token ids, piece by piece: push(ids) returns the text the
+    new ids add, so that generated text can be printed as it is drawn. A byte-level token may end
+    inside a UTF-8 character; its text waits until the character is complete (U+FFFD at the end of
+    a decode means "incomplete"), and flush() returns whatever is left at the end.
+
+    Each push decodes a few tokens before the new ones with them, so a tokenizer whose decoding of
+    a token depends on its neighbours (e.g. leading-space markers) still gives the right text."""
+
+    def __init__(self, tokenizer, context=()):
+        self.tokenizer = tokenizer
+        self.ids = [int(i) for i in context]
+        self.start = max(len(self.ids) - 4, 0)  # decoded along with the new ids, for their context
+        self.done = len(self.ids)  # ids up to here have been returned as text
+
+    def _new_text(self) -> tuple[str, str]:
+        before = self.tokenizer.decode(self.ids[self.start:self.done])
+        return before, self.tokenizer.decode(self.ids[self.start:])
+
+    def push(self, ids) -> str:
+        self.ids.extend(int(i) for i in ids)
+        before, text = self._new_text()
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""  # nothing yet, or a character still incomplete
+        self.start, self.done = self.done, len(self.ids)
+        return text[len(before):]
+
+    def flush(self) -> str:
+        before, text = self._new_text()
+        self.start = self.done = len(self.ids)
+        return text[len(before):]
+
+
 def save_tokenizers_file(tok, directory) -> Path:
     """<directory>/tokenizer.json, written atomically."""
     path = Path(directory) / TOKENIZER_FILE

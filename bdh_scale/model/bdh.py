@@ -232,8 +232,9 @@ class BDH(Pretrained, nn.Module):
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  state: BDHState | None = None, generator: torch.Generator | None = None,
                  max_context: int | None = None):
-        """Sample max_new_tokens after idx (B, T). The prompt is read once; every new token then
-        costs the same whatever the context length, because the context lives in the state.
+        """Sample max_new_tokens after idx (B, T): idx followed by them, (B, T + max_new_tokens).
+        The prompt is read once; every new token then costs the same whatever the context length,
+        because the context lives in the state (stream() yields them one by one).
 
         max_context, for a model trained on independent windows of that length (train.state
         reset), which has never seen a state built from more tokens: the state then never holds
@@ -242,25 +243,34 @@ class BDH(Pretrained, nn.Module):
         ones, as in training; a rebuild reads max_context // 2 tokens once per max_context // 2
         new ones, so a token still costs the same whatever the length of the text.
         """
+        new = list(self.stream(idx, max_new_tokens, temperature, top_k, state, generator, max_context))
+        return torch.cat([idx, *new], dim=1)
+
+    @torch.no_grad()
+    def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               state: BDHState | None = None, generator: torch.Generator | None = None,
+               max_context: int | None = None):
+        """generate(), one sampled token (B, 1) at a time, each yielded as soon as it is drawn."""
         if max_context is not None and (max_context < 2 or state is not None):
             raise ValueError("max_context must be >= 2 and rebuilds the state from the text itself, "
                              "so it cannot continue a given state")
         prompt = idx if max_context is None else idx[:, -max_context:]
         out = self(prompt, state=state, return_state=True)
         state, logits, held = out.state, out.logits[:, -1], prompt.size(1)
-        tokens = [idx]
+        recent = [prompt]  # the text a rebuild reads (max_context only)
         for i in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k, generator)
-            tokens.append(nxt)
+            yield nxt
             if i + 1 == max_new_tokens:  # the last token's own successor is never asked for
                 break
+            if max_context is not None:
+                recent = [torch.cat([*recent, nxt], dim=1)[:, -max_context:]]
             if max_context is not None and held >= max_context:
                 held = max_context // 2
-                out = self(torch.cat(tokens, dim=1)[:, -held:], return_state=True)
+                out = self(recent[0][:, -held:], return_state=True)
             else:
                 # The state is this loop's own (the prompt's forward made it), so it is
                 # stepped in place: the caller's state is never written.
                 out = self(nxt, state=state, return_state=True, update_state_in_place=True)
                 held += 1
             state, logits = out.state, out.logits[:, -1]
-        return torch.cat(tokens, dim=1)

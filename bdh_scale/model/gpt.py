@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.output import ModelOutput
 from bdh_scale.model.pretrained import Pretrained
-from bdh_scale.model.sampling import generate_by_rerun
+from bdh_scale.model.sampling import generate_by_rerun, stream_by_rerun
 
 STATELESS = ('the gpt baseline is stateless and cannot carry state across chunks; '
              'set train.state to "reset"')
@@ -140,8 +140,18 @@ class GPT(Pretrained, nn.Module):
         the last block_size (or max_context, if fewer) tokens."""
         if state is not None:
             raise ValueError(STATELESS)
-        ctx = min(self.config.block_size, max_context or self.config.block_size)
-        return generate_by_rerun(self, idx, max_new_tokens, ctx, temperature, top_k, generator)
+        return generate_by_rerun(self, idx, max_new_tokens, self.context(max_context), temperature, top_k, generator)
+
+    def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               state=None, generator: torch.Generator | None = None, max_context: int | None = None):
+        """generate(), one sampled token (B, 1) at a time."""
+        if state is not None:
+            raise ValueError(STATELESS)
+        return stream_by_rerun(self, idx, max_new_tokens, self.context(max_context), temperature, top_k, generator)
+
+    def context(self, max_context: int | None) -> int:
+        """How many last tokens each generated token is predicted from."""
+        return min(self.config.block_size, max_context or self.config.block_size)
 
     # -- the recipe's model section (save_pretrained / from_pretrained) ------------------------
     @classmethod

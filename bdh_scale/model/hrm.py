@@ -50,7 +50,7 @@ from bdh_scale.model.bdh import BDH, BDHLayer, layer_norm, projection_params
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.output import ModelOutput
 from bdh_scale.model.pretrained import Pretrained
-from bdh_scale.model.sampling import generate_by_rerun
+from bdh_scale.model.sampling import generate_by_rerun, stream_by_rerun
 from bdh_scale.model.rope import RopeCache
 
 STATELESS = ('the bdh_hrm hybrid is stateless and cannot carry state across chunks; '
@@ -215,8 +215,18 @@ class BDHHRM(Pretrained, nn.Module):
         on the last hrm_gen_context (or max_context, if fewer) tokens."""
         if state is not None:
             raise ValueError(STATELESS)
-        ctx = min(self.config.hrm_gen_context, max_context or self.config.hrm_gen_context)
-        return generate_by_rerun(self, idx, max_new_tokens, ctx, temperature, top_k, generator)
+        return generate_by_rerun(self, idx, max_new_tokens, self.context(max_context), temperature, top_k, generator)
+
+    def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               state=None, generator: torch.Generator | None = None, max_context: int | None = None):
+        """generate(), one sampled token (B, 1) at a time."""
+        if state is not None:
+            raise ValueError(STATELESS)
+        return stream_by_rerun(self, idx, max_new_tokens, self.context(max_context), temperature, top_k, generator)
+
+    def context(self, max_context: int | None) -> int:
+        """How many last tokens each generated token is predicted from."""
+        return min(self.config.hrm_gen_context, max_context or self.config.hrm_gen_context)
 
 
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Sampling: the next-token rule shared by every model, generation for models without a state,
-and text in, text out (`sample_text`) for the trainer's samples and bdh-generate."""
+and text in, text out (`sample_text`) for the trainer's samples."""
 from __future__ import annotations
 
 import torch
@@ -24,15 +24,23 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 
 @torch.no_grad()
+def stream_by_rerun(model, idx: torch.Tensor, max_new_tokens: int, context: int, temperature: float = 1.0,
+                    top_k: int | None = None, generator: torch.Generator | None = None):
+    """Yield max_new_tokens sampled tokens (B, 1) after idx (B, T) for a model without a state:
+    every token reruns the model on the last `context` tokens (no cache: the stateless models are
+    baselines, not a serving path)."""
+    idx = idx[:, -context:]
+    for _ in range(max_new_tokens):
+        nxt = sample_next(model(idx).logits[:, -1], temperature, top_k, generator)
+        yield nxt
+        idx = torch.cat([idx, nxt], dim=1)[:, -context:]
+
+
 def generate_by_rerun(model, idx: torch.Tensor, max_new_tokens: int, context: int, temperature: float = 1.0,
                       top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Append max_new_tokens to idx (B, T) for a model without a state: every token reruns the
-    model on the last `context` tokens (no cache: the stateless models are baselines, not a
-    serving path)."""
-    for _ in range(max_new_tokens):
-        logits = model(idx[:, -context:]).logits[:, -1]
-        idx = torch.cat([idx, sample_next(logits, temperature, top_k, generator)], dim=1)
-    return idx
+    """idx (B, T) followed by max_new_tokens sampled tokens (stream_by_rerun)."""
+    new = stream_by_rerun(model, idx, max_new_tokens, context, temperature, top_k, generator)
+    return torch.cat([idx, *new], dim=1)
 
 
 def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, temperature: float, top_k: int | None,
