@@ -79,8 +79,8 @@ def test_a_greedy_continuation_is_flagged_greedy_and_a_changed_one_is_not(byte_r
     ids = torch.tensor([tokenizer.encode(context)])
     greedy_ids = model.eval().generate(ids, 6, temperature=0)[0, ids.size(1):].tolist()
     changed = greedy_ids[:3] + [(greedy_ids[3] + 1) % 256] + greedy_ids[4:]
-    flags = [flag for _, flag in lm.loglikelihood([request("loglikelihood", context, bytes(c).decode("utf-8", errors="surrogateescape"))
-                                                   for c in (greedy_ids, changed)])]
+    as_text = [bytes(c).decode("utf-8", errors="surrogateescape") for c in (greedy_ids, changed)]  # any bytes
+    flags = [flag for _, flag in lm.loglikelihood([request("loglikelihood", context, t) for t in as_text])]
     assert flags == [True, False]
 
 
