@@ -29,12 +29,11 @@ def add_source_args(p: argparse.ArgumentParser, source_required: bool = True) ->
 
 
 def config_from_args(args, tokenizer: str = "bytes") -> DataConfig:
-    cfg = DataConfig(source=args.source, text_column=args.text_column, tokenizer=tokenizer,
-                     hub_config=args.hub_config, hub_split=args.hub_split,
-                     translation=list(args.translation) if args.translation else None,
-                     doc_separator=args.doc_separator, max_tokens=args.max_tokens, prefetch=0)
-    cfg.validate()
-    return cfg
+    """The data section these arguments describe (checked when built: a bad value is a ConfigError)."""
+    return DataConfig(source=args.source, text_column=args.text_column, tokenizer=tokenizer,
+                      hub_config=args.hub_config, hub_split=args.hub_split,
+                      translation=list(args.translation) if args.translation else None,
+                      doc_separator=args.doc_separator, max_tokens=args.max_tokens, prefetch=0)
 
 
 def fail(message: str) -> None:

@@ -123,6 +123,17 @@ def test_state_follows_rho_of_the_whole_stream(run_dir):
     torch.testing.assert_close(torch.tensor(final), rho.flatten(1).norm(dim=1), rtol=1e-4, atol=1e-5)
 
 
+def test_context_reads_the_held_out_rows_carried_and_as_windows(run_dir):
+    report = analyze("context", run_dir, "--seq-len", 32, "--rows", 2, "--windows", 8)
+    assert report["T"] == 32 and report["rows"] == 2 and report["row_tokens"] == 256
+    edges = [(b["context_from"], b["context_to"]) for b in report["buckets"]]
+    assert edges == [(0, 32), (32, 64), (64, 128), (128, 256)]
+    first, *later = report["buckets"]
+    assert first["carried"] == pytest.approx(first["window"], rel=1e-6)  # both from an empty state
+    assert all(b["carried"] != pytest.approx(b["window"], rel=1e-4) for b in later)
+    assert sum(b["tokens"] for b in report["buckets"]) == 2 * 256
+
+
 def test_selectivity_ranks_neurons_that_separate_two_texts(run_dir, tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("aaaa bbbb aaaa bbbb\n" * 40)
@@ -162,5 +173,6 @@ def test_analyses_read_the_bdh_hrm_hybrid_and_refuse_what_does_not_apply(tmp_pat
     report = analyze("sparsity", run, "--max-tokens", 200, "--seq-len", 64)
     assert {e["layer"] for e in report["layers"]} == {"L.layers.0", "H.layers.0"}
     assert cli.main(["state", str(run)]) == 2 and "stateless" in capsys.readouterr().err
+    assert cli.main(["context", str(run)]) == 2 and "stateless" in capsys.readouterr().err
     gpt = make_run(tmp_path / "gpt", tiny(arch="gpt"))
     assert cli.main(["heads", str(gpt)]) == 2 and "no BDH layers" in capsys.readouterr().err

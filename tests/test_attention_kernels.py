@@ -235,3 +235,80 @@ def test_pick_backend_is_parallel_for_short_and_chunked_for_long_sequences():
         assert backend == "chunked" and C & (C - 1) == 0  # a power of two
     backend, C = pick_backend(4096, 2048, 256, window=512)
     assert backend == "chunked" and C >= 512
+
+
+# -- document boundaries: the state is reset right before a document's first token ---------------
+
+BOUNDARIES = [[0, 11], [7, 23], [], [30]]  # per lane (B = 2 here: lanes 0, 1; the last two for T = 37)
+
+
+def doc_start_mask(T: int, lanes: list[list[int]]) -> torch.Tensor:
+    m = torch.zeros(B, T, dtype=torch.bool)
+    for b, starts in enumerate(lanes[:B]):
+        m[b, starts] = True
+    return m
+
+
+def split_oracle(x: Inputs, lane: int, starts: list[int], state: AttnState | None, chunk_size: int):
+    """One lane, document by document: each piece from a fresh state (the first from `state`)."""
+    cuts = sorted(set([0, *starts, x.T]))
+    outs = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        lg = x.log_g()
+        one = lambda t: t[lane:lane + 1, :, lo:hi]  # noqa: E731
+        q, k, v = one(x.q), one(x.k), one(x.v)
+        st = state if lo == 0 and lo not in starts else None
+        a, state = attend_chunked(q, k, v, SCALE, st, None if lg is None else one(lg), x.window, chunk_size)
+        outs.append(a)
+    return torch.cat(outs, dim=-2), state
+
+
+@pytest.mark.parametrize("lanes", [BOUNDARIES[:2], BOUNDARIES[2:]], ids=["early", "late-or-none"])
+@pytest.mark.parametrize("gate,window,qk", CASES, ids=IDS)
+def test_a_window_with_a_document_boundary_equals_its_halves_run_separately(gate, window, qk, lanes):
+    x = make(gate, window, qk, T=37)
+    mask = doc_start_mask(x.T, lanes)
+    incoming = x.chunked(0, 9, chunk_size=4)[1]  # a state from an earlier stretch of the lanes
+    incoming = AttnState(**{name: t.detach() for name, t in incoming.tensors().items()})
+    for C in (1, 5, 16, 64):
+        a, state = attend_chunked(x.q, x.k, x.v, SCALE, incoming, x.log_g(), x.window, C, doc_start=mask[:, None])
+        for lane, starts in enumerate(lanes):
+            one = AttnState(**{name: t[lane:lane + 1] for name, t in incoming.tensors().items()})
+            ref_a, ref_state = split_oracle(x, lane, starts, one, chunk_size=7)
+            assert_close(a[lane:lane + 1], ref_a)
+            assert_same_state(AttnState(**{n: t[lane:lane + 1] for n, t in state.tensors().items()}), ref_state)
+    fresh = attend_parallel(x.q, x.k, x.v, SCALE, x.log_g(), x.window, doc_start=mask[:, None])
+    assert_close(attend_chunked(x.q, x.k, x.v, SCALE, None, x.log_g(), x.window, 8, doc_start=mask[:, None])[0],
+                 fresh)
+
+
+def assert_same_state(state: AttnState, ref: AttnState):
+    """Equal states. A window slot with a zero key is empty (nothing reads it), so its decay
+    lg_win may differ: it counts from wherever the slot was emptied."""
+    for name, t in ref.tensors().items():
+        ours = state.tensors()[name]
+        if name == "lg_win":
+            filled = ref.k_win.abs().sum(-1) > 0
+            t, ours = t * filled, ours * filled
+        assert_close(ours, t)
+
+
+@pytest.mark.parametrize("gate,window,qk", CASES, ids=IDS)
+def test_chunked_gradients_with_boundaries_equal_parallel(gate, window, qk):
+    x = make(gate, window, qk, T=29, grad=True)
+    mask = doc_start_mask(x.T, [[3, 17], [0, 28]])[:, None]
+    ref = grads(attend_parallel(x.q, x.k, x.v, SCALE, x.log_g(), x.window, doc_start=mask), x.leaves())
+    for C in (5, 16):
+        out = attend_chunked(x.q, x.k, x.v, SCALE, None, x.log_g(), x.window, C, doc_start=mask)[0]
+        for g, r in zip(grads(out, x.leaves()), ref):
+            assert_close(g, r, rel=5e-5)
+
+
+def test_gradients_do_not_cross_a_boundary():
+    x = make("per_token", None, "differential", T=24, grad=True)
+    mask = doc_start_mask(x.T, [[10], [10]])[:, None]
+    a = attend_chunked(x.q, x.k, x.v, SCALE, None, x.log_g(), None, 4, doc_start=mask)[0]
+    *g_qkv, g_gate = torch.autograd.grad(a[:, :, 10:].sum(), [x.q, x.k, x.v, x.gate])
+    assert all(t[:, :, :10].abs().max() == 0 for t in g_qkv)  # nothing after the boundary depends on before
+    # the gates' gradient is a reverse cumulative sum, so the terms that cancel leave rounding
+    assert g_gate[:, :, :10].abs().max() <= 1e-5 * g_gate.abs().max()

@@ -54,6 +54,13 @@ def test_two_processes_read_disjoint_lanes_and_match_one_process(two_process_run
     assert len(r0) == len(r1) == 4 and not set(r0) & set(r1)
     assert sorted(r0 + r1) == sorted(rank_state(tmp_path / "o/checkpoints/step_00000008")["lanes"]["positions"])
     assert proc.stdout.count("done: 8 steps") == 1  # the summary is printed once
+    # validation as trained: the carried reading of the held-out rows, split over two ranks, gives
+    # the figures of one process reading them all (the models agree to ~1e-6 after 8 steps)
+    val2, val1 = ([r for r in metrics(d) if "val_loss" in r][-1] for d in (run_dir, tmp_path / "o"))
+    assert val2["val_loss"] == val2["val_loss_carried"] != val2["val_loss_window"]
+    assert {k for k in val2 if k.startswith("ctx/")} == {k for k in val1 if k.startswith("ctx/")} != set()
+    for key in [k for k in val1 if k.startswith(("val_loss", "ctx/"))]:
+        assert abs(val2[key] - val1[key]) < 1e-4, key
 
 
 def test_two_process_run_killed_with_sigkill_resumes_bitwise(two_process_run, tmp_path):

@@ -30,6 +30,17 @@ def test_causal():
     assert not torch.allclose(a[:, 7:], b[:, 7:])
 
 
+def test_a_document_boundary_equals_running_the_documents_separately():
+    model = tiny().eval()
+    idx = torch.randint(0, 50, (2, 14))
+    doc_start = torch.zeros(2, 14, dtype=torch.bool)
+    doc_start[0, 5] = doc_start[1, 0] = doc_start[1, 9] = True
+    out = model(idx, doc_start=doc_start).logits
+    for lane, cuts in ((0, [0, 5, 14]), (1, [0, 9, 14])):
+        for lo, hi in zip(cuts, cuts[1:]):
+            assert torch.allclose(out[lane, lo:hi], model(idx[lane:lane + 1, lo:hi]).logits[0], atol=1e-5)
+
+
 @pytest.fixture
 def one_thread():
     """Toy matmuls run faster on one thread than on cores shared with other jobs."""

@@ -28,6 +28,26 @@ def batch(B=2, T=12, seed=1):
 
 
 @pytest.mark.parametrize("act", [False, True])
+def test_a_document_boundary_equals_running_the_documents_separately(tiny_config, act):
+    model = hrm(tiny_config, hrm_act=act).eval()
+    idx, _ = batch(T=13)
+    doc_start = torch.zeros(2, 13, dtype=torch.bool)
+    doc_start[0, 4] = doc_start[1, 10] = True
+    out = model(idx, doc_start=doc_start).logits
+    for lane, cuts in ((0, [0, 4, 13]), (1, [0, 10, 13])):
+        for lo, hi in zip(cuts, cuts[1:]):
+            piece = model(idx[lane:lane + 1, lo:hi]).logits[0]
+            if not act:  # with ACT a window halts when all its tokens have: halves may run more segments
+                assert torch.allclose(out[lane, lo:hi], piece, atol=1e-5)
+    if act:
+        model.config.hrm_act_max_segments = 1  # one segment each: no halting decision couples the halves
+        out = model(idx, doc_start=doc_start).logits
+        for lane, cuts in ((0, [0, 4, 13]), (1, [0, 10, 13])):
+            for lo, hi in zip(cuts, cuts[1:]):
+                assert torch.allclose(out[lane, lo:hi], model(idx[lane:lane + 1, lo:hi]).logits[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("act", [False, True])
 def test_forward_backward_shapes_and_every_parameter_learns(tiny_config, act):
     model = hrm(tiny_config, hrm_act=act)
     assert isinstance(model, BDHHRM)

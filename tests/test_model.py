@@ -216,3 +216,58 @@ def test_plain_formulation_equals_optimized_path(tiny_config):
             assert_close(logits(model, idx, backend, 16).logits, PlainBDH(model)(idx).logits, rtol=1e-4)
     with pytest.raises(ValueError, match="reference model only"):
         PlainBDH(make_model(tiny_config, "data", None, False))
+
+
+# -- document boundaries -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("forget,window,diff", COMBOS, ids=IDS)
+def test_a_document_boundary_equals_running_the_documents_separately(tiny_config, forget, window, diff):
+    """Lane 0 starts a document at token 6, lane 1 at 0 and 15: every token after a boundary gets
+    the logits of the same text run from a fresh state, in both attention forms and with a state
+    carried in; the state after the window is the state of the last document alone."""
+    model = make_model(tiny_config, forget, window, diff)
+    idx = torch.randint(0, 256, (2, 21))
+    doc_start = torch.zeros(2, 21, dtype=torch.bool)
+    doc_start[0, 6] = doc_start[1, 0] = doc_start[1, 15] = True
+    carried = model(torch.randint(0, 256, (2, 5)), state=model.init_state(2)).state
+    for backend, chunk in (("parallel", 0), ("chunked", 4), ("chunked", 64)):
+        out = logits(model, idx, backend, chunk, state=carried, doc_start=doc_start, return_state=True)
+        for lane, cuts in ((0, [0, 6, 21]), (1, [0, 15, 21])):
+            one = lambda s: BDHState([type(x)(**{n: t[lane:lane + 1] for n, t in x.tensors().items()})  # noqa: E731
+                                      for x in s.layers], s.pos)
+            state = one(carried) if lane == 0 else None  # lane 1's first document starts at 0
+            for lo, hi in zip(cuts, cuts[1:]):
+                # a fresh state at the same absolute position: rho holds rotated keys
+                fresh = BDHState(model.init_state(1).layers, carried.pos + lo)
+                piece = model(idx[lane:lane + 1, lo:hi], state=state or fresh, return_state=True)
+                assert_close(out.logits[lane:lane + 1, lo:hi], piece.logits)
+                state = None
+            for ours, theirs in zip(out.state.layers, piece.state.layers):
+                for n, t in theirs.tensors().items():
+                    if n != "lg_win":  # an emptied window slot's decay is never read
+                        assert_close(ours.tensors()[n][lane:lane + 1], t)
+
+
+def test_no_boundary_is_the_same_as_no_mask(tiny_config):
+    model = make_model(tiny_config, "data", None, False)
+    idx = torch.randint(0, 256, (2, 16))
+    plain = model(idx).logits
+    assert torch.equal(model(idx, doc_start=torch.zeros(2, 16, dtype=torch.bool)).logits, plain)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_generation_resets_the_state_after_a_separator(tiny_config, window):
+    """With doc_separator, the tokens after a separator are predicted as if the text began there."""
+    model = make_model(tiny_config, "scalar", window, False)
+    sep = [7, 7]
+    prompt = torch.tensor([[1, 2, 3, 7, 7, 4, 5]])  # a document, the separator, a new one
+    out = model.generate(prompt, 6, temperature=0, doc_separator=sep)
+    fresh = model.generate(prompt[:, 5:], 6, temperature=0)
+    assert torch.equal(out[:, 7:], fresh[:, 2:])
+    # the prompt ends with the separator: the first generated token begins a new document, and
+    # what follows it is what a fresh start from that token generates (the in-loop reset)
+    out = model.generate(torch.tensor([[1, 2, 7, 7]]), 5, temperature=0, doc_separator=sep)
+    assert torch.equal(out[:, 5:], model.generate(out[:, 4:5], 4, temperature=0)[:, 1:])
+    # the same through the state rebuilds of max_context
+    out = model.generate(torch.tensor([[1, 2, 3, 4, 7, 7]]), 5, temperature=0, doc_separator=sep, max_context=4)
+    assert torch.equal(out[:, 7:], model.generate(out[:, 6:7], 4, temperature=0, max_context=4)[:, 1:])

@@ -1,5 +1,6 @@
 """Looking inside a trained BDH: sparsity, synaptic state, neuron selectivity, head ablation.
 
+    bdh-analyze context     runs/<name>    held-out loss by tokens of context: carried state vs windows
     bdh-analyze sparsity    runs/<name>    fraction of active neurons per layer and head
     bdh-analyze state       runs/<name>    norm of rho per layer/head over a long carried stream
     bdh-analyze selectivity runs/<name>    neurons whose activity separates labelled texts (en / fr)

@@ -31,6 +31,17 @@ def load_model(run: str | Path, device: str = "cpu"):
     return model.to(device).eval(), tokenizer
 
 
+def run_config(run: str | Path):
+    """The RunConfig of a run directory (its config.yaml); AnalysisError if it has none."""
+    from bdh_scale.rundir import run_config as read
+
+    cfg = read(run)
+    if cfg is None:
+        raise AnalysisError(f"{run} has no config.yaml (not a run directory) to find its data; "
+                            "give a run directory, or --text FILE where the analysis takes one")
+    return cfg
+
+
 def text_tokens(path: str | Path, tokenizer, max_tokens: int) -> torch.Tensor:
     """The first max_tokens token ids of a text file, 1-D long."""
     path = Path(path)
@@ -45,14 +56,10 @@ def val_tokens(run: str | Path, tokenizer, max_tokens: int, text: str | None = N
     """The first max_tokens of the run's validation split (or of `text`), 1-D long."""
     if text is not None:
         return text_tokens(text, tokenizer, max_tokens)
-    from bdh_scale.config import load_config
     from bdh_scale.data.build import tokenize_source
     from bdh_scale.data.shards import is_shard_dir, open_shards
 
-    recipe = Path(run) / "config.yaml"
-    if not recipe.is_file():
-        raise AnalysisError(f"{run} has no config.yaml to find its validation data; pass --text FILE")
-    data = load_config(recipe).data
+    data = run_config(run).data
     if is_shard_dir(data.source):
         stream = open_shards(data.source, verify=False, tokenizer_spec=data.tokenizer)[0]
     else:

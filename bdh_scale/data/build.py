@@ -146,3 +146,17 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
     bpt = measure_bytes_per_token(tokenizer, val if len(val) else train)
     return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=bpt,
                       source=describe, n_tokens=len(stream))
+
+
+def passkey_for(cfg: DataConfig, tokenizer):
+    """The passkey episode builder of a data section (data/passkey.py): its settings, and filler
+    cut from data.passkey.filler tokenized with `tokenizer` (the first FILLER_TOKENS of it)."""
+    from bdh_scale.data.passkey import Passkey, PasskeyConfig
+
+    pk = getattr(cfg, "passkey", None) or PasskeyConfig()
+    filler_cfg = DataConfig(source=pk.filler, max_tokens=FILLER_TOKENS, prefetch=0)
+    stream, _ = tokenize_source(filler_cfg, tokenizer)
+    return Passkey(pk, tokenizer, stream.read(0, len(stream)))
+
+
+FILLER_TOKENS = 2_000_000  # more than enough distinct filler for any gap

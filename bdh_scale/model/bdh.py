@@ -50,6 +50,11 @@ def projection_params(nh: int, D: int, N: int) -> dict[str, nn.Parameter]:
     }
 
 
+def active_boundaries(doc_start: torch.Tensor | None) -> torch.Tensor | None:
+    """doc_start, or None when it marks no token: windows without a boundary keep the fast paths."""
+    return doc_start if doc_start is not None and bool(doc_start.any()) else None
+
+
 def diff_lambda_init(layer_index: int) -> float:
     """Initial weight of the subtracted map (Differential Transformer's depth-dependent init)."""
     return 0.8 - 0.6 * math.exp(-0.3 * layer_index)
@@ -84,7 +89,7 @@ class BDHLayer(nn.Module):
         if config.per_layer_params:
             for name, p in projection_params(nh, D, N).items():
                 self.register_parameter(name, p)
-        self.forget = ForgetGate(config.forget_mode, nh, D)
+        self.forget = ForgetGate(config.forget_mode, nh, D, config.forget_timescales)
         if config.diff_attn:
             self.diff_lambda = nn.Parameter(torch.full((nh,), diff_lambda_init(layer_index)))
             # Neuron pairs alternate between the two maps, so both see every RoPE frequency.
@@ -102,25 +107,29 @@ class BDHLayer(nn.Module):
         sign = torch.where(self.diff_second, -self.diff_lambda[:, None], torch.ones_like(self.diff_lambda)[:, None])
         return k * sign[:, None, None, :].to(k.dtype)
 
-    def attend(self, k, x, state, plan):
+    def attend(self, k, x, state, plan, doc_start=None):
         """a: (H, B, T, D), the linear attention of the rotated keys k (H, B, T, N) over the values
-        x (B, T, D), continuing from `state` (lanes-first AttnState), and the new state."""
+        x (B, T, D), continuing from `state` (lanes-first AttnState), and the new state. doc_start
+        (B, T) bool or None: the state is reset right before these tokens (a document begins)."""
         kind, chunk, need_state, in_place = plan
         q = self.queries(k)
         v = x.unsqueeze(0)  # values are the layer input, shared by all heads
         log_g = self.forget(x)
         log_g = None if log_g is None else log_g.transpose(0, 1)
+        doc_start = None if doc_start is None else doc_start.unsqueeze(0)  # heads-first, like log_g
         stateless = state is None and not need_state
         window = self.config.attn_window
-        if kind == "parallel" and stateless and q is k and log_g is None and window is None:
+        plain = q is k and log_g is None and window is None and doc_start is None
+        if kind == "parallel" and stateless and plain:
             return causal_self_attention(k, v, self.scale), None  # the reference model's hot path
         if kind == "parallel" and stateless:
-            return attend_parallel(q, k, v, self.scale, log_g, window), None
+            return attend_parallel(q, k, v, self.scale, log_g, window, doc_start), None
         state = None if state is None else state.swap_lanes_heads()
-        a, new_state = attend_chunked(q, k, v, self.scale, state, log_g, window, chunk, need_state, in_place)
+        a, new_state = attend_chunked(q, k, v, self.scale, state, log_g, window, chunk, need_state, in_place,
+                                      doc_start)
         return a, (None if new_state is None else new_state.swap_lanes_heads())
 
-    def forward(self, x, encoder, encoder_v, decoder, cos, sin, state, plan):
+    def forward(self, x, encoder, encoder_v, decoder, cos, sin, state, plan, doc_start=None):
         """x: (B, T, D) -> (B, T, D) and the new AttnState (None when not needed)."""
         B, T, D = x.shape
         H, N = encoder.size(0), encoder.size(-1)
@@ -129,7 +138,7 @@ class BDHLayer(nn.Module):
         x_sparse = torch.bmm(repeat(x, "b t d -> h (b t) d", h=H), encoder).relu_()  # in place: bmm keeps no output
         x_sparse = rearrange(x_sparse, "h (b t) n -> h b t n", b=B)
         k = rotate(x_sparse, cos, sin)  # q~ = k~: BDH's keys are its queries
-        a, new_state = self.attend(k, x, state, plan)
+        a, new_state = self.attend(k, x, state, plan, doc_start)
         y_sparse = torch.bmm(rearrange(layer_norm(a), "h b t d -> h (b t) d"), encoder_v).relu_()
         y_sparse = rearrange(y_sparse, "h (b t) n -> h b t n", b=B)
         lanes_first = "h b t n -> b h t n"  # the hooks' view (SparseProduct); the memory stays heads-first
@@ -198,14 +207,20 @@ class BDH(Pretrained, nn.Module):
         state: BDHState | None = None,
         return_state: bool | None = None,
         update_state_in_place: bool = False,
+        doc_start: torch.Tensor | None = None,
     ) -> ModelOutput:
         """idx: (B, T) token ids. With `state`, continue that stream; `.state` is the state after
         the last token when `return_state` (default: when a state was given).
+
+        doc_start: (B, T) bool or None, the tokens that begin a document: the state is reset
+        right before them, in every layer, so no token reads anything of an earlier document
+        (docs/design.md, "Document boundaries").
 
         `update_state_in_place` (under torch.no_grad, for loops that own their state such as
         generate): the returned state reuses the given state's rho, written in place, instead of
         a new (N, D) tensor per head, lane and layer for every call."""
         B, T = idx.shape
+        doc_start = active_boundaries(doc_start)
         need_state = state is not None if return_state is None else return_state
         pos = state.pos if state is not None else 0
         x = layer_norm(self.embed(idx))
@@ -214,7 +229,7 @@ class BDH(Pretrained, nn.Module):
         new_layers = []
         for i, layer in enumerate(self.layers):
             layer_state = state.layers[i] if state is not None else None
-            args = (x, *self.projections(i), cos, sin, layer_state, plan)
+            args = (x, *self.projections(i), cos, sin, layer_state, plan, doc_start)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x, s = checkpoint(layer, *args, use_reentrant=False)
             else:
@@ -231,10 +246,10 @@ class BDH(Pretrained, nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  state: BDHState | None = None, generator: torch.Generator | None = None,
-                 max_context: int | None = None):
+                 max_context: int | None = None, doc_separator: list[int] | None = None):
         """Sample max_new_tokens after idx (B, T): idx followed by them, (B, T + max_new_tokens).
         The prompt is read once; every new token then costs the same whatever the context length,
-        because the context lives in the state (stream() yields them one by one).
+        because the context lives in the state (stream() yields the tokens one by one).
 
         max_context, for a model trained on independent windows of that length (train.state
         reset), which has never seen a state built from more tokens: the state then never holds
@@ -242,35 +257,58 @@ class BDH(Pretrained, nn.Module):
         tokens, so every token is predicted from between max_context // 2 and max_context earlier
         ones, as in training; a rebuild reads max_context // 2 tokens once per max_context // 2
         new ones, so a token still costs the same whatever the length of the text.
+
+        doc_separator (token ids), for a model trained with document resets (data.doc_reset):
+        a token that follows a complete separator begins a document, and the state is reset
+        before it is read, in the prompt as in what is generated.
         """
-        new = list(self.stream(idx, max_new_tokens, temperature, top_k, state, generator, max_context))
+        new = self.stream(idx, max_new_tokens, temperature, top_k, state, generator, max_context, doc_separator)
         return torch.cat([idx, *new], dim=1)
 
     @torch.no_grad()
     def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                state: BDHState | None = None, generator: torch.Generator | None = None,
-               max_context: int | None = None):
+               max_context: int | None = None, doc_separator: list[int] | None = None):
         """generate(), one sampled token (B, 1) at a time, each yielded as soon as it is drawn."""
         if max_context is not None and (max_context < 2 or state is not None):
             raise ValueError("max_context must be >= 2 and rebuilds the state from the text itself, "
                              "so it cannot continue a given state")
+        sep = list(doc_separator or [])
         prompt = idx if max_context is None else idx[:, -max_context:]
-        out = self(prompt, state=state, return_state=True)
+        out = self(prompt, state=state, return_state=True, doc_start=starts_after(idx, sep)[:, -prompt.size(1):])
         state, logits, held = out.state, out.logits[:, -1], prompt.size(1)
-        recent = [prompt]  # the text a rebuild reads (max_context only)
+        tokens, tail = [idx], idx[:, -len(sep):] if sep else None
         for i in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k, generator)
+            begins = None
+            if sep:  # does nxt follow a complete separator?
+                begins = (tail == tail.new_tensor(sep)).all(dim=1, keepdim=True) if tail.size(1) == len(sep) else None
+                tail = torch.cat([tail, nxt], dim=1)[:, -len(sep):]
+            tokens.append(nxt)
             yield nxt
             if i + 1 == max_new_tokens:  # the last token's own successor is never asked for
                 break
-            if max_context is not None:
-                recent = [torch.cat([*recent, nxt], dim=1)[:, -max_context:]]
-            if max_context is not None and held >= max_context:
+            fresh = begins is not None and bool(begins.all())  # every lane starts a document: state empty
+            if max_context is not None and held >= max_context and not fresh:
                 held = max_context // 2
-                out = self(recent[0][:, -held:], return_state=True)
+                text = torch.cat(tokens, dim=1)
+                out = self(text[:, -held:], return_state=True, doc_start=starts_after(text, sep)[:, -held:])
             else:
                 # The state is this loop's own (the prompt's forward made it), so it is
                 # stepped in place: the caller's state is never written.
-                out = self(nxt, state=state, return_state=True, update_state_in_place=True)
-                held += 1
+                out = self(nxt, state=state, return_state=True, update_state_in_place=True, doc_start=begins)
+                held = 1 if fresh else held + 1
             state, logits = out.state, out.logits[:, -1]
+
+
+def starts_after(tokens: torch.Tensor, separator: list[int]) -> torch.Tensor:
+    """(B, L) bool: the tokens right after a complete `separator` (the first tokens of documents
+    joined by it); all False without a separator."""
+    n = len(separator)
+    out = torch.zeros_like(tokens, dtype=torch.bool)
+    if not n or tokens.size(1) <= n:
+        return out
+    windows = tokens.unfold(1, n, 1)  # (B, L - n + 1, n): the n tokens from each position on
+    ends = (windows == tokens.new_tensor(separator)).all(dim=-1)  # a separator starts here
+    out[:, n:] = ends[:, : tokens.size(1) - n]
+    return out

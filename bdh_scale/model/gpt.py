@@ -53,10 +53,13 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask: (B, 1, T, T) bool, True where a token may attend (causal within its document);
+        None: plain causal."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -79,8 +82,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -113,21 +116,29 @@ class GPT(RerunGeneration, Pretrained, nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state=None,
-                return_state: bool | None = None) -> ModelOutput:
+                return_state: bool | None = None, doc_start: torch.Tensor | None = None) -> ModelOutput:
         """idx: (B, T) token ids, T <= block_size. Same signature as BDH.forward so the loop
-        can call either; a state (or return_state=True) is an error, as there is none."""
+        can call either; a state (or return_state=True) is an error, as there is none.
+        doc_start (B, T) bool: a document begins there; tokens attend within their document only
+        and positions count from its start, as if each document were run alone."""
         if state is not None or return_state:
             raise ValueError(STATELESS)
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds the gpt baseline's block_size {self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
+        mask = None
+        if doc_start is not None and bool(doc_start.any()):
+            seg = torch.cumsum(doc_start, dim=1)
+            mask = (seg[:, :, None] == seg[:, None, :]) & (pos[:, None] >= pos[None, :])
+            mask = mask[:, None]  # one mask for every head
+            pos = pos - torch.where(doc_start, pos, 0).cummax(dim=1).values  # from the document's start
         x = self.drop(self.embed(idx) + self.pos_embed(pos))
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, mask, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, mask)
         logits = F.linear(self.ln_f(x), self.embed.weight)  # head tied to the embedding
         loss = None
         if targets is not None:

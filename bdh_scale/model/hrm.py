@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bdh_scale.model.bdh import BDH, BDHLayer, layer_norm, projection_params
+from bdh_scale.model.bdh import BDH, BDHLayer, active_boundaries, layer_norm, projection_params
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.output import ModelOutput
 from bdh_scale.model.pretrained import Pretrained
@@ -72,9 +72,9 @@ class BDHStack(nn.Module):
 
     projections = BDH.projections  # (encoder, encoder_v, decoder) of layer i: own or shared
 
-    def forward(self, x, cos, sin, plan, checkpointing: bool = False) -> torch.Tensor:
+    def forward(self, x, cos, sin, plan, checkpointing: bool = False, doc_start=None) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            args = (x, *self.projections(i), cos, sin, None, plan)
+            args = (x, *self.projections(i), cos, sin, None, plan, doc_start)
             if checkpointing and torch.is_grad_enabled():
                 x, _ = checkpoint(layer, *args, use_reentrant=False)
             else:
@@ -112,7 +112,7 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
         raise ValueError(STATELESS)
 
     # -- one segment ---------------------------------------------------------------------------
-    def segment(self, z_L, z_H, x_emb, cos, sin, plan) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment(self, z_L, z_H, x_emb, cos, sin, plan, doc_start=None) -> tuple[torch.Tensor, torch.Tensor]:
         """h_cycles x l_cycles updates of (z_L, z_H); with the one-step gradient only the last
         L step and the last H step are recorded by autograd."""
         c = self.config
@@ -120,10 +120,10 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
         ckpt = self.gradient_checkpointing and self.training
 
         def L_step(z_L, z_H):
-            return self.L(layer_norm(z_L + z_H + x_emb), cos, sin, plan, ckpt)
+            return self.L(layer_norm(z_L + z_H + x_emb), cos, sin, plan, ckpt, doc_start)
 
         def H_step(z_H, z_L):
-            return self.H(layer_norm(z_H + z_L), cos, sin, plan, ckpt)
+            return self.H(layer_norm(z_H + z_L), cos, sin, plan, ckpt, doc_start)
 
         with torch.no_grad() if one_step else nullcontext():
             for h in range(c.hrm_h_cycles):
@@ -139,30 +139,32 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state=None,
-                return_state: bool | None = None) -> ModelOutput:
-        """idx: (B, T) token ids. Same signature as BDH.forward; a state is an error."""
-        return self.run(idx, targets, state, return_state)[0]
+                return_state: bool | None = None, doc_start: torch.Tensor | None = None) -> ModelOutput:
+        """idx: (B, T) token ids. Same signature as BDH.forward; a state is an error. doc_start
+        (B, T) bool: a document begins there; no token attends across it."""
+        return self.run(idx, targets, state, return_state, doc_start)[0]
 
-    def run(self, idx, targets=None, state=None, return_state=None) -> tuple[ModelOutput, torch.Tensor]:
+    def run(self, idx, targets=None, state=None, return_state=None, doc_start=None) -> tuple[ModelOutput, torch.Tensor]:
         """forward() plus the segment at which each token halted, (B, T) long (all 1 without ACT)."""
         if state is not None or return_state:
             raise ValueError(STATELESS)
         B, T = idx.shape
+        doc_start = active_boundaries(doc_start)
         x_emb = layer_norm(self.embed(idx))
         cos, sin = self.rope.get(0, T, x_emb.device, x_emb.dtype)
         plan = self.plan(T, False, False)
         if not self.config.hrm_act:
-            _, z_H = self.segment(x_emb, x_emb, x_emb, cos, sin, plan)
+            _, z_H = self.segment(x_emb, x_emb, x_emb, cos, sin, plan, doc_start)
             logits = z_H @ self.lm_head
             loss = None if targets is None else token_ce(logits, targets).mean()
             return ModelOutput(logits=logits, loss=loss), torch.ones(B, T, dtype=torch.long, device=idx.device)
-        return self._act(x_emb, targets, cos, sin, plan)
+        return self._act(x_emb, targets, cos, sin, plan, doc_start)
 
     def halting_probability(self, z_H: torch.Tensor) -> torch.Tensor:
         """lambda: (B, T, D) -> (B, T) in float32, per token (causal)."""
         return torch.sigmoid((z_H @ self.halt_w.to(z_H.dtype) + self.halt_b.to(z_H.dtype)).float())
 
-    def _act(self, x_emb, targets, cos, sin, plan) -> tuple[ModelOutput, torch.Tensor]:
+    def _act(self, x_emb, targets, cos, sin, plan, doc_start=None) -> tuple[ModelOutput, torch.Tensor]:
         M = self.config.hrm_act_max_segments
         B, T, _ = x_emb.shape
         z_L = z_H = x_emb
@@ -173,7 +175,7 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
         for n in range(1, M + 1):
             if n > 1:  # deep supervision: each segment learns from its own loss only
                 z_L, z_H = z_L.detach(), z_H.detach()
-            z_L, z_H = self.segment(z_L, z_H, x_emb, cos, sin, plan)
+            z_L, z_H = self.segment(z_L, z_H, x_emb, cos, sin, plan, doc_start)
             logits = z_H @ self.lm_head
             lam = self.halting_probability(z_H)
             final = n == M

@@ -1,33 +1,176 @@
-"""Validation: mean next-token loss over a fixed held-out set, in nats per token and bits per byte."""
+"""Validation: next-token loss over a fixed held-out set, read two ways.
+
+The held-out stream is laid out as `rows` contiguous stretches, batch k holding window k of every
+row (DataBundle.val_batches), so it can be read
+
+* as independent windows (`val_loss_window`): every window from an empty state, the figure of a
+  model trained with train.state=reset;
+* carried (`val_loss_carried`): each row read from its start with the state carried from one
+  window to the next, exactly as training reads its lanes with train.state=carry.
+
+`val_loss` is the figure a run is trained for: carried for a carry run, windows otherwise, and
+`val_bpb` follows it. Per-token losses of both readings are also summed by how many tokens of
+the row precede the token (0-T, T-2T, 2T-4T, ...): the loss-by-context curve that says whether,
+and up to what distance, a carried state helps (docs/design.md, "Loss by context").
+
+Rows are spread over the processes (rank r reads rows r, r+W, ...) and the sums reduced, so the
+figures do not depend on the number of processes. Every rank runs the same number of forwards
+(a rank short of rows repeats one with zero weight), which FSDP's collectives need.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+
+
+def context_edges(T: int, row_len: int) -> list[int]:
+    """Bucket edges in tokens of preceding context: 0, T, 2T, 4T, ... up to the row length."""
+    edges, hi = [0, T], 2 * T
+    while edges[-1] < row_len:
+        edges.append(min(hi, row_len))
+        hi *= 2
+    return edges if edges[-1] >= row_len else edges + [row_len]
+
+
+@dataclass
+class LossSums:
+    """Summed per-token losses of one reading, overall and per context bucket."""
+
+    edges: list[int]
+    total: torch.Tensor = None  # (2,) float64: sum of losses, tokens
+    buckets: torch.Tensor = None  # (n_buckets, 2)
+    device: object = None
+
+    def __post_init__(self):
+        self.total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self.buckets = torch.zeros(len(self.edges) - 1, 2, dtype=torch.float64, device=self.device)
+
+    def add(self, losses: torch.Tensor, weights: torch.Tensor, offset: int) -> None:
+        """losses (rows, T) of tokens at row positions offset .. offset+T-1; weights (rows,) 0 or 1."""
+        per_pos = (losses.double() * weights[:, None]).sum(0)  # (T,)
+        n_rows = weights.sum().double()
+        self.total += torch.stack([per_pos.sum(), n_rows * losses.size(1)])
+        pos = torch.arange(offset, offset + losses.size(1), device=losses.device)
+        bucket = torch.bucketize(pos, torch.tensor(self.edges[1:-1], device=losses.device), right=True)
+        self.buckets[:, 0].index_add_(0, bucket, per_pos)
+        self.buckets[:, 1].index_add_(0, bucket, n_rows.expand(losses.size(1)))
+
+    def reduce(self, accelerator) -> None:
+        if accelerator.num_processes > 1:
+            self.total = accelerator.reduce(self.total, reduction="sum")
+            self.buckets = accelerator.reduce(self.buckets, reduction="sum")
+
+    def mean(self) -> float:
+        return (self.total[0] / self.total[1]).item()
+
+    def bucket_means(self) -> list[float | None]:
+        return [s / n if n > 0 else None for s, n in self.buckets.tolist()]
+
+
+@dataclass
+class Validation:
+    """What one validation measured."""
+
+    window: LossSums
+    carried: LossSums | None = None
+    bytes_per_token: float = 1.0
+    T: int = 0
+    rows: int = 0
+    row_len: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def record(self, carry: bool) -> dict:
+        """The metrics row: val_loss (carried for a carry run), val_bpb, both readings, the buckets."""
+        window = self.window.mean()
+        carried = self.carried.mean() if self.carried is not None else None
+        loss = carried if carry and carried is not None else window
+        row = {"val_loss": loss, "val_bpb": loss / math.log(2) / self.bytes_per_token, "val_loss_window": window}
+        if carried is not None:
+            row["val_loss_carried"] = carried
+            edges = self.window.edges
+            for lo, hi, c, w in zip(edges, edges[1:], self.carried.bucket_means(), self.window.bucket_means()):
+                if c is not None:
+                    row[f"ctx/carried_{lo}-{hi}"] = c
+                    row[f"ctx/window_{lo}-{hi}"] = w
+        return row
+
+    def report(self) -> dict:
+        """The loss-by-context table, for bdh-analyze context and docs."""
+        edges = self.window.edges
+        carried = self.carried.bucket_means() if self.carried is not None else [None] * (len(edges) - 1)
+        return {"T": self.T, "rows": self.rows, "row_tokens": self.row_len,
+                "val_loss_window": self.window.mean(),
+                "val_loss_carried": self.carried.mean() if self.carried is not None else None,
+                "buckets": [{"context_from": lo, "context_to": hi, "carried": c, "window": w,
+                             "tokens": int(n)}
+                            for lo, hi, c, w, n in zip(edges, edges[1:], carried, self.window.bucket_means(),
+                                                       self.window.buckets[:, 1].tolist())]}
+
+
+class OneProcess:
+    """The accelerator evaluate() needs when one process reads everything (analyses, tests)."""
+
+    num_processes, process_index = 1, 0
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    @staticmethod
+    def unwrap_model(model):
+        return model
+
+
+def token_losses(model, x, y, **kwargs):
+    """(per-token cross-entropy (B, T) in float32, the model output)."""
+    out = model(x, **kwargs)
+    return F.cross_entropy(out.logits.float().transpose(1, 2), y, reduction="none"), out
+
+
+def my_rows(n_rows: int, rank: int, world: int) -> tuple[list[int], torch.Tensor]:
+    """This rank's rows r, r+W, ..., padded to ceil(n/W) with a repeated row of weight 0."""
+    mine = list(range(rank, n_rows, world))
+    per_rank = -(-n_rows // world)
+    weights = torch.ones(per_rank)
+    weights[len(mine):] = 0
+    mine += [mine[0] if mine else 0] * (per_rank - len(mine))
+    return mine, weights
 
 
 @torch.no_grad()
-def evaluate(model, data, *, T: int, batch_size: int, max_batches: int, accelerator) -> dict:
-    """Loss over the same held-out windows every call (windows independent, no carried state).
-
-    `batch_size` is the global number of rows per batch; rank r evaluates rows r, r+W, ... and
-    the sums are reduced, so the figure depends only on the global batch, not on how many
-    processes share it. Bits per byte divides by the tokenizer's bytes per token, so byte and
-    BPE runs compare.
-    """
+def evaluate(model, data, *, T: int, batch_size: int, max_batches: int, accelerator, carried: bool,
+             doc_reset: bool = False) -> Validation:
+    """Score the held-out set (the same windows every call) as independent windows and, when
+    `carried`, also carried along each row (the model must carry a state: BDH)."""
     was_training = model.training
     model.eval()
-    W, r = accelerator.num_processes, accelerator.process_index
-    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)  # sum of losses, tokens
-    for x, y in data.val_batches(T, batch_size, max_batches):
-        x, y = x[r::W].to(accelerator.device), y[r::W].to(accelerator.device)
-        if y.numel() == 0:
-            continue
-        out = model(x, y)
-        totals += torch.tensor([out.loss.item() * y.numel(), y.numel()], dtype=torch.float64, device=totals.device)
-    model.train(was_training)
-    totals = accelerator.reduce(totals, reduction="sum") if W > 1 else totals
-    if totals[1] == 0:
+    device, W, r = accelerator.device, accelerator.num_processes, accelerator.process_index
+    batches = list(data.val_batches(T, batch_size, max_batches))
+    if not batches:
         raise RuntimeError("the validation split yielded no batch; lower train.eval_seq_len or data.val_fraction")
-    loss = (totals[0] / totals[1]).item()
-    return {"val_loss": loss, "val_bpb": loss / math.log(2) / data.bytes_per_token}
+    n_rows = batches[0][0].size(0)
+    rows, weights = my_rows(n_rows, r, W)
+    weights = weights.to(device)
+    edges = context_edges(T, T * len(batches))
+    window, carry = LossSums(edges, device=device), LossSums(edges, device=device) if carried else None
+    state = None
+    try:
+        for k, batch in enumerate(batches):
+            x, y = batch[0][rows].to(device), batch[1][rows].to(device)
+            doc_start = getattr(batch, "doc_start", None)
+            doc_start = doc_start[rows].to(device) if doc_reset and doc_start is not None else None
+            losses, _ = token_losses(model, x, y, doc_start=doc_start)
+            window.add(losses, weights, k * T)
+            if carried:
+                state = state if state is not None else accelerator.unwrap_model(model).init_state(len(rows), device)
+                losses, out = token_losses(model, x, y, state=state, return_state=True, doc_start=doc_start)
+                carry.add(losses, weights, k * T)
+                state = out.state
+    finally:
+        model.train(was_training)
+    window.reduce(accelerator)
+    if carry is not None:
+        carry.reduce(accelerator)
+    return Validation(window, carry, data.bytes_per_token, T, n_rows, T * len(batches))

@@ -21,7 +21,7 @@ from bdh_scale.config import RunConfig
 from bdh_scale.rundir import FINAL
 from bdh_scale.train.export import push_final, save_final
 from bdh_scale.train.faults import StopSignals
-from bdh_scale.train.report import LossWindow, eval_extras, sample, train_row, validate
+from bdh_scale.train.report import LossWindow, eval_extras, sample, train_row, val_line, validate
 from bdh_scale.train.schedule import seq_len_at
 from bdh_scale.train.setup import setup
 from bdh_scale.train.step import train_step
@@ -62,8 +62,7 @@ def train(cfg: RunConfig) -> TrainResult:
                 row = (row or {"step": run.step, "tokens": run.tokens}) | final_val
                 if run.extras:
                     row.update(eval_extras(run))
-                say(f"step {run.step}: val loss {final_val['val_loss']:.4f} nats/token, "
-                    f"{final_val['val_bpb']:.4f} bits/byte")
+                say(val_line(run.step, final_val))
             if row is not None:
                 run.log.write(row)
                 acc.log({k: v for k, v in row.items() if k != "sample"}, step=run.step)  # samples: a table

@@ -57,11 +57,21 @@ def eval_T(tc) -> int:
 
 def validate(run) -> dict:
     """Held-out loss of the run's model (every rank takes part): the same windows every time, rows
-    spread over the ranks so the figure does not depend on the process count."""
+    spread over the ranks so the figure does not depend on the process count. A carry run is
+    also read carried, as it trains (val_loss is then that reading), with its loss by context."""
     tc = run.cfg.train
     rows = tc.batch_size * tc.grad_accum_steps * run.accelerator.num_processes
     return evaluate(run.model, run.data, T=eval_T(tc), batch_size=rows, max_batches=tc.eval_batches,
-                    accelerator=run.accelerator)
+                    accelerator=run.accelerator, carried=run.carry,
+                    doc_reset=getattr(run.data, "doc_reset", False)).record(run.carry)
+
+
+def val_line(step: int, val: dict) -> str:
+    """The progress line of a validation: val_loss, its bits per byte, and the other reading."""
+    line = f"step {step}: val loss {val['val_loss']:.4f} nats/token, {val['val_bpb']:.4f} bits/byte"
+    if "val_loss_carried" in val:
+        line += f" (carried {val['val_loss_carried']:.4f}, windows {val['val_loss_window']:.4f})"
+    return line
 
 
 def sample(run, model, n_tokens: int) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from bdh_scale.model.attention.blocks import rho_forward
+from bdh_scale.model.attention.blocks import rho_forward, segments
 from bdh_scale.model.attention.chunked_backward import RhoChunks
 from bdh_scale.model.attention.state import AttnState
 from bdh_scale.model.attention.window import window_chunks
@@ -39,6 +39,7 @@ def attend_chunked(
     chunk_size: int = 64,
     need_state: bool = True,
     in_place: bool = False,
+    doc_start: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, AttnState | None]:
     """Linear attention chunk by chunk, continuing from `state`; equals `attend_parallel`.
 
@@ -50,7 +51,9 @@ def attend_chunked(
     T = 1 is the generation step: O(N D) per token with rho, O(w N) with a window, whatever
     the length of the context behind the state. With in_place (no autograd; generation loops
     that own their state) an unwindowed state's rho is updated in place and returned, which
-    saves writing a new (N, D) per head and token.
+    saves writing a new (N, D) per head and token. doc_start (bool, broadcastable to
+    (*lead, T)) marks tokens that begin a document: the state is reset right before them, so no
+    token reads anything from an earlier document (docs/design.md, "Document boundaries").
 
     Memory is linear in T, no (T, T) and no per-token (N, D) tensor. Without a window the
     backward recomputes the chunk-start states rho_p instead of saving them, so a training step
@@ -67,6 +70,7 @@ def attend_chunked(
         state = state.to(device=q.device, dtype=acc)
     if log_g is not None:
         log_g = log_g.to(acc).expand(*lead, T)
+    seg = segments(None if doc_start is None else doc_start.to(q.device).expand(*lead, T))
     chunk_size = max(1, min(chunk_size, T))  # no masks bigger than the call (T = 1 when generating)
     with torch.autocast(q.device.type, enabled=False):
         if window is None:
@@ -77,12 +81,12 @@ def attend_chunked(
             if in_place:
                 if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, log_g, rho)):
                     raise ValueError("in_place state updates are for inference: run under torch.no_grad()")
-                a, rho = rho_forward(q, k, v, log_g, rho, scale, chunk_size, need_state, in_place=True)
+                a, rho = rho_forward(q, k, v, log_g, rho, scale, chunk_size, need_state, in_place=True, seg=seg)
             else:
-                a, rho = RhoChunks.apply(q, k, v, log_g, rho, scale, chunk_size, need_state)
+                a, rho = RhoChunks.apply(q, k, v, log_g, rho, scale, chunk_size, need_state, seg)
             return a, (AttnState(rho=rho) if need_state else None)
         if state is None:
             state = AttnState.zeros_for(lead, v.shape[:-2], N, D, window, q.device, acc)
         q = q * scale if scale != 1.0 else q  # before the products: smaller scores in half
-        return window_chunks(q, k, v, state, log_g, window, chunk_size, need_state, acc)
+        return window_chunks(q, k, v, state, log_g, window, chunk_size, need_state, acc, seg)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from bdh_scale.model.attention.blocks import chunks, decay_weights, local_log_decay, mm_into, rho_forward, rho_update
+from bdh_scale.model.attention.blocks import ChunkWeights, chunk_starts, chunks, mm_into, rho_forward, rho_update
 
 
 class RhoChunks(torch.autograd.Function):
@@ -16,54 +16,63 @@ class RhoChunks(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, log_g, rho0, scale, C, need_state):
+    def forward(ctx, q, k, v, log_g, rho0, scale, C, need_state, seg):
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(q, k, v, log_g, rho0)
+        ctx.save_for_backward(q, k, v, log_g, rho0, seg)
         ctx.scale, ctx.C, ctx.q_is_k = scale, C, q is k
-        return rho_forward(q, k, v, log_g, rho0, scale, C, need_state)
+        return rho_forward(q, k, v, log_g, rho0, scale, C, need_state, seg=seg)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, da, drho):
-        q, k, v, log_g, rho0 = ctx.saved_tensors
+        q, k, v, log_g, rho0, seg = ctx.saved_tensors
         scale, C = ctx.scale, ctx.C
         acc = torch.promote_types(q.dtype, torch.float32)
         want_dl = log_g is not None and ctx.needs_input_grad[3]
+        causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
+        seg_starts = chunk_starts(seg, C)
         with torch.autocast(q.device.type, enabled=False):
-            # The chunk-start states, recomputed: rho_p for every chunk (None: zero). The one
-            # transient (T/C, N, D) per head of the whole step, alive during this layer's backward.
+            # Each chunk's weights, and the chunk-start states recomputed: rho_p for every chunk
+            # (None: zero). The one transient (T/C, N, D) per head of the whole step, alive during
+            # this layer's backward.
+            def weights(n, lg, sg, need_W=True):
+                c = min(C, q.size(-2) - n * C)
+                seg_prev = None if sg is None else seg_starts[n]
+                return ChunkWeights.of(causal[:c, :c], lg, sg, seg_prev, acc, acc, need_W)
+
             starts, rho = [], rho0
-            for _, kc, vc, lg in chunks(C, k, v, log_g):
+            for n, (_, kc, vc, lg, sg) in enumerate(chunks(C, k, v, log_g, seg)):
                 starts.append(rho)
                 if len(starts) * C < q.size(-2):
-                    rho = rho_update(rho, kc.to(acc), vc.to(acc), local_log_decay(lg)[0])
+                    rho = rho_update(rho, kc.to(acc), vc.to(acc), weights(n, lg, sg, need_W=False))
             # Gradients are written chunk by chunk into whole buffers (per-head dv: v may be shared).
             # BDH's q is k: then one buffer takes both gradients, returned once.
             dq = torch.zeros_like(q, dtype=acc)
             dk = dq if ctx.q_is_k else torch.zeros_like(k, dtype=acc)
             dv = q.new_zeros(*q.shape[:-1], v.size(-1), dtype=acc)
             dlg = q.new_zeros(q.shape[:-1], dtype=acc) if want_dl else None
-            causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril(-1)
-            per_chunk = list(chunks(C, q, k, v, log_g, da, dq, dk, dv, dlg))
-            for p, qc, kc, vc, lg, dac, *grads in reversed(per_chunk):
+            per_chunk = list(enumerate(chunks(C, q, k, v, log_g, seg, da, dq, dk, dv, dlg)))
+            for n, (p, qc, kc, vc, lg, sg, dac, *grads) in reversed(per_chunk):
                 qc, kc, vc = qc.to(acc) * scale, kc.to(acc), vc.to(acc)
-                rho_p = starts.pop()  # freed once used
-                drho = rho_chunk_backward(qc, kc, vc, lg, rho_p, dac, drho, causal, scale, *grads)
+                rho_p, cw = starts.pop(), weights(n, lg, sg)  # rho_p freed once used
+                W = causal[:qc.size(-2), :qc.size(-2)].to(acc) if cw.W is None else cw.W
+                drho = rho_chunk_backward(qc, kc, vc, W, cw, rho_p, dac, drho, scale, *grads)
         dv = dv.sum_to_size(v.shape)  # summed over the heads where v is shared
         dk = None if ctx.q_is_k else dk.to(k.dtype)  # already in dq
-        return (dq.to(q.dtype), dk, dv.to(v.dtype), dlg, drho, None, None, None)
+        return (dq.to(q.dtype), dk, dv.to(v.dtype), dlg, drho, None, None, None, None)
 
 
-def rho_chunk_backward(qc, kc, vc, lg, rho, da, drho, causal, scale, dq, dk, dv, dlg):
+def rho_chunk_backward(qc, kc, vc, W, cw, rho, da, drho, scale, dq, dk, dv, dlg):
     """Gradients through one chunk, in the accumulation dtype; returns the gradient of rho_p.
 
-    qc is already scaled (qc = scale * q); rho is the state at the chunk start and drho the
-    gradient of the state after the chunk (None: zero). dq, dk, dv (per head) and dlg (None: not
-    wanted) are this chunk's slices of the gradient buffers, accumulated in place; dq is dk when
-    q is k. The scale goes onto the small (C, C) and (C, D) factors of dq, not onto dq itself.
+    qc is already scaled (qc = scale * q); W and cw are the chunk's weights (blocks.ChunkWeights);
+    rho is the state at the chunk start and drho the gradient of the state after the chunk (None:
+    zero). dq, dk, dv (per head) and dlg (None: not wanted) are this chunk's slices of the
+    gradient buffers, accumulated in place; dq is dk when q is k. The scale goes onto the small
+    (C, C) and (C, D) factors of dq, not onto dq itself. Every weight is exp(its exponent) or 0,
+    so d weight / d exponent = weight: the log-gate gradients below use the weights themselves.
     """
     c = qc.size(-2)
-    l, l_prev = local_log_decay(lg)
     if dlg is not None:  # gradients of l and of l_prev_i = l_{i-1}
         dl, dl_prev = torch.zeros_like(dlg), torch.zeros_like(dlg)
     drho_p = None
@@ -71,7 +80,6 @@ def rho_chunk_backward(qc, kc, vc, lg, rho, da, drho, causal, scale, dq, dk, dv,
         da = da.to(qc.dtype)
         if c > 1:  # in-chunk: P = S * W, a = P v
             S = qc @ kc.transpose(-1, -2)
-            W = decay_weights(causal[:c, :c], l_prev, l, qc.dtype)
             dv += (S * W).transpose(-1, -2) @ da
             dS = (da @ vc.transpose(-1, -2)) * W
             if dq is dk:  # q = k: d/dk (k S k^T) = (dS + dS^T) k, one product
@@ -83,25 +91,24 @@ def rho_chunk_backward(qc, kc, vc, lg, rho, da, drho, causal, scale, dq, dk, dv,
                 dE = dS * S
                 dl_prev += dE.sum(-1)
                 dl -= dE.sum(-2)
-        if rho is not None:  # before the chunk: a += exp(l_prev) * (q rho)
-            dae = da if l is None else torch.exp(l_prev)[..., None] * da
+        if rho is not None:  # before the chunk: a += e_in * (q rho)
+            dae = da if cw.e_in is None else cw.e_in[..., None] * da
             mm_into(dq, dae, rho.transpose(-1, -2), alpha=scale)
             drho_p = qc.transpose(-1, -2) @ dae
             if dlg is not None:
                 dl_prev += (dae * (qc @ rho)).sum(-1)
     if drho is not None:  # rho_next = gamma * rho + k^T (e_tail * v)
-        e_tail = None if l is None else torch.exp(l[..., -1:] - l)
-        vd = vc if l is None else e_tail[..., None] * vc
+        e_tail = cw.e_tail
+        vd = vc if e_tail is None else e_tail[..., None] * vc
         mm_into(dk, vd, drho.transpose(-1, -2))
         dvd = kc @ drho
-        dv += dvd if l is None else e_tail[..., None] * dvd
+        dv += dvd if e_tail is None else e_tail[..., None] * dvd
         if dlg is not None:
             de = (dvd * vc).sum(-1) * e_tail
             dl -= de
             dl[..., -1] += de.sum(-1)
         if rho is not None:
-            gamma = None if l is None else torch.exp(l[..., -1])[..., None, None]
-            g = drho if l is None else gamma * drho
+            g = drho if cw.gamma is None else cw.gamma[..., None, None] * drho
             drho_p = g if drho_p is None else drho_p.add_(g)  # into the fresh product
             if dlg is not None:
                 dl[..., -1] += (g * rho).sum((-2, -1))

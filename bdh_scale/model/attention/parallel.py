@@ -18,17 +18,22 @@ from __future__ import annotations
 import torch
 
 
-def decay_mask(log_g: torch.Tensor | None, T: int, window: int | None, device, dtype) -> torch.Tensor:
+def decay_mask(log_g: torch.Tensor | None, T: int, window: int | None, device, dtype,
+               doc_start: torch.Tensor | None = None) -> torch.Tensor:
     """The T x T weights w(t, s) of the strictly causal (optionally windowed, decayed) map.
 
-    Shape (T, T) without gates, (*lead, T, T) with gates. Built from differences of cumulative
-    log gates, so every exponent is <= 0 and nothing overflows.
+    Shape (T, T) without gates or boundaries, (*lead, T, T) with them. Built from differences of
+    cumulative log gates, so every exponent is <= 0 and nothing overflows. doc_start (bool,
+    (*lead, T)) marks tokens that begin a document: nothing before them is visible from them on.
     """
     t = torch.arange(T, device=device)
     diff = t[:, None] - t[None, :]
     keep = diff >= 1
     if window is not None:
         keep &= diff <= window
+    if doc_start is not None:
+        seg = torch.cumsum(doc_start.to(device), dim=-1)
+        keep = keep & (seg[..., :, None] == seg[..., None, :])
     if log_g is None:
         return keep.to(dtype)
     # L_t = sum_{u<=t} log g_u, in fp32 at least (fp64 stays fp64: a float64 run is an exact oracle)
@@ -46,15 +51,17 @@ def attend_parallel(
     scale: float,
     log_g: torch.Tensor | None = None,
     window: int | None = None,
+    doc_start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """a = scale * (mask * (q k^T)) v over a whole sequence; quadratic in T.
 
     q, k: (*lead, T, N); v: (*lead_v, T, D), lead_v broadcastable to lead; log_g: (*lead, T) or
-    None. Returns (*lead, T, D). The leading dims are lanes and heads in either order.
+    None; doc_start: bool broadcastable to (*lead, T) or None. Returns (*lead, T, D). The leading
+    dims are lanes and heads in either order.
     """
     T = q.size(-2)
     scores = q @ k.transpose(-1, -2)
-    scores = scores * decay_mask(log_g, T, window, q.device, scores.dtype)
+    scores = scores * decay_mask(log_g, T, window, q.device, scores.dtype, doc_start)
     if scale != 1.0:
         scores = scores * scale
     return scores @ v

@@ -1,0 +1,54 @@
+"""Loss by context: does a carried state help, and up to what distance?
+
+The run's held-out stream is read as `rows` contiguous rows of `windows` windows of T tokens
+(the layout of training's validation, train/evaluate.py), twice: carried (each row from its start,
+the state carried from window to window) and as independent windows (every window from an empty
+state). Per-token losses are averaged by how many tokens of the row precede the token: 0-T, T-2T,
+2T-4T, ... In the first bucket both readings see the same context; after it, the carried reading
+has read more. Where its loss is lower, the state holds something useful from that far back;
+where it is higher, the state hurts (e.g. a model trained on independent windows, which has never
+seen a state built from more than one window).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from bdh_scale.analysis.figures import new_figure
+from bdh_scale.data import build_data
+from bdh_scale.errors import AnalysisError
+from bdh_scale.model.registry import is_stateful
+from bdh_scale.train.evaluate import OneProcess, evaluate
+
+
+def loss_by_context(model, data_cfg, *, T: int, rows: int, windows: int, device) -> dict:
+    """Report: both readings overall and per context bucket, and the layout actually read."""
+    if not is_stateful(model):
+        raise AnalysisError(f"model.arch={model.arch} is stateless across windows: there is no carried "
+                            "reading to compare; the context analysis needs a BDH model")
+    data = build_data(dataclasses.replace(data_cfg, prefetch=0), batch_size=1)
+    try:
+        val = evaluate(model, data, T=T, batch_size=rows, max_batches=windows, accelerator=OneProcess(device),
+                       carried=True, doc_reset=getattr(data, "doc_reset", False))
+    finally:
+        data.close()
+    report = val.report()
+    report.update(forget_mode=model.config.forget_mode, attn_window=model.config.attn_window,
+                  definition="loss per token (nats) of the held-out rows, by tokens of the row before it; "
+                             "carried: state carried along the row; window: every window of T from an empty state")
+    return report
+
+
+def plot(report: dict, title: str = ""):
+    fig, (ax,) = new_figure(height=4.5)
+    buckets = [b for b in report["buckets"] if b["carried"] is not None]
+    xs = [math.sqrt(max(b["context_from"], 1) * b["context_to"]) for b in buckets]  # geometric middle
+    ax.plot(xs, [b["carried"] for b in buckets], "o-", label=f"carried state (val {report['val_loss_carried']:.3f})")
+    ax.plot(xs, [b["window"] for b in buckets], "s--", label=f"independent windows (val {report['val_loss_window']:.3f})")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"tokens of context before the token (buckets 0-T, T-2T, 2T-4T, ...; T = {report['T']})")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title or f"loss by context, forget_mode={report['forget_mode']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

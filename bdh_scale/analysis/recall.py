@@ -1,0 +1,97 @@
+"""Long-range recall: can the model answer a passkey question from a fact d windows back?
+
+For each distance d (in windows of the run's T), episodes of the passkey source
+(data/passkey.py) are built with exactly d*T tokens of filler between the fact and the
+question, and read twice, window by window from the episode's start: with the state carried,
+and with every window from an empty state (what a model trained on independent windows does).
+The key's tokens after the question are scored: their mean loss, the fraction of key tokens
+predicted right (argmax), and exact match (every key token right: what greedy decoding would
+write). Distances are counted from the end of the fact to the start of the question.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bdh_scale.analysis.figures import new_figure
+from bdh_scale.errors import AnalysisError
+from bdh_scale.model.registry import is_stateful
+
+
+@torch.no_grad()
+def read_windows(model, x: torch.Tensor, T: int, carried: bool) -> torch.Tensor:
+    """Logits (B, L, V) of x (B, L) read in windows of T, the state carried or not."""
+    state, out = None, []
+    for a in range(0, x.size(1), T):
+        if carried:
+            state = state if state is not None else model.init_state(x.size(0), x.device)
+            o = model(x[:, a:a + T], state=state, return_state=True)
+            state = o.state
+        else:
+            o = model(x[:, a:a + T])
+        out.append(o.logits.float())
+    return torch.cat(out, dim=1)
+
+
+def score(logits: torch.Tensor, episodes, device) -> dict:
+    """Sums over the episodes of one batch: answer loss, key tokens right, exact matches."""
+    loss = right = exact = tokens = 0.0
+    for i, e in enumerate(episodes):
+        key = torch.as_tensor(e.tokens[e.answer], device=device)
+        at = logits[i, e.answer.start - 1:e.answer.stop - 1]  # logits at t predict token t + 1
+        loss += F.cross_entropy(at, key, reduction="sum").item()
+        hits = at.argmax(-1) == key
+        right += hits.sum().item()
+        exact += float(hits.all())
+        tokens += len(key)
+    return {"loss": loss, "right": right, "exact": exact, "tokens": tokens}
+
+
+def recall(model, passkey, *, T: int, distances: list[int], episodes: int, lead: int, seed: int, device) -> dict:
+    """Report: per distance, carried and independent-window reading of `episodes` probes."""
+    if not is_stateful(model):
+        raise AnalysisError(f"model.arch={model.arch} carries no state across windows; the recall test "
+                            "compares a carried state with independent windows and needs a BDH model")
+    rows = []
+    for d in distances:
+        totals = {"carried": dict.fromkeys(("loss", "right", "exact", "tokens"), 0.0)}
+        totals["window"] = dict(totals["carried"])
+        n = 0
+        for group in passkey.probes(d * T, episodes, lead, seed):
+            x = torch.as_tensor(np.stack([e.tokens[:-1] for e in group]), device=device)
+            for reading in ("carried", "window"):
+                got = score(read_windows(model, x, T, reading == "carried"), group, device)
+                totals[reading] = {k: totals[reading][k] + v for k, v in got.items()}
+            n += len(group)
+        row = {"distance_windows": d, "gap_tokens": d * T, "episodes": n}
+        for reading, t in totals.items():
+            row[reading] = {"exact_match": t["exact"] / n, "key_token_accuracy": t["right"] / t["tokens"],
+                            "answer_loss": t["loss"] / t["tokens"]}
+        rows.append(row)
+    chance = 1 / 10 ** passkey.cfg.digits
+    return {"T": T, "digits": passkey.cfg.digits, "chance_exact_match": chance, "lead": lead, "seed": seed,
+            "forget_mode": model.config.forget_mode, "attn_window": model.config.attn_window, "distances": rows,
+            "definition": "episodes with d*T filler tokens between fact and question, read window by window "
+                          "from the episode start; exact_match: every key token is the argmax (greedy decoding "
+                          "writes the key); answer_loss: mean nats per key token"}
+
+
+def plot(report: dict, title: str = ""):
+    fig, (acc, loss) = new_figure(2, height=3.6)
+    ds = [r["distance_windows"] for r in report["distances"]]
+    for reading, style in (("carried", "o-"), ("window", "s--")):
+        label = "carried state" if reading == "carried" else "independent windows"
+        acc.plot(ds, [r[reading]["exact_match"] for r in report["distances"]], style, label=label)
+        loss.plot(ds, [r[reading]["answer_loss"] for r in report["distances"]], style, label=label)
+    acc.axhline(report["chance_exact_match"], color="k", lw=0.8, ls=":", label="chance")
+    for ax in (acc, loss):
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    acc.set_ylabel("exact match")
+    acc.set_ylim(-0.02, 1.02)
+    loss.set_ylabel("loss on the key (nats/token)")
+    loss.set_xlabel(f"distance between fact and question (windows of T = {report['T']})")
+    acc.set_title(title or f"passkey recall, forget_mode={report['forget_mode']}")
+    return fig

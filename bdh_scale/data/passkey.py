@@ -1,0 +1,120 @@
+"""A synthetic long-range recall source: `data.source: synthetic:passkey`.
+
+The stream is a sequence of episodes, each a document (so data.doc_reset resets the state
+between them):
+
+    <filler> The pass key is 48213. Remember it. <gap of filler> What is the pass key? The pass key is 48213.
+
+The key is a fresh random number per episode; the filler is a random stretch of a corpus
+(data.passkey.filler); the gap between the fact and the question is drawn log-uniformly between
+data.passkey.min_gap and max_gap tokens. Everything is built in token space, piece by piece, so
+the distance and the answer's tokens are exact for any tokenizer. The same seed gives the same
+stream.
+
+What a model must learn, and what truncated backpropagation through time can teach: to answer,
+the question's tokens must read the fact back from the state. BDH writes every token into rho
+(k~ x^T) whatever it learned, so writing needs no gradient across windows; what must be learned
+is to encode the fact and the question so that the question's queries match the fact's keys, and
+to decode the retrieved values into the digits. Episodes whose gap is shorter than a window put
+fact and question in the same window, where the gradient sees both: that teaches encoding and
+reading. Whether the skill then works across windows depends on the carried state still holding
+the fact: with no forgetting it is buried under every later token; a forgetting gate trained only
+inside windows may learn to forget faster than the distances asked. `bdh-analyze recall` measures
+it against the distance (analysis/recall.py).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+
+from bdh_scale.errors import DataError
+from bdh_scale.utils.schema import NonEmpty, PosInt, Section
+
+SOURCE = "synthetic:passkey"
+FACT = (" The pass key is ", ". Remember it. ")
+QUESTION = " What is the pass key? The pass key is "
+END = ".\n\n"
+
+
+@dataclass
+class PasskeyConfig(Section):
+    section = "data.passkey"
+
+    # corpus the filler is cut from: a bundled sample ('tinyshakespeare', 'europarl_en_fr') or a text file
+    filler: Annotated[str, NonEmpty("a bundled sample such as 'tinyshakespeare' or a text file")] = "tinyshakespeare"
+    # digits of the key (the answer a model must recall)
+    digits: PosInt = 5
+    # fewest tokens of filler between the fact and the question
+    min_gap: PosInt = 16
+    # most tokens of filler between the fact and the question (gaps are log-uniform in between)
+    max_gap: PosInt = 1024
+    # most tokens of filler before the fact (uniform from 0)
+    max_lead: PosInt = 64
+    # episodes (documents) in the stream
+    episodes: PosInt = 2000
+    # seed of the keys, gaps and filler positions
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.min_gap > self.max_gap:
+            self.bad("min_gap", f"{self.min_gap} is above max_gap={self.max_gap}; need min_gap <= max_gap")
+
+
+@dataclass
+class Episode:
+    tokens: np.ndarray  # the episode's token ids
+    answer: slice  # the key's tokens in the answer (after the question)
+    gap: int  # tokens of filler between the fact and the question
+
+
+class Passkey:
+    """Builds episodes from a tokenizer and a filler corpus (both tokenized once)."""
+
+    def __init__(self, cfg: PasskeyConfig, tokenizer, filler_tokens: np.ndarray):
+        if len(filler_tokens) < cfg.max_gap + cfg.max_lead + 1:
+            raise DataError(f"data.passkey.filler: '{cfg.filler}' has {len(filler_tokens):,} tokens, fewer than "
+                            f"max_gap + max_lead = {cfg.max_gap + cfg.max_lead}; use a larger corpus or smaller gaps")
+        self.cfg, self.tokenizer, self.filler = cfg, tokenizer, filler_tokens
+        enc = lambda text: np.asarray(tokenizer.encode(text), dtype=np.int64)  # noqa: E731
+        self.fact_before, self.fact_after = enc(FACT[0]), enc(FACT[1])
+        self.question, self.end = enc(QUESTION), enc(END)
+        self.enc = enc
+
+    def key(self, rng: np.random.Generator) -> str:
+        return "".join(str(d) for d in rng.integers(0, 10, self.cfg.digits))
+
+    def filler_slice(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        start = int(rng.integers(0, len(self.filler) - n))
+        return self.filler[start:start + n].astype(np.int64)
+
+    def episode(self, rng: np.random.Generator, gap: int, lead: int) -> Episode:
+        """One episode with exactly `gap` filler tokens between the fact and the question."""
+        key = self.enc(self.key(rng))
+        head = [self.filler_slice(rng, lead), self.fact_before, key, self.fact_after, self.filler_slice(rng, gap),
+                self.question]
+        start = sum(len(p) for p in head)
+        tokens = np.concatenate(head + [key, self.end])
+        return Episode(tokens, slice(start, start + len(key)), gap)
+
+    def stream(self) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens, doc_starts): every episode of the training stream, and where each begins."""
+        rng = np.random.default_rng(self.cfg.seed)
+        lo, hi = math.log(self.cfg.min_gap), math.log(self.cfg.max_gap)
+        episodes = [self.episode(rng, int(round(math.exp(rng.uniform(lo, hi)))), int(rng.integers(0, self.cfg.max_lead)))
+                    for _ in range(self.cfg.episodes)]
+        starts = np.cumsum([0] + [len(e.tokens) for e in episodes[:-1]])
+        return np.concatenate([e.tokens for e in episodes]), starts
+
+    def probes(self, gap: int, n: int, lead: int, seed: int) -> list[list[Episode]]:
+        """n episodes with the same gap and lead, for measurement, from their own seed (apart from
+        the training stream's); grouped by length, so each group stacks into one batch (a BPE
+        may spell two keys with different numbers of tokens)."""
+        rng = np.random.default_rng([seed, gap])
+        groups: dict[int, list[Episode]] = {}
+        for _ in range(n):
+            e = self.episode(rng, gap, lead)
+            groups.setdefault(len(e.tokens), []).append(e)
+        return list(groups.values())
