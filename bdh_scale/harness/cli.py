@@ -115,10 +115,15 @@ def main(argv=None) -> int:
     print(f"{args.model}: {model.arch}, reading text {'through the carried state' if carry else 'in windows'} "
           f"of {window} tokens", file=sys.stderr)
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    results = simple_evaluate(model=lm, tasks=names, num_fewshot=args.num_fewshot, limit=limit,
-                              task_manager=manager, log_samples=False, bootstrap_iters=args.bootstrap_iters,
-                              random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed,
-                              fewshot_random_seed=args.seed)
+    try:
+        results = simple_evaluate(model=lm, tasks=names, num_fewshot=args.num_fewshot, limit=limit,
+                                  task_manager=manager, log_samples=False, bootstrap_iters=args.bootstrap_iters,
+                                  random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed,
+                                  fewshot_random_seed=args.seed)
+    except (ConnectionError, FileNotFoundError) as e:  # a task's data set: not reachable, not cached
+        print(f"error: --tasks: the data of a task could not be loaded ({str(e).splitlines()[0]}); offline, give "
+              "--include-path DIR with task YAML over local data files", file=sys.stderr)
+        return 2
     print(make_table(results))
     if results.get("groups"):
         print(make_table(results, "groups"))
