@@ -66,6 +66,7 @@ class TrainConfig(Section):
     keep_checkpoints: NonNegInt = 2  # newest checkpoints kept in <run_dir>/checkpoints (0: write none)
     resume: str | None = None  # auto (newest valid checkpoint of <out_dir>/<run_name>) | a checkpoint or run dir | null
     max_bad_steps: PosInt = 5  # consecutive non-finite steps that stop the run (1: stop at the first)
+    push_to_hub: str | None = None  # Hub repo id (owner/name): final/ is uploaded there at the end (needs HF_TOKEN or `hf auth login`)
 
     def check(self) -> None:
         if not 0 <= self.min_lr <= self.lr:
@@ -74,6 +75,13 @@ class TrainConfig(Section):
             self.bad("grad_clip", f"must be >= 0 (0 disables), got {self.grad_clip}")
         if self.resume is not None and not self.resume.strip():
             self.bad("resume", "empty; use auto, a checkpoint or run directory, or null")
+        if self.push_to_hub is not None:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.push_to_hub)
+            except HFValidationError:
+                self.bad("push_to_hub", f"{self.push_to_hub!r} is not a Hub repo id; use owner/name, or null")
         self.check_schedule()
 
     def check_schedule(self) -> None:
@@ -103,13 +111,30 @@ class TrainConfig(Section):
 class TrackingConfig(Section):
     section = "tracking"
 
-    backend: Literal["none", "wandb"] = "none"  # none (metrics.jsonl only) | wandb (also W&B, offline without credentials)
+    backend: str | list = "none"  # none (metrics.jsonl only) | a tracker Accelerate supports (wandb: offline without credentials; tensorboard, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio) | a list of them
     project: str = "bdh-scale"  # W&B project
     entity: str | None = None  # W&B entity (team or user); null: your default
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online if logged in, else offline
     diagnostics: bool = True  # at each validation: neuron sparsity and rho norms per layer (act/*, state/*)
     eval_sample_tokens: NonNegInt = 64  # at each validation: a sample of this many tokens (W&B table; 0: none)
     peak_tflops: PosFloat | None = None  # per-device peak for MFU (datasheet); null: measure the matmul peak
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers backend names ([] for none)."""
+        names = [self.backend] if isinstance(self.backend, str) else list(self.backend)
+        return [n for n in names if n != "none"]
+
+    def check(self) -> None:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # every tracker Accelerate supports
+
+        names = [self.backend] if isinstance(self.backend, str) else list(self.backend)
+        known = sorted(LOGGER_TYPE_TO_CLASS)
+        for name in names:
+            if name != "none" and name not in known:
+                self.bad("backend", f"unknown tracker {name!r}; use none, one of {words(known)}, or a list of them")
+        if not names or ("none" in names and len(names) > 1) or len(set(names)) != len(names):
+            self.bad("backend", f"{self.backend!r}: give none, or trackers each named once, e.g. [wandb, tensorboard]")
 
 
 @dataclass
@@ -197,4 +222,9 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> RunConf
     tree = read_recipe(recipe) if recipe is not None else {}
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(tree, key, value)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict) -> RunConfig:
+    """The RunConfig of a recipe's mapping (RunConfig.to_dict() read back, e.g. a model's recipe.yaml)."""
     return _build(RunConfig, tree, "")

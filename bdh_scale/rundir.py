@@ -5,7 +5,8 @@ bdh-analyze and the sweeps read it):
     tokenizer/       the tokenizer the run used
     metrics.jsonl    one JSON object per logged step
     checkpoints/     train/checkpoint.py
-    final/           save_pretrained: config.json + model.safetensors
+    final/           save_pretrained: config.json, model.safetensors, tokenizer.json, README.md (the model
+                     card), recipe.yaml: a self-contained model directory, ready for the Hub
 
 A new run never overwrites an existing directory: it gets the next free suffix (<name>-1, <name>-2,
 ...). A resumed run (train.resume) is the same run going on, so it keeps its directory:
@@ -18,6 +19,7 @@ resumed run logs them again.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import yaml
@@ -96,18 +98,60 @@ def run_config(run_dir: str | Path):
     return load_config(path) if path.is_file() else None
 
 
-def load_run(path: str | Path):
-    """(model, tokenizer) from a run directory (runs/<name>) or a save_pretrained directory."""
+def recipe_of(model):
+    """The RunConfig a loaded model was trained with (its recipe.yaml, or the run's config.yaml),
+    or None when it is not known (a model saved without one)."""
+    from bdh_scale.config import config_from_dict
+    from bdh_scale.errors import ConfigError
+
+    if model.recipe is None:
+        return None
+    try:
+        return config_from_dict(model.recipe)
+    except ConfigError as e:  # e.g. a recipe of another bdh-scale version: the model still loads
+        warnings.warn(f"the model's recipe cannot be read ({e}); its training window is unknown", stacklevel=2)
+        return None
+
+
+def no_weights(root: Path) -> str:
+    """Why a run directory has no model to load, and what to pass instead."""
+    steps = sorted(root.glob("checkpoints/step_*"))
+    newest = f"; its newest checkpoint loads as {steps[-1]}" if steps else ""
+    return f"{root} holds no trained model: no {FINAL}/ (the run has not finished){newest}"
+
+
+def load_run(source: str | Path, tokenizer=None):
+    """(model, tokenizer) from a run directory (runs/<name>: its final/), a model directory (a run's
+    final/, a checkpoint) or a Hugging Face Hub id (model/pretrained.py).
+
+    The tokenizer is the model's own tokenizer.json, else the run's tokenizer/, else `tokenizer`
+    (what load_tokenizer takes: "bytes" or a tokenizer.json), which also replaces the model's own.
+    Without one the model is refused: its ids would be read as the wrong text. The model's
+    `recipe` falls back to the run's config.yaml (runs written before final/ held recipe.yaml)."""
     from bdh_scale.data.tokenizer import load_tokenizer
+    from bdh_scale.errors import ModelError
     from bdh_scale.model import load_pretrained
     from bdh_scale.model.pretrained import CONFIG_NAME
 
-    root = Path(path)
-    weights = root / FINAL if (root / FINAL / CONFIG_NAME).is_file() else root
-    if not (weights / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{path} holds no trained model; give a run directory (runs/<name>, "
-                                f"with {FINAL}/) or a save_pretrained directory (with {CONFIG_NAME})")
-    tok_dir = root / TOKENIZER if (root / TOKENIZER).exists() else weights / TOKENIZER
-    tokenizer = load_tokenizer(str(tok_dir)) if tok_dir.exists() else load_tokenizer("bytes")
-    return load_pretrained(weights), tokenizer
-
+    root = Path(source).expanduser()
+    name = str(source)
+    if root.is_dir() and not (root / CONFIG_NAME).is_file():  # a run directory
+        if not (root / FINAL / CONFIG_NAME).is_file():
+            raise ModelError(no_weights(root))
+        name = str(root / FINAL)
+    model = load_pretrained(name)
+    if model.recipe is None and (root / CONFIG).is_file():
+        model.recipe = yaml.safe_load((root / CONFIG).read_text())
+    tok = model.tokenizer
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+    elif tok is None and (root / TOKENIZER).is_dir():
+        tok = load_tokenizer(root / TOKENIZER)
+    if tok is None:
+        raise ModelError(f"{source} has no tokenizer.json, so its token ids cannot be read as text; pass the "
+                         "tokenizer it was trained with: --tokenizer bytes, or --tokenizer PATH/tokenizer.json")
+    if tok.vocab_size != model.model_config().vocab_size:
+        raise ModelError(f"the tokenizer {tok.name} has {tok.vocab_size} tokens, the model {source} "
+                         f"{model.model_config().vocab_size}; pass the tokenizer it was trained with")
+    model.tokenizer = tok
+    return model, tok

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from bdh_scale.errors import AnalysisError
+from bdh_scale.errors import AnalysisError, ModelError
 from bdh_scale.rundir import load_run
 
 EUROPARL = "europarl/fr-en"
@@ -26,7 +26,7 @@ def load_model(run: str | Path, device: str = "cpu"):
         raise AnalysisError(f"run directory not found: {run}")
     try:
         model, tokenizer = load_run(str(run))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ModelError) as e:
         raise AnalysisError(str(e)) from None
     return model.to(device).eval(), tokenizer
 

@@ -1,5 +1,5 @@
 """Sampling: the next-token rule shared by every model, generation for models without a state,
-and text in, text out (`sample_text`) for the trainer's samples and bdh-generate."""
+and text in, text out (`sample_text`) for the trainer's samples."""
 from __future__ import annotations
 
 import torch
@@ -23,16 +23,34 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).to(logits.device)
 
 
-@torch.no_grad()
-def generate_by_rerun(model, idx: torch.Tensor, max_new_tokens: int, context: int, temperature: float = 1.0,
-                      top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Append max_new_tokens to idx (B, T) for a model without a state: every token reruns the
-    model on the last `context` tokens (no cache: the stateless models are baselines, not a
-    serving path)."""
-    for _ in range(max_new_tokens):
-        logits = model(idx[:, -context:]).logits[:, -1]
-        idx = torch.cat([idx, sample_next(logits, temperature, top_k, generator)], dim=1)
-    return idx
+class RerunGeneration:
+    """generate() and stream() for a model without a state: every new token reruns the model on the
+    last gen_context(max_context) tokens (no cache: the stateless models are baselines, not a
+    serving path). A class sets `stateless`, the error for a state given to it, and gen_context."""
+
+    stateless = "this model has no state to continue"
+
+    def gen_context(self, max_context: int | None) -> int:
+        raise NotImplementedError
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 state=None, generator: torch.Generator | None = None, max_context: int | None = None) -> torch.Tensor:
+        """idx (B, T) followed by max_new_tokens tokens sampled with BDH's sampling rule."""
+        new = self.stream(idx, max_new_tokens, temperature, top_k, state, generator, max_context)
+        return torch.cat([idx, *new], dim=1)
+
+    @torch.no_grad()
+    def stream(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               state=None, generator: torch.Generator | None = None, max_context: int | None = None):
+        """generate(), one sampled token (B, 1) at a time, each yielded as soon as it is drawn."""
+        if state is not None:
+            raise ValueError(self.stateless)
+        context = self.gen_context(max_context)
+        idx = idx[:, -context:]
+        for _ in range(max_new_tokens):
+            nxt = sample_next(self(idx).logits[:, -1], temperature, top_k, generator)
+            yield nxt
+            idx = torch.cat([idx, nxt], dim=1)[:, -context:]
 
 
 def sample_text(model, tokenizer, prompt: str, n_tokens: int, *, temperature: float, top_k: int | None,

@@ -7,8 +7,11 @@ crash can never leave one that looks valid.
         custom_checkpoint_0.pkl                 the LR scheduler (register_for_checkpointing)
         random_states_<rank>.pkl                every rank's python/numpy/torch/CUDA RNG
         rank_<rank>.pt                          every rank's lane positions and carried TBPTT states
-        trainer_state.json                      step, tokens, fault counters, lane layout, model shape
+        trainer_state.json                      step, tokens, fault counters, lane layout, model shape,
+                                                the trackers' ids (the W&B run a resume continues)
         config.yaml, tokenizer/                 the resolved recipe and the tokenizer
+        config.json, tokenizer.json             so that the weights load as a model directory
+                                                (model/pretrained.py: load_pretrained, bdh-generate)
         manifest.json                           size and sha256 of every file above; written last
 
 Written atomically: every rank writes into one hidden temporary directory (`.step_...tmp`, on the
@@ -37,6 +40,7 @@ import yaml
 from accelerate.utils import broadcast_object_list
 
 from bdh_scale.data.tokenizer import load_tokenizer
+from bdh_scale.model.pretrained import write_config
 from bdh_scale.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 from bdh_scale.train.distributed import from_main
 from bdh_scale.errors import CheckpointError
@@ -148,6 +152,11 @@ def checkpoint_step(path: str | Path) -> int:
     return int(json.loads((Path(path) / TRAINER_STATE).read_text())["step"])
 
 
+def saved_trackers(path: str | Path | None) -> dict:
+    """The trackers' state a checkpoint kept (train/tracking.py; {} for none, or an older checkpoint)."""
+    return {} if path is None else json.loads((Path(path) / TRAINER_STATE).read_text()).get("trackers", {})
+
+
 # -- compatibility ------------------------------------------------------------------------------
 
 def lane_layout(world_size: int, tc) -> dict:
@@ -199,6 +208,7 @@ class Checkpointer:
         self.every = cfg.train.checkpoint_every
         self.keep = cfg.train.keep_checkpoints
         self.last: Path | None = None  # the newest checkpoint written or loaded by this run
+        self.trackers: dict = {}  # kept in trainer_state.json for a resume (train/tracking.py)
         self.last_step = -1
 
     def due(self, step: int, at_end: bool, in_bad_streak: bool = False) -> bool:
@@ -225,10 +235,12 @@ class Checkpointer:
                 meta = {"format": FORMAT, "step": step, "tokens": tokens, "optim": tc.optim,
                         "lanes": lane_layout(acc.num_processes, tc), "scaler": acc.scaler is not None,
                         "precision": str(acc.mixed_precision), "model": self.cfg.to_dict()["model"],
-                        "faults": faults}
+                        "faults": faults, "trackers": self.trackers}
                 write_json_atomic(tmp / TRAINER_STATE, meta)
                 write_text_atomic(tmp / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
                 self.tokenizer.save(tmp / "tokenizer")
+                write_config(tmp, self.cfg.model)  # with tokenizer.json: the weights load as a model directory
+                self.tokenizer.save(tmp)
             acc.wait_for_everyone()
             if self.inject is not None:
                 self.inject.kill_point("in_checkpoint", step)
@@ -280,4 +292,4 @@ def _to_cpu(x):
 
 
 __all__ = ["Checkpointer", "Resumed", "verify", "newest_valid", "find_resume", "resolve_resume",
-           "list_checkpoints", "checkpoint_step", "check_compatible", "CheckpointError"]
+           "list_checkpoints", "checkpoint_step", "saved_trackers", "check_compatible", "CheckpointError"]

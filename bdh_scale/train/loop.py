@@ -18,7 +18,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bdh_scale.config import RunConfig
-from bdh_scale.train.export import save_final
+from bdh_scale.rundir import FINAL
+from bdh_scale.train.export import push_final, save_final
 from bdh_scale.train.faults import StopSignals
 from bdh_scale.train.report import LossWindow, eval_extras, sample, train_row, val_line, validate
 from bdh_scale.train.schedule import seq_len_at
@@ -87,17 +88,21 @@ def finish(run, final_val: dict, stopped_by: str | None) -> TrainResult:
         saved = (f"checkpoint {run.checkpoints.last}" if run.checkpoints.last_step == run.step
                  else "no checkpoint (keep_checkpoints=0)")
         acc.print(f"stopped by {stopped_by} after step {run.step}: {saved}; continue with train.resume=auto")
-        acc.end_training()
+        run.trackers.end()
         return TrainResult(run.run_dir, run.step, run.tokens, final_val, "", stopped_by)
     if not final_val:  # resumed at or past max_steps: nothing trained, still report where it stands
         final_val = validate(run)
-    final_model = save_final(acc, run.model, run.cfg.model, run.run_dir)  # every rank: FSDP gathers the weights
+    training = {"run_name": run.run_dir.name, "steps": run.step, "tokens": run.tokens, **final_val}
+    # every rank: FSDP gathers the weights
+    final_model = save_final(acc, run.model, run.cfg, run.run_dir, run.data.tokenizer, training)
     text = ""
     if acc.is_main_process and tc.sample_tokens:
         text = sample(run, final_model.to(acc.device), tc.sample_tokens)
         acc.print(f"--- sample ({tc.sample_tokens} tokens) ---\n{text}\n---")
+    if acc.is_main_process and tc.push_to_hub:
+        acc.print(push_final(run.run_dir, tc.push_to_hub))
     acc.wait_for_everyone()
-    acc.end_training()
+    run.trackers.end()
     acc.print(f"done: {run.step} steps, {run.tokens} tokens, val loss {final_val.get('val_loss', float('nan')):.4f}"
-              f" ({final_val.get('val_bpb', float('nan')):.4f} bpb); weights in {run.run_dir}")
+              f" ({final_val.get('val_bpb', float('nan')):.4f} bpb); model in {run.run_dir / FINAL}")
     return TrainResult(run.run_dir, run.step, run.tokens, final_val, text)

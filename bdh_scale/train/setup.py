@@ -12,20 +12,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 
 from bdh_scale.config import RunConfig
 from bdh_scale.data import DataBundle, build_data
 from bdh_scale.model import build_model
 from bdh_scale.rundir import METRICS, create_run_dir
-from bdh_scale.train.checkpoint import Checkpointer, checkpoint_step, resolve_resume
+from bdh_scale.train.checkpoint import Checkpointer, checkpoint_step, resolve_resume, saved_trackers
 from bdh_scale.train.diagnostics import MFU
 from bdh_scale.train.distributed import check_parallel_plan, from_main, use_cpu_processes
 from bdh_scale.train.faults import BadStepGuard, FaultInjection
 from bdh_scale.train.optim import build_optimizer
 from bdh_scale.train.precision import resolve_mixed_precision
 from bdh_scale.train.schedule import make_scheduler
-from bdh_scale.train.tracking import MetricsLog, SampleTable, accelerate_log_with, init_trackers
+from bdh_scale.train.export import missing_credentials
+from bdh_scale.train.tracking import MetricsLog, SampleTable, Trackers, accelerate_log_with
 from bdh_scale.utils.host_memory import keep_freed_host_memory
 
 
@@ -46,6 +47,7 @@ class Run:
     guard: BadStepGuard
     inject: FaultInjection
     log: MetricsLog
+    trackers: Trackers
     samples: SampleTable
     mfu: MFU
     step: int = 0  # optimizer steps taken (skipped non-finite steps included)
@@ -69,7 +71,9 @@ def make_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
     cpu = use_cpu_processes()  # several processes on a machine without GPUs: gloo on the CPU
     process = PartialState(cpu=cpu)
     precision, notice = resolve_mixed_precision(tc.mixed_precision, process.device)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with=accelerate_log_with(cfg.tracking))
+    # Trackers that write files need a logging directory now; the run directory replaces it once chosen.
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with=accelerate_log_with(cfg.tracking),
+                              project_config=ProjectConfiguration(logging_dir=str(Path(tc.out_dir) / tc.run_name)))
     check_parallel_plan(accelerator, tc)
     if notice:
         accelerator.print(notice)
@@ -137,13 +141,17 @@ def setup(cfg: RunConfig) -> Run:
 
     run_dir = Path(from_main(accelerator, make_run_dir))
     log = MetricsLog(run_dir / METRICS, accelerator.is_main_process)
-    init_trackers(accelerator, cfg.tracking, run_dir, run_dir.name, cfg.to_dict())
+    trackers = Trackers(accelerator, cfg.tracking, run_dir)
+    # the W&B run goes on when the run does (same run dir); a fork from another run's checkpoint is a new one
+    continues = resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents
+    trackers.start(cfg.tracking, run_dir.name, cfg.to_dict(), saved_trackers(resume_from) if continues else {})
     inject = FaultInjection.from_env()  # test-only faults; inert unless BDH_* variables are set
     checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer, inject)
+    checkpoints.trackers = trackers.state_dict()
     guard = BadStepGuard(tc.max_bad_steps, accelerator.scaler, checkpoint_dir=str(checkpoints.root))
     run = Run(cfg=cfg, accelerator=accelerator, precision=precision, data=data, model=model, raw_model=raw_model,
               optimizer=optimizer, scheduler=scheduler, run_dir=run_dir, checkpoints=checkpoints, guard=guard,
-              inject=inject, log=log, samples=SampleTable(accelerator, cfg.tracking), mfu=None,
+              inject=inject, log=log, trackers=trackers, samples=SampleTable(trackers), mfu=None,
               carried=[None] * tc.grad_accum_steps)
     if resume_from is not None:
         resumed = checkpoints.load(resume_from, data.train, raw_model)
@@ -153,4 +161,7 @@ def setup(cfg: RunConfig) -> Run:
     accelerator.print(f"run {run_dir} | {cfg.model.arch} {raw_model.num_params() / 1e6:.2f}M params | "
                       f"{accelerator.num_processes} process(es) on {accelerator.device} | precision {precision}"
                       + (f" | resumed from {resume_from} at step {run.step}" if resume_from is not None else ""))
+    if tc.push_to_hub and missing_credentials():
+        accelerator.print(f"train.push_to_hub={tc.push_to_hub}: {missing_credentials()}; final/ will be saved "
+                          "but not pushed")
     return run

@@ -92,3 +92,11 @@ def weights(checkpoint) -> dict:
     """Model weights of a checkpoint, without DDP's `module.` prefix."""
     sd = load_file(str(Path(checkpoint) / "model.safetensors"))
     return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def bpe_tokenizer_file(directory, vocab_size: int = 320) -> Path:
+    """A small byte-level BPE learned on the bundled Shakespeare, saved as <directory>/tokenizer.json."""
+    from bdh_scale.data.bpe import train_bpe
+
+    text = (ROOT / "bdh_scale/data/bundled/tinyshakespeare/input.txt").read_text()[:200_000]
+    return train_bpe(iter(text.splitlines(keepends=True)), vocab_size=vocab_size).save(directory)
