@@ -36,7 +36,7 @@ def test_byte_shards_hold_the_same_tokens_as_reading_the_text(tmp_path, corpus):
     assert meta["num_tokens"] == meta["text_bytes"] == len(CORPUS)
     sharded, direct = build(tmp_path / "sh"), build(corpus)
     assert np.array_equal(all_tokens(sharded), all_tokens(direct))
-    assert np.array_equal(sharded.train.next_batch(64)[0], direct.train.next_batch(64)[0])
+    assert np.array_equal(sharded.train.next_batch(64).x, direct.train.next_batch(64).x)
     assert build(tmp_path / "sh", max_tokens=500).n_tokens == 500
 
 

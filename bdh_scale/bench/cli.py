@@ -147,7 +147,8 @@ def main(argv=None) -> int:
     session = generation_session(args, model_cfg, dev)
     data = None
     if args.data:
-        from bdh_scale.data import DataConfig, bench_data
+        from bdh_scale.bench.data import bench_data
+        from bdh_scale.data import DataConfig
 
         data = {"bytes": bench_data(DataConfig(), T=Ts[0], B=args.batch_size or max(1, args.batch_tokens // Ts[0]),
                                     steps=200)}

@@ -5,8 +5,9 @@
     data = build_data(cfg.data, batch_size=B, world_size=acc.num_processes,
                       rank=acc.process_index, seed=cfg.train.seed)
     for step in range(max_steps):
-        x, y, restarted = data.train.next_batch(T)   # (B, T), (B, T), (B,); T may change per step
-        # reset the carried state of lanes where restarted is True, then forward/backward
+        batch = data.train.next_batch(T)   # Batch: x, y (B, T), restarted (B,), doc_start (B, T)
+        # reset the carried state of lanes where restarted is True (and, with data.doc_reset,
+        # before every token where doc_start is True), then forward/backward; T may change per step
     ckpt["data"] = data.train.state_dict()           # exact resume: data.train.load_state_dict
     data.close()                                     # stops the prefetch thread
 
@@ -14,10 +15,12 @@ Under Accelerate each process builds its own lanes from its rank (see lanes.py);
 them through accelerator.prepare. Bits per byte = loss_nats / ln 2 / data.bytes_per_token.
 
 Module map: config.py (DataConfig), sources.py + hub.py (text via `datasets`), tokenizer.py,
-shards.py (data_prep format), stream.py (numpy/memmap token stream), lanes.py, prefetch.py,
-translation.py (pair format), bpe.py (train a BPE), build.py (build_data, DataBundle).
+encode.py (rows -> documents' tokens, tokenizer hash), shards.py (data_prep format), stream.py
+(numpy/memmap token stream with document starts), batch.py (Batch), lanes.py (stretch lanes),
+prefetch.py, translation.py (pair format), bpe.py (train a BPE), build.py (build_data, DataBundle).
 """
 
+from bdh_scale.data.batch import Batch
 from bdh_scale.data.build import DataBundle, build_data
 from bdh_scale.data.config import DataConfig
 from bdh_scale.errors import DataError
@@ -25,5 +28,5 @@ from bdh_scale.data.lanes import Lanes
 from bdh_scale.data.prefetch import PrefetchLanes
 from bdh_scale.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
 
-__all__ = ["DataConfig", "DataBundle", "DataError", "Lanes", "PrefetchLanes", "build_data",
+__all__ = ["Batch", "DataConfig", "DataBundle", "DataError", "Lanes", "PrefetchLanes", "build_data",
            "load_tokenizer", "ByteTokenizer", "BPETokenizer"]

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import torch
 
+from bdh_scale.data.batch import Batch, make_batch
 from bdh_scale.data.config import DataConfig
-from bdh_scale.errors import DataError
+from bdh_scale.data.encode import encode_documents
 from bdh_scale.data.lanes import Lanes
 from bdh_scale.data.stream import TokenStream
 from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer, token_dtype
+from bdh_scale.errors import DataError
 
 BYTES_PER_TOKEN_SAMPLE = 4_000_000  # val tokens decoded to measure bytes/token (BPE only)
 
@@ -38,30 +39,32 @@ class DataBundle:
     bytes_per_token: float     # UTF-8 bytes per token over the val split (1.0 for bytes)
     source: str                # where the tokens came from, for logs
     n_tokens: int              # tokens in the whole stream (train + val)
+    doc_reset: bool = False    # data.doc_reset resolved: reset the state at document starts
 
-    def val_batches(self, T: int, batch_size: int,
-                    max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def val_batches(self, T: int, rows: int, max_batches: int | None = None) -> Iterator[Batch]:
         """Fixed held-out windows, identical on every call and on every rank.
 
-        The val stream is laid out like the train lanes: `rows` = min(batch_size, tokens //
-        (T+1)) contiguous stretches, and batch k holds window k (tokens [k*T, k*T+T+1)) of
-        every stretch. Batch k+1 therefore continues batch k row by row: the loop may reset the
-        model state per batch (plain windows) or reset it once and carry it (as in training).
-        Yields x, y: LongTensor (rows, T).
+        The val stream is laid out like the train lanes: min(rows, tokens // (T+1)) contiguous
+        stretches, and batch k holds window k (tokens [k*T, k*T+T+1)) of every stretch. Batch
+        k+1 therefore continues batch k row by row: the loop may reset the model state per
+        batch (plain windows) or reset it once and carry it (as in training). Yields Batch
+        (batch.py): restarted is True on the first batch only, doc_start where held-out
+        documents begin.
         """
         n = len(self.val)
         if n < T + 1:
             raise DataError(f"data.val_fraction: the val split has {n:,} tokens, fewer than one "
                             f"window of T+1 = {T + 1}; raise data.val_fraction or lower T")
-        rows = max(1, min(batch_size, n // (T + 1)))
+        rows = max(1, min(rows, n // (T + 1)))
         stretch = n // rows
         n_batches = (stretch - 1) // T
         if max_batches is not None:
             n_batches = min(n_batches, max_batches)
+        row_starts = np.arange(rows) * stretch
         for k in range(n_batches):
-            w = np.stack([self.val.read(r * stretch + k * T, r * stretch + k * T + T + 1)
-                          for r in range(rows)])
-            yield torch.from_numpy(w[:, :-1].copy()), torch.from_numpy(w[:, 1:].copy())
+            starts = row_starts + k * T
+            w = np.stack([self.val.read(s, s + T + 1) for s in starts])
+            yield make_batch(w, k == 0, self.val.doc_mask(starts, T + 1))
 
     def close(self) -> None:
         """Stop the prefetch thread, if any."""
@@ -69,23 +72,44 @@ class DataBundle:
 
 
 def tokenize_source(cfg: DataConfig, tokenizer) -> tuple[TokenStream, str]:
-    """Tokenize a text source into one in-memory stream (capped at data.max_tokens)."""
+    """Tokenize a text source into one in-memory stream (capped at data.max_tokens); where each
+    row starts is kept when the rows are documents."""
     from bdh_scale.data.sources import open_text_source
 
     src = open_text_source(cfg, raw_bytes=isinstance(tokenizer, ByteTokenizer))
-    pieces, n = [], 0
+    dtype = token_dtype(tokenizer.vocab_size)
+    pieces, lengths, n = [], [], 0
     for rows in src.batches():
         if not rows:
             continue
-        ids = tokenizer.encode_rows(rows).astype(token_dtype(tokenizer.vocab_size), copy=False)
+        ids, lens = encode_documents(tokenizer, rows) if src.documents else \
+            (tokenizer.encode_rows(rows).astype(dtype, copy=False), None)
         pieces.append(ids)
+        lengths.append(lens)
         n += len(ids)
         if cfg.max_tokens is not None and n >= cfg.max_tokens:
             break
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, token_dtype(tokenizer.vocab_size))
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+    doc_starts = None
+    if src.documents:
+        lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        doc_starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if len(lens) else lens
     if cfg.max_tokens is not None:
         tokens = tokens[:cfg.max_tokens]
-    return TokenStream([tokens]), src.describe
+        if doc_starts is not None:
+            doc_starts = doc_starts[doc_starts < len(tokens)]
+    return TokenStream([tokens], doc_starts), src.describe
+
+
+def resolve_doc_reset(cfg: DataConfig, has_documents: bool, describe: str) -> bool:
+    """data.doc_reset: null means "where the source has documents"; true needs documents."""
+    if cfg.doc_reset is None:
+        return has_documents
+    if cfg.doc_reset and not has_documents:
+        raise DataError(f"data.doc_reset: {describe} has no document boundaries (text files and the "
+                        "bundled corpora are one running text); set data.doc_reset=false or use a "
+                        "jsonl/parquet/hub source")
+    return cfg.doc_reset
 
 
 def measure_bytes_per_token(tokenizer, stream: TokenStream) -> float:
@@ -145,4 +169,5 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
         lanes = PrefetchLanes(lanes, depth=cfg.prefetch)
     bpt = measure_bytes_per_token(tokenizer, val if len(val) else train)
     return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=bpt,
-                      source=describe, n_tokens=len(stream))
+                      source=describe, n_tokens=len(stream),
+                      doc_reset=resolve_doc_reset(cfg, stream.has_documents, describe))

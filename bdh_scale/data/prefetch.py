@@ -42,9 +42,9 @@ class PrefetchLanes:
         if isinstance(item, BaseException):
             self._halt()  # rewinds the lanes to the last batch handed out
             raise item
-        x, y, restarted, state = item
+        batch, state = item
         self._state = state
-        return x, y, restarted
+        return batch
 
     def state_dict(self) -> dict:
         return dict(self._state)
@@ -106,8 +106,7 @@ def _work(lanes: Lanes, T: int, q: queue.Queue, stop: threading.Event) -> None:
     """Worker thread: produce batches of T with their after-state until told to stop."""
     while not stop.is_set():
         try:
-            x, y, restarted = lanes.next_batch(T)
-            item = (x, y, restarted, lanes.state_dict())
+            item = (lanes.next_batch(T), lanes.state_dict())
         except BaseException as e:  # hand the error to the consumer, then stop
             item, stop_after = e, True
         else:

@@ -15,6 +15,8 @@ Local files use datasets' packaged builders with streaming=True (no Arrow cache 
                opens files in text mode, which turns "\\r\\n" and "\\r" line endings into "\\n".
   .jsonl/.json -> "json", .parquet -> "parquet": one row per record, data.text_column read and
                data.doc_separator appended after each row so documents do not run together.
+               Each row is a document (TextSource.documents): its first token is flagged to the
+               loop (batch.py doc_start).
                A column of translation dicts (data.translation) is rendered as pair text
                instead, with no separator: the same stream as the bundled europarl_en_fr.
 """
@@ -39,6 +41,7 @@ from bdh_scale.errors import DataError
 class TextSource:
     describe: str                                # human-readable origin, used in messages
     batches: Callable[[], Iterator[list]]        # fresh iterator of row batches, corpus order
+    documents: bool = False                      # every row is a document (jsonl/parquet/Hub text rows)
 
 
 def parallel_text(src_path, tgt_path, langs=("fr", "en"),
@@ -97,5 +100,11 @@ def open_text_source(cfg: DataConfig, raw_bytes: bool = False) -> TextSource:
             ds = load_dataset(builder, data_files=files, split="train", streaming=True,
                               **cfg.load_kwargs)
             return rows_of(ds, cfg, describe, cfg.text_column, cfg.doc_separator)
-        return TextSource(describe, batches)
-    return TextSource(f"hub dataset '{source}'", lambda: hub_batches(cfg))
+        return TextSource(describe, batches, documents=rows_are_documents(cfg))
+    return TextSource(f"hub dataset '{source}'", lambda: hub_batches(cfg), documents=rows_are_documents(cfg))
+
+
+def rows_are_documents(cfg: DataConfig) -> bool:
+    """Rows of jsonl/parquet/Hub data are documents, except translation pairs: those are the
+    consecutive sentences of one text, like the bundled europarl_en_fr, which has none."""
+    return cfg.translation is None
