@@ -20,13 +20,18 @@ encode.py (rows -> documents' tokens, tokenizer hash), shards.py (data_prep form
 prefetch.py, translation.py (pair format), bpe.py (train a BPE), build.py (build_data, DataBundle).
 """
 
-from bdh_scale.data.batch import Batch
-from bdh_scale.data.build import DataBundle, build_data
-from bdh_scale.data.config import DataConfig
-from bdh_scale.errors import DataError
-from bdh_scale.data.lanes import Lanes
-from bdh_scale.data.prefetch import PrefetchLanes
-from bdh_scale.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
+import importlib
 
-__all__ = ["Batch", "DataConfig", "DataBundle", "DataError", "Lanes", "PrefetchLanes", "build_data",
-           "load_tokenizer", "ByteTokenizer", "BPETokenizer"]
+# Exported names are imported on first use, so that a tokenizer worker process (workers.py),
+# which imports bdh_scale.data.workers, loads numpy and the tokenizer but not torch.
+_EXPORTS = {"Batch": "batch", "DataBundle": "build", "build_data": "build", "DataConfig": "config",
+            "DataError": "bdh_scale.errors", "Lanes": "lanes", "PrefetchLanes": "prefetch",
+            "load_tokenizer": "tokenizer", "ByteTokenizer": "tokenizer", "BPETokenizer": "tokenizer"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bdh_scale.data' has no attribute '{name}'")
+    module = _EXPORTS[name]
+    return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)

@@ -55,3 +55,14 @@ def hub_batches(cfg: DataConfig) -> Iterator[list[str]]:
         except (ConnectionError, OSError) as e:  # streaming opens remote files lazily
             raise _hub_error(cfg, e) from e
         yield batch
+
+
+def hub_revision(cfg: DataConfig) -> str | None:
+    """The commit the Hub serves for data.source (at load_kwargs' revision, if any); None when
+    it cannot be asked (offline)."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(cfg.source, revision=cfg.load_kwargs.get("revision")).sha
+    except Exception:  # offline, gated, unknown: the revision is then simply not recorded
+        return None

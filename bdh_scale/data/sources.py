@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Callable, Iterator
 
-from bdh_scale.data.catalog import BUNDLED_DIR, builder_for, local_files, looks_like_path
+from bdh_scale.data.catalog import BUNDLED, BUNDLED_DIR, builder_for, local_files, looks_like_path
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data.hub import hub_batches
+from bdh_scale.data.hub import hub_batches, hub_revision
 from bdh_scale.data.rows import ROWS_PER_BATCH, rows_of, text_file_dataset
 from bdh_scale.data.translation import format_pairs
 from bdh_scale.errors import DataError
@@ -108,3 +108,28 @@ def rows_are_documents(cfg: DataConfig) -> bool:
     """Rows of jsonl/parquet/Hub data are documents, except translation pairs: those are the
     consecutive sentences of one text, like the bundled europarl_en_fr, which has none."""
     return cfg.translation is None
+
+
+def source_fingerprint(cfg: DataConfig) -> dict:
+    """What identifies the source's content, for meta.json: bundled files by content, local
+    files by name, size and modification time (a changed, added or removed file changes it),
+    a Hub dataset by its commit (None when the Hub cannot say)."""
+    import hashlib
+
+    if cfg.source in BUNDLED:
+        root = BUNDLED_DIR / BUNDLED[cfg.source].split("/")[0]
+        files = sorted(f for f in root.rglob("*.txt") if f.is_file())
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.read_bytes())
+        return {"kind": "bundled", "name": cfg.source, "sha256": h.hexdigest()}
+    if looks_like_path(cfg.source):
+        files = local_files(cfg.source)
+        h = hashlib.sha256()
+        for f in files:
+            st = os.stat(f)
+            h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return {"kind": "local", "files": len(files), "bytes": sum(os.path.getsize(f) for f in files),
+                "sha256": h.hexdigest()}
+    return {"kind": "hub", "name": cfg.source, "config": cfg.hub_config, "split": cfg.hub_split,
+            "revision": hub_revision(cfg)}
