@@ -103,9 +103,13 @@ def test_val_batches_are_fixed_and_continue_row_by_row():
 
 
 def hub_redirect(monkeypatch, local_jsonl):
-    """Make datasets.load_dataset(<hub name>, ...) stream a local jsonl through the same API."""
+    """Make datasets.load_dataset(<hub name>, ...) stream a local jsonl through the same API (the
+    Hub's commit answered without asking it)."""
+    import bdh_scale.data.hub as hub
+
     real = datasets.load_dataset
     calls = []
+    monkeypatch.setattr(hub, "hub_commit", lambda cfg: "0" * 40)
 
     def fake(path, name=None, split=None, streaming=False, **kw):
         calls.append((path, name, split, streaming))

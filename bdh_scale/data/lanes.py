@@ -107,6 +107,9 @@ class Lanes:
                 "positions": self.positions()}
 
     def load_state_dict(self, d: dict) -> None:
+        if d.get("kind", "stretch") != "stretch":
+            raise DataError(f"data: the checkpoint was written with {d['kind']} lanes, this run has stretch lanes; "
+                            "resume with the same data.source and data.lanes")
         theirs = (d["n_lanes"], d["stretch_len"], d.get("seed", 0))
         if theirs != (self.n_lanes, self.stretch_len, self.seed):
             raise DataError(
