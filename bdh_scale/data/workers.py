@@ -104,7 +104,7 @@ class TokenizerPool:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)  # idle workers exit at once
             self._pool = None
 
     def __enter__(self) -> "TokenizerPool":
