@@ -256,3 +256,17 @@ def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int
     return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=measure_bytes_per_token(tokenizer, val),
                       source=f"{source.describe} (streamed, {world_size} x {batch_size} lanes)", n_tokens=None,
                       doc_reset=doc_reset, held_out=held, val_key="data.val_tokens")
+
+
+def passkey_for(cfg: DataConfig, tokenizer):
+    """The passkey episode builder of a data section (data/passkey.py): its settings, and filler
+    cut from data.passkey.filler tokenized with `tokenizer` (the first FILLER_TOKENS of it)."""
+    from bdh_scale.data.passkey import Passkey, PasskeyConfig
+
+    pk = getattr(cfg, "passkey", None) or PasskeyConfig()
+    filler_cfg = DataConfig(source=pk.filler, max_tokens=FILLER_TOKENS, prefetch=0)
+    stream, _ = tokenize_source(filler_cfg, tokenizer)
+    return Passkey(pk, tokenizer, stream.read(0, len(stream)))
+
+
+FILLER_TOKENS = 2_000_000  # more than enough distinct filler for any gap

@@ -89,7 +89,7 @@ class BDHLayer(nn.Module):
         if config.per_layer_params:
             for name, p in projection_params(nh, D, N).items():
                 self.register_parameter(name, p)
-        self.forget = ForgetGate(config.forget_mode, nh, D)
+        self.forget = ForgetGate(config.forget_mode, nh, D, config.forget_timescales)
         if config.diff_attn:
             self.diff_lambda = nn.Parameter(torch.full((nh,), diff_lambda_init(layer_index)))
             # Neuron pairs alternate between the two maps, so both see every RoPE frequency.
