@@ -6,7 +6,8 @@ import yaml
 from bdh_scale.config import load_config
 from bdh_scale.errors import ConfigError
 
-RECIPES = ["recipes/shakespeare_cpu.yaml", "recipes/shakespeare_m1.yaml"]
+RECIPES = ["recipes/shakespeare_cpu.yaml", "recipes/shakespeare_m1.yaml", "recipes/europarl_hub_stream.yaml",
+           "recipes/fineweb_edu_stream.yaml"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

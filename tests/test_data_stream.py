@@ -3,8 +3,8 @@ every document once per epoch across the lanes, whole and flagged; held-out docu
 trained on; the same batches whatever the worker count; exact resume; a fixed held-out set;
 one clear error for each bad input."""
 import dataclasses
-import json
-import time
+import subprocess
+import sys
 from collections import Counter
 
 import datasets
@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from bdh_scale.config import load_config
 from bdh_scale.data import DataConfig, DataError, build_data
 from bdh_scale.data.build import lanes_kind
 from bdh_scale.data.docstream import PIECE_BYTES
 from tests.helpers.corpus import doc_ids, documents, lane_streams, write_corpus
+from tests.helpers.tiny_runs import ROOT, clean_env
 
 SEP = "\n\n"  # data.doc_separator, after every row
 
@@ -243,17 +245,18 @@ def test_fewer_documents_than_lanes_is_refused_at_start(tmp_path):
         build_data(stream_cfg(tmp_path / "c", val_tokens=10_000), batch_size=1, seq_len=16)
 
 
-def test_an_offline_hub_fails_at_once_naming_the_alternatives(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    started = time.perf_counter()
-    with pytest.raises(DataError) as e:
-        build_data(DataConfig(source="HuggingFaceFW/fineweb-edu", hub_config="sample-10BT"), batch_size=2)
-    assert time.perf_counter() - started < 10
-    msg = str(e.value)
-    assert msg.startswith("data.source: the Hugging Face Hub is unreachable, so 'HuggingFaceFW/fineweb-edu'")
-    assert "offline alternatives" in msg and "\n" not in msg
+@pytest.mark.parametrize("recipe", ["recipes/fineweb_edu_stream.yaml", "recipes/europarl_hub_stream.yaml"])
+def test_stream_recipes_offline_stop_at_once_with_one_line_and_write_nothing(tmp_path, recipe):
+    # nothing listens on port 9: the Hub is unreachable wherever the suite runs
+    env = clean_env({"HF_ENDPOINT": "http://127.0.0.1:9"})
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), recipe, f"train.out_dir={tmp_path / 'runs'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]  # one line: no retry loop
+    assert len(lines) == 1, proc.stderr
+    source = load_config(ROOT / recipe).data.source
+    assert lines[0].startswith(f"error: data.source: the Hugging Face Hub is unreachable, so '{source}'")
+    assert "offline alternatives" in lines[0] and not (tmp_path / "runs").exists()
 
 
 def test_auto_streams_hub_sources_and_large_local_files(tmp_path):

@@ -18,9 +18,8 @@ from bdh_scale.data.tokenizer import TOKENIZER_FILE, token_dtype
 def encode_documents(tokenizer, rows: list) -> tuple[np.ndarray, np.ndarray]:
     """(ids, lengths): the rows' tokens concatenated, and each row's token count.
 
-    One row at a time through the tokenizer's encode_rows: a BPE encodes rows independently
-    anyway (the concatenation is what encode_rows(rows) returns), and on one core a single-row
-    call is as fast as a batch (docs/performance.md).
+    One row at a time through the tokenizer's encode_rows, which gives each row's length: a BPE
+    encodes rows independently anyway, so the concatenation is what encode_rows(rows) returns.
     """
     dtype = token_dtype(tokenizer.vocab_size)
     parts = [tokenizer.encode_rows([r]).astype(dtype, copy=False) for r in rows]
