@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from bdh_scale.analysis.inputs import val_tokens
+from bdh_scale.data import DataConfig, build_data
 from tests.helpers.corpus import write_corpus
 from tests.helpers.tiny_runs import ROOT, clean_env, losses, metrics, rank_state, train_process
 
@@ -90,3 +92,7 @@ def test_streamed_run_killed_with_sigkill_resumes_token_for_token(tmp_path, corp
     assert val[0] == val[1] != []  # the held-out set read back from the run directory
     held = json.loads((run_dir / "held_out/meta.json").read_text())
     assert held["read_from"] == "the first documents" and held["val_tokens"] == 3000
+    # bdh-analyze reads the run's held-out set from the run directory: the source's first 3000 tokens
+    fresh = build_data(DataConfig(source=str(corpus), lanes="stream", val_tokens=3000, workers=0), batch_size=2)
+    fresh.close()
+    assert torch.equal(val_tokens(run_dir, fresh.tokenizer, 3000), torch.from_numpy(fresh.val.read(0, 3000)))

@@ -228,25 +228,30 @@ def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int
     from bdh_scale.data.heldout import load_held_out, read_held_out
     from bdh_scale.data.sources import dataset_source
     from bdh_scale.data.streamlanes import StreamLanes
+    from bdh_scale.data.workers import TokenizerPool
 
     tokenizer = load_tokenizer(cfg.tokenizer)
     raw = isinstance(tokenizer, ByteTokenizer)
     source = dataset_source(cfg, raw_bytes=raw)
     doc_reset = resolve_doc_reset(cfg, source.documents, source.describe)
     docs = DocumentStream(source, rank, world_size)
-    held = load_held_out(held_out_dir, cfg, tokenizer) if held_out_dir is not None else None
-    held = held or read_held_out(cfg, docs, tokenizer)
-    if seq_len is not None and len(held.tokens) < seq_len + 1:
-        raise DataError(f"data.val_tokens: the held-out data of {source.describe} has {len(held.tokens):,} tokens, "
-                        f"fewer than one window of T+1 = {seq_len + 1}; raise data.val_tokens, lower T, or set "
-                        "data.val_split to a larger split")
+    pool = TokenizerPool(tokenizer, cfg.workers)
+    try:
+        held = load_held_out(held_out_dir, cfg, tokenizer) if held_out_dir is not None else None
+        held = held or read_held_out(cfg, docs, tokenizer, pool)
+        if seq_len is not None and len(held.tokens) < seq_len + 1:
+            raise DataError(f"data.val_tokens: the held-out data of {source.describe} has {len(held.tokens):,} "
+                            f"tokens, fewer than one window of T+1 = {seq_len + 1}; raise data.val_tokens, lower T, "
+                            "or set data.val_split to a larger split")
+    except BaseException:
+        pool.close()
+        raise
 
     def reopen(revision: str) -> DocumentStream:
         return DocumentStream(dataset_source(cfg, raw, revision), rank, world_size, held.digests, held.pieces)
 
-    lanes = StreamLanes(docs.holding_out(held.digests, held.pieces), tokenizer, batch_size,
-                        world_size=world_size, rank=rank, workers=cfg.workers, buffer=cfg.stream_buffer,
-                        pin_memory=cfg.pin_memory, reopen=reopen)
+    lanes = StreamLanes(docs.holding_out(held.digests, held.pieces), pool, batch_size, world_size=world_size,
+                        rank=rank, buffer=cfg.stream_buffer, pin_memory=cfg.pin_memory, reopen=reopen)
     try:
         lanes.check_fits(seq_len or 1)
     except BaseException:

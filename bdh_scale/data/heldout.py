@@ -6,7 +6,7 @@ then held out of training. Either way reading stops at data.val_tokens tokens, s
 dataset costs a few seconds here, not a pass over it.
 
 Every rank of a fresh run reads it itself (the same rows of the same commit, so the same
-tokens). The run keeps it in its directory (`held_out/`, written atomically by the main
+tokens), with its tokenizer processes. The run keeps it in its directory (`held_out/`, written atomically by the main
 process); a resumed run reads it back from there, so its validation figures compare with the
 ones before the interruption and it holds out exactly the same documents, even if the Hub
 dataset has changed since.
@@ -20,6 +20,7 @@ dataset has changed since.
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from bdh_scale.data.config import DataConfig
 from bdh_scale.data.docstream import DocumentStream, digest
 from bdh_scale.data.encode import tokenizer_hash
 from bdh_scale.data.stream import TokenStream
-from bdh_scale.data.workers import encode_unit
+from bdh_scale.data.workers import TokenizerPool
 from bdh_scale.utils.atomic import atomic_path
 
 HELD_OUT = "held_out"  # inside the run directory
@@ -57,26 +58,36 @@ def identity(cfg: DataConfig, tokenizer) -> dict:
             "tokenizer_sha256": tokenizer_hash(tokenizer)}
 
 
-def read_held_out(cfg: DataConfig, docs: DocumentStream, tokenizer) -> HeldOut:
-    """Read data.val_split (or the first documents of `docs`'s whole stream) up to data.val_tokens."""
+def read_held_out(cfg: DataConfig, docs: DocumentStream, tokenizer, pool: TokenizerPool) -> HeldOut:
+    """Read data.val_split (or the first documents of `docs`'s whole stream) up to data.val_tokens,
+    tokenized by `pool` (the stream lanes' own tokenizer processes)."""
     from_split = cfg.val_split is not None
     whole = DocumentStream(_split_source(docs.source, cfg.val_split) if from_split else docs.source)
+    in_flight = deque()
+
+    def first_epoch():  # rank 0 of 1: the stream in corpus order, once (it may be shorter than val_tokens)
+        for unit in whole.units():
+            if unit.position.epoch > 0:
+                return
+            in_flight.append(unit)
+            yield unit.rows, unit.documents
+
     tokens, starts, digests, pieces, n = [], [], [], 0, 0
-    for unit in whole.units():  # rank 0 of 1: the stream in corpus order
-        if unit.position.epoch > 0:  # all of it is shorter than val_tokens
-            break
-        for rows in ([r] for r in unit.rows) if unit.documents else [unit.rows]:
-            ids, _ = encode_unit(tokenizer, rows, unit.documents)
+    results = pool.imap(first_epoch())
+    for ids, lengths in results:
+        unit = in_flight.popleft()
+        for row, doc in zip(unit.rows if unit.documents else [None], np.split(ids, np.cumsum(lengths)[:-1])):
             if unit.documents:
                 starts.append(n)
-                digests.append(digest(rows[0]))
-            tokens.append(ids)
-            n += len(ids)
+                digests.append(digest(row))
+            tokens.append(doc)
+            n += len(doc)
             if n >= cfg.val_tokens:
                 break
         pieces = unit.position.index + 1
         if n >= cfg.val_tokens:
             break
+    results.close()
     documents = docs.source.documents
     return HeldOut(np.concatenate(tokens)[:cfg.val_tokens], np.asarray(starts, np.int64) if documents else None,
                    frozenset() if from_split else frozenset(digests),

@@ -21,8 +21,6 @@ restarts the reader there; the Hub commit the run read is kept and read again.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections import deque
 from typing import Callable
 
@@ -31,6 +29,7 @@ import torch
 
 from bdh_scale.data.batch import Batch, make_batch
 from bdh_scale.data.docstream import DocumentStream, Position
+from bdh_scale.data.feeder import Feeder
 from bdh_scale.data.workers import TokenizerPool
 from bdh_scale.errors import DataError
 
@@ -48,15 +47,16 @@ class _Tokenized:
 class StreamLanes:
     """This rank's B lanes over a stream; next_batch(T) -> Batch (batch.py)."""
 
-    def __init__(self, docs: DocumentStream, tokenizer, batch_size: int, *, world_size: int = 1,
-                 rank: int = 0, workers: int = 1, buffer: int = 8, pin_memory: bool = False,
+    def __init__(self, docs: DocumentStream, pool: TokenizerPool, batch_size: int, *, world_size: int = 1,
+                 rank: int = 0, buffer: int = 8, pin_memory: bool = False,
                  reopen: Callable[[str], DocumentStream] | None = None):
+        """pool: the tokenizer processes (workers.py); the lanes own it from here and close it."""
         self.docs, self.reopen = docs, reopen
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.n_lanes = world_size * batch_size
         self.buffer = buffer
         self.pin_memory = pin_memory and torch.cuda.is_available()
-        self.pool = TokenizerPool(tokenizer, workers)
+        self.pool = pool
         self.pending = [_EMPTY] * batch_size                         # each lane's leftover tokens
         self.pending_starts = [np.zeros(0, np.bool_)] * batch_size   # True where a document begins
         self.position = Position()   # the stream after the last document dealt
@@ -66,7 +66,7 @@ class StreamLanes:
         self.docs_dealt = 0
         self._unit: _Tokenized | None = None
         self._next_doc = 0
-        self._thread = None
+        self._feeder = None
         self._start_reader(self.position)
 
     # --- the lanes interface ------------------------------------------------------------------
@@ -139,10 +139,11 @@ class StreamLanes:
     def _deal(self, lane: int) -> None:
         """Append the stream's next document to `lane`."""
         while self._unit is None or self._next_doc >= len(self._unit.docs):
-            item = self._queue.get()
-            if isinstance(item, BaseException):
+            try:
+                item = self._feeder.get()
+            except BaseException:
                 self._stop_reader()
-                raise item
+                raise
             if self.fresh and item.position.epoch > self.position.epoch and any(len(p) == 0 for p in self.pending):
                 have = self.docs_dealt
                 self._stop_reader()
@@ -166,51 +167,32 @@ class StreamLanes:
     def _start_reader(self, position: Position) -> None:
         """Read on from `position`: its unit again (its first `taken` documents skipped), then on."""
         self._unit, self._next_doc, self._skip = None, 0, position.taken
-        self._queue = queue.Queue(maxsize=self.buffer)
-        self._stop = threading.Event()
         start = Position(position.epoch, position.state, position.index)
-        self._thread = threading.Thread(target=_read, args=(self.docs, start, self.pool, self._queue, self._stop),
-                                        name="bdh-data-stream", daemon=True)
-        self._thread.start()
+        docs, pool = self.docs, self.pool  # not self: a dropped StreamLanes is collected
+
+        def work(put, stopping):
+            _read(docs, start, pool, put, stopping)
+        self._feeder = Feeder(work, self.buffer, "bdh-data-stream")
 
     def _stop_reader(self) -> None:
-        thread = getattr(self, "_thread", None)
-        if thread is None:
-            return
-        self._stop.set()
-        while thread.is_alive():  # unblock a put into a full queue
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
-        self._thread = None
+        feeder = getattr(self, "_feeder", None)
+        if feeder is not None:
+            feeder.stop()
+            self._feeder = None
 
 
-def _read(docs: DocumentStream, start: Position, pool: TokenizerPool, q: queue.Queue,
-          stop: threading.Event) -> None:
+def _read(docs: DocumentStream, start: Position, pool: TokenizerPool, put, stopping) -> None:
     """Reader thread: units from `start`, tokenized in order, into the bounded queue."""
     positions = deque()
 
     def units():
         for unit in docs.units(start):
-            if stop.is_set():
+            if stopping():
                 return
             positions.append((unit.position, unit.documents))
             yield unit.rows, unit.documents
 
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
-        for ids, lengths in pool.imap(units()):
-            position, documents = positions.popleft()
-            if not put(_Tokenized(position, ids, lengths, documents)):
-                return
-    except BaseException as e:  # hand the error to the consumer (a DataError from the source, mostly)
-        put(e)
+    for ids, lengths in pool.imap(units()):
+        position, documents = positions.popleft()
+        if not put(_Tokenized(position, ids, lengths, documents)):
+            return
