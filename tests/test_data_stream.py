@@ -245,7 +245,7 @@ def test_fewer_documents_than_lanes_is_refused_at_start(tmp_path):
         build_data(stream_cfg(tmp_path / "c", val_tokens=10_000), batch_size=1, seq_len=16)
 
 
-@pytest.mark.parametrize("recipe", ["recipes/fineweb_edu_stream.yaml", "recipes/europarl_hub_stream.yaml"])
+@pytest.mark.parametrize("recipe", ["recipes/stream_fineweb_edu.yaml", "recipes/stream_europarl.yaml"])
 def test_stream_recipes_offline_stop_at_once_with_one_line_and_write_nothing(tmp_path, recipe):
     # nothing listens on port 9: the Hub is unreachable wherever the suite runs
     env = clean_env({"HF_ENDPOINT": "http://127.0.0.1:9"})
