@@ -268,3 +268,19 @@ def test_auto_streams_hub_sources_and_large_local_files(tmp_path):
     assert lanes_kind(DataConfig(source="tinyshakespeare")) == "stretch"
     with pytest.raises(DataError, match="data.lanes: stream lanes read .* 'tinyshakespeare' is a bundled corpus"):
         lanes_kind(DataConfig(source="tinyshakespeare", lanes="stream"))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.text_column=body", "data.text_column: 'body' is not a column of"),
+    ("train.batch_size=40", "fewer than its 40 lanes"),
+])
+def test_bad_stream_input_stops_a_run_with_one_line_and_nothing_written(tmp_path, override, message):
+    write_corpus(tmp_path / "c", shards=2, per_shard=15)
+    args = [str(ROOT / "train.py"), str(ROOT / "recipes/shakespeare_cpu.yaml"), f"data.source={tmp_path / 'c'}",
+            "data.lanes=stream", "data.val_tokens=200", f"train.out_dir={tmp_path / 'runs'}", override]
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, env=clean_env(None), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert not (tmp_path / "runs").exists()

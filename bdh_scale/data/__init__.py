@@ -17,7 +17,9 @@ them through accelerator.prepare. Bits per byte = loss_nats / ln 2 / data.bytes_
 Module map: config.py (DataConfig), sources.py + hub.py (text via `datasets`), tokenizer.py,
 encode.py (rows -> documents' tokens, tokenizer hash), shards.py (data_prep format), stream.py
 (numpy/memmap token stream with document starts), batch.py (Batch), lanes.py (stretch lanes),
-prefetch.py, translation.py (pair format), bpe.py (train a BPE), build.py (build_data, DataBundle).
+prefetch.py, feeder.py (the background thread of both), translation.py (pair format), bpe.py
+(train a BPE), build.py (build_data, DataBundle). Stream lanes: docstream.py (a rank's share of a
+`datasets` stream, resumable), workers.py (tokenizer processes), heldout.py, streamlanes.py.
 """
 
 import importlib
