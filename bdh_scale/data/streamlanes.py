@@ -158,7 +158,7 @@ class StreamLanes:
         self.position = Position(self._unit.position.epoch, self._unit.position.state,
                                  self._unit.position.index, self._next_doc)
         flags = np.zeros(len(doc), np.bool_)
-        flags[0] = self._unit.documents
+        flags[:1] = self._unit.documents
         self.pending[lane] = np.concatenate([self.pending[lane], doc.astype(np.int64)])
         self.pending_starts[lane] = np.concatenate([self.pending_starts[lane], flags])
         self.docs_dealt += 1
