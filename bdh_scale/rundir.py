@@ -5,6 +5,7 @@ bdh-analyze and the sweeps read it):
     tokenizer/       the tokenizer the run used
     metrics.jsonl    one JSON object per logged step
     checkpoints/     train/checkpoint.py
+    held_out/        stream lanes: the held-out set, read back on resume (data/heldout.py)
     final/           save_pretrained: config.json, model.safetensors, tokenizer.json, README.md (the model
                      card), recipe.yaml: a self-contained model directory, ready for the Hub
 

@@ -82,13 +82,15 @@ def make_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
     return accelerator, precision
 
 
-def make_data(cfg: RunConfig, accelerator: Accelerator) -> DataBundle:
+def make_data(cfg: RunConfig, accelerator: Accelerator, resume_from: Path | None = None) -> DataBundle:
     """This rank's lanes (the micro-batches of one step are disjoint groups of them) and the
-    held-out data; the model's vocabulary follows the tokenizer."""
+    held-out data (a resumed stream reads its held-out set back from the run it continues); the
+    model's vocabulary follows the tokenizer."""
     tc = cfg.train
     longest_T = max([tc.seq_len] + [T for _, T in tc.seq_len_schedule or []])
     data = build_data(cfg.data, batch_size=tc.batch_size * tc.grad_accum_steps, world_size=accelerator.num_processes,
-                      rank=accelerator.process_index, seed=tc.seed, seq_len=longest_T)
+                      rank=accelerator.process_index, seed=tc.seed, seq_len=longest_T,
+                      held_out_dir=None if resume_from is None else Path(resume_from).parent.parent)
     if cfg.model.vocab_size != data.tokenizer.vocab_size:
         accelerator.print(f"model.vocab_size set to {data.tokenizer.vocab_size} by the tokenizer {data.tokenizer.name}")
         cfg.model.vocab_size = data.tokenizer.vocab_size
@@ -129,15 +131,16 @@ def setup(cfg: RunConfig) -> Run:
     tc = cfg.train
     accelerator, precision = make_accelerator(cfg)
     set_seed(tc.seed, device_specific=True)  # dropout differs across ranks; data order does not
-    data = make_data(cfg, accelerator)
+    resume_from = resolve_resume(tc, accelerator)
+    data = make_data(cfg, accelerator, resume_from)
     model, optimizer, scheduler = make_model_and_optimizer(cfg, accelerator)
     raw_model = accelerator.unwrap_model(model)
 
-    resume_from = resolve_resume(tc, accelerator)
-
     def make_run_dir() -> str:  # on the main process: one process decides and writes
         resumed_step = checkpoint_step(resume_from) if resume_from is not None else 0
-        return str(create_run_dir(cfg, data.tokenizer, resume_from, resumed_step))
+        run_dir = create_run_dir(cfg, data.tokenizer, resume_from, resumed_step)
+        data.save_held_out(run_dir)  # stream lanes: the held-out set, for resumes
+        return str(run_dir)
 
     run_dir = Path(from_main(accelerator, make_run_dir))
     log = MetricsLog(run_dir / METRICS, accelerator.is_main_process)

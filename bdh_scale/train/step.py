@@ -28,7 +28,8 @@ class StepResult:
 def train_step(run, T: int, signals, started: float) -> StepResult:
     """Advance `run` by one optimizer step of windows of T tokens."""
     tc, acc = run.cfg.train, run.accelerator
-    x_all, y_all, restarted_all = run.data.train.next_batch(T)
+    batch = run.data.train.next_batch(T)
+    x_all, y_all, restarted_all = batch.x, batch.y, batch.restarted
     step_loss = 0.0
     for micro in range(tc.grad_accum_steps):
         rows = slice(micro * tc.batch_size, (micro + 1) * tc.batch_size)
