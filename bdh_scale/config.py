@@ -20,6 +20,7 @@ from typing import Literal
 import yaml
 
 from bdh_scale.data.config import DataConfig
+from bdh_scale.data.passkey import SOURCE as PASSKEY_SOURCE
 from bdh_scale.errors import ConfigError
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.registry import ARCHS
@@ -145,11 +146,25 @@ class RunConfig(Section):
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def check(self) -> None:
+        self.check_passkey()
         arch = ARCHS[self.model.arch]
         if self.train.state == "carry" and not arch.stateful:
             stateful = words([name for name, a in ARCHS.items() if a.stateful])
             raise ConfigError(f"train.state: model.arch={self.model.arch} is stateless across windows; use "
                               f"train.state=reset (or model.arch={stateful} to carry the state)")
+
+    def check_passkey(self) -> None:
+        """The passkey source's longest distance must fit in a held-out row, or no row read
+        carried holds both a fact and its question."""
+        if self.data.source != PASSKEY_SOURCE:
+            return
+        T = self.train.eval_seq_len or self.train.seq_len
+        row = self.train.eval_batches * T
+        if self.data.passkey.max_gap >= row:
+            raise ConfigError(f"data.passkey.max_gap: {self.data.passkey.max_gap} tokens is longer than the "
+                              f"validation rows (train.eval_batches x T = {self.train.eval_batches} x {T} = {row} "
+                              "tokens), so no held-out row holds a fact and its question; raise train.eval_batches "
+                              "or lower data.passkey.max_gap")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -27,6 +27,13 @@ def trained_window(model) -> int | None:
     return None if cfg is None else sample_context(cfg.train)
 
 
+def doc_separator(model, tokenizer) -> list[int] | None:
+    """The separator's token ids when the model was trained with document resets (the recipe's
+    data.doc_reset, as the trainer resolved it): the state is reset after it, as in training."""
+    cfg = recipe_of(model)
+    return tokenizer.encode(cfg.data.doc_separator) if cfg is not None and cfg.data.doc_reset else None
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bdh-generate", description="Sample text from a trained model, printed as it "
                                 "is generated.")
@@ -80,7 +87,7 @@ def stream_sample(model, tokenizer, prompt_ids: list[int], args, seed: int, max_
     gen = torch.Generator().manual_seed(seed)
     decoder = StreamDecoder(tokenizer, prompt_ids)
     for token in model.stream(idx, args.tokens, temperature=args.temperature, top_k=args.top_k, generator=gen,
-                              max_context=max_context):
+                              max_context=max_context, doc_separator=doc_separator(model, tokenizer)):
         piece = decoder.push(token[0].tolist())
         if piece:
             out.write(piece)

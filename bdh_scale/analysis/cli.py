@@ -102,7 +102,7 @@ def run(args) -> tuple:
         cfg = run_config(args.run)
         T = args.seq_len or cfg.train.eval_seq_len or cfg.train.seq_len
         report = context.loss_by_context(model, cfg.data, T=T, rows=args.rows, windows=args.windows,
-                                         device=args.device)
+                                         device=args.device, run_dir=args.run)
         report.update(run=str(args.run), trained_state=cfg.train.state)
         title = f"{args.run}: trained with state={cfg.train.state}, forget_mode={cfg.model.forget_mode}"
         return save(context.plot(report, title), report, out, "context")

@@ -23,17 +23,18 @@ from bdh_scale.model.registry import is_stateful
 from bdh_scale.train.evaluate import OneProcess, evaluate
 
 
-def loss_by_context(model, data_cfg, *, T: int, rows: int, windows: int, device) -> dict:
+def loss_by_context(model, data_cfg, *, T: int, rows: int, windows: int, device, run_dir=None) -> dict:
     """Report: both readings overall and per context bucket, the loss against the state's span
     (reset every 1, 2, 4, ... windows), and the layout actually read."""
     if not is_stateful(model):
         raise AnalysisError(f"model.arch={model.arch} is stateless across windows: there is no carried "
                             "reading to compare; the context analysis needs a BDH model")
-    data = build_data(dataclasses.replace(data_cfg, prefetch=0), batch_size=1)
+    # a streamed run's held-out set comes from its run directory, not from the source again
+    data = build_data(dataclasses.replace(data_cfg, prefetch=0), batch_size=1, held_out_dir=run_dir)
     try:
         spans = tuple(2 ** i for i in range(1, max(1, windows.bit_length())) if 2 ** i < windows)
         val = evaluate(model, data, T=T, batch_size=rows, max_batches=windows, accelerator=OneProcess(device),
-                       carried=True, doc_reset=getattr(data, "doc_reset", False), spans=spans)
+                       carried=True, doc_reset=data.doc_reset, spans=spans)
     finally:
         data.close()
     report = val.report()

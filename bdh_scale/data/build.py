@@ -150,6 +150,8 @@ def load_stream(cfg: DataConfig):
     from bdh_scale.data.shards import is_shard_dir, open_shards
 
     path = os.path.expanduser(cfg.source)
+    if cfg.source.startswith("synthetic:"):
+        return synthetic_stream(cfg)
     if is_shard_dir(path):
         stream, tokenizer, _meta = open_shards(path, verify=cfg.verify_checksums,
                                                tokenizer_spec=cfg.tokenizer)
@@ -263,15 +265,27 @@ def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int
                       doc_reset=doc_reset, held_out=held, val_key="data.val_tokens")
 
 
+FILLER_TOKENS = 2_000_000  # more than enough distinct filler for any gap
+
+
 def passkey_for(cfg: DataConfig, tokenizer):
     """The passkey episode builder of a data section (data/passkey.py): its settings, and filler
     cut from data.passkey.filler tokenized with `tokenizer` (the first FILLER_TOKENS of it)."""
-    from bdh_scale.data.passkey import Passkey, PasskeyConfig
+    from bdh_scale.data.passkey import Passkey
 
-    pk = getattr(cfg, "passkey", None) or PasskeyConfig()
-    filler_cfg = DataConfig(source=pk.filler, max_tokens=FILLER_TOKENS, prefetch=0)
+    filler_cfg = DataConfig(source=cfg.passkey.filler, max_tokens=FILLER_TOKENS, prefetch=0)
     stream, _ = tokenize_source(filler_cfg, tokenizer)
-    return Passkey(pk, tokenizer, stream.read(0, len(stream)))
+    return Passkey(cfg.passkey, tokenizer, stream.read(0, len(stream)))
 
 
-FILLER_TOKENS = 2_000_000  # more than enough distinct filler for any gap
+def synthetic_stream(cfg: DataConfig):
+    """(tokenizer, stream, description) of a synthetic source: every passkey episode, each a document."""
+    from bdh_scale.data.passkey import SOURCE
+
+    if cfg.source != SOURCE:
+        raise DataError(f"data.source: '{cfg.source}' is not a synthetic source; the one there is: {SOURCE}")
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    tokens, doc_starts = passkey_for(cfg, tokenizer).stream()
+    pk = cfg.passkey
+    return (tokenizer, TokenStream([tokens.astype(token_dtype(tokenizer.vocab_size))], doc_starts),
+            f"'{SOURCE}' ({pk.episodes} episodes, gaps {pk.min_gap}-{pk.max_gap} tokens, filler {pk.filler})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from bdh_scale.data.passkey import PasskeyConfig
 from bdh_scale.utils.schema import NonEmpty, NonNegInt, PosFloat, PosInt, Range, Section
 
 SOURCE_HINT = ("give a bundled name ('tinyshakespeare', 'europarl_en_fr'), a local path, a shard dir or a hub "
@@ -21,7 +22,8 @@ SOURCE_HINT = ("give a bundled name ('tinyshakespeare', 'europarl_en_fr'), a loc
 class DataConfig(Section):
     section = "data"
 
-    # where text/tokens come from: a bundled sample ("tinyshakespeare", "europarl_en_fr"), a local
+    # where text/tokens come from: a bundled sample ("tinyshakespeare", "europarl_en_fr"), the
+    # synthetic recall source "synthetic:passkey" (data.passkey below), a local
     # .txt/.jsonl/.json/.parquet file, directory or glob, a data_prep shard dir (has meta.json),
     # or a Hugging Face Hub dataset name (e.g. "Helsinki-NLP/europarl")
     source: Annotated[str, NonEmpty(SOURCE_HINT)] = "tinyshakespeare"
@@ -77,6 +79,9 @@ class DataConfig(Section):
     # extra keyword arguments for datasets.load_dataset of jsonl/parquet/hub sources (e.g.
     # {"revision": "main"}); an empty dict passes nothing
     load_kwargs: dict = field(default_factory=dict)
+    # settings of the synthetic long-range recall source `synthetic:passkey` (data/passkey.py);
+    # unused by other sources
+    passkey: PasskeyConfig = field(default_factory=PasskeyConfig)
 
     def check(self) -> None:
         t = self.translation

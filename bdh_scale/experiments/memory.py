@@ -88,7 +88,7 @@ def measure(point: dict, spec: dict, out_dir: str, device) -> dict | None:
     last_val = [r for r in metrics if "val_loss" in r][-1]
     ctx = spec.get("context", {})
     context = loss_by_context(model, cfg.data, T=point["T"], rows=ctx.get("rows", 8),
-                              windows=ctx.get("windows", 16), device=device)
+                              windows=ctx.get("windows", 16), device=device, run_dir=run)
     row = {"dataset": point["dataset"], "T": point["T"], "variant": point["variant"],
            "state": cfg.train.state, "forget_mode": cfg.model.forget_mode, "attn_window": cfg.model.attn_window,
            "params": sum(p.numel() for p in model.parameters()), "tokens": metrics[-1]["tokens"],

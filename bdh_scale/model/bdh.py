@@ -24,7 +24,7 @@ from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.output import ModelOutput
 from bdh_scale.model.pretrained import Pretrained
 from bdh_scale.model.rope import RopeCache, rotate
-from bdh_scale.model.sampling import sample_next
+from bdh_scale.model.sampling import sample_next, starts_after
 
 
 class AttnPlan(NamedTuple):
@@ -299,16 +299,3 @@ class BDH(Pretrained, nn.Module):
                 out = self(nxt, state=state, return_state=True, update_state_in_place=True, doc_start=begins)
                 held = 1 if fresh else held + 1
             state, logits = out.state, out.logits[:, -1]
-
-
-def starts_after(tokens: torch.Tensor, separator: list[int]) -> torch.Tensor:
-    """(B, L) bool: the tokens right after a complete `separator` (the first tokens of documents
-    joined by it); all False without a separator."""
-    n = len(separator)
-    out = torch.zeros_like(tokens, dtype=torch.bool)
-    if not n or tokens.size(1) <= n:
-        return out
-    windows = tokens.unfold(1, n, 1)  # (B, L - n + 1, n): the n tokens from each position on
-    ends = (windows == tokens.new_tensor(separator)).all(dim=-1)  # a separator starts here
-    out[:, n:] = ends[:, : tokens.size(1) - n]
-    return out

@@ -154,7 +154,7 @@ def evaluate(model, data, *, T: int, batch_size: int, max_batches: int, accelera
     batches = list(data.val_batches(T, batch_size, max_batches))
     if not batches:
         raise RuntimeError("the validation split yielded no batch; lower train.eval_seq_len or data.val_fraction")
-    n_rows = batches[0][0].size(0)
+    n_rows = batches[0].x.size(0)
     rows, weights = my_rows(n_rows, r, W)
     weights = weights.to(device)
     edges = context_edges(T, T * len(batches))
@@ -165,9 +165,8 @@ def evaluate(model, data, *, T: int, batch_size: int, max_batches: int, accelera
     fresh = lambda: accelerator.unwrap_model(model).init_state(len(rows), device)  # noqa: E731
     try:
         for k, batch in enumerate(batches):
-            x, y = batch[0][rows].to(device), batch[1][rows].to(device)
-            doc_start = getattr(batch, "doc_start", None)
-            doc_start = doc_start[rows].to(device) if doc_reset and doc_start is not None else None
+            x, y = batch.x[rows].to(device), batch.y[rows].to(device)
+            doc_start = batch.doc_start[rows].to(device) if doc_reset else None
             losses, _ = token_losses(model, x, y, doc_start=doc_start)
             window.add(losses, weights, k * T)
             for span, sums in readings.items():

@@ -91,6 +91,7 @@ def make_data(cfg: RunConfig, accelerator: Accelerator, resume_from: Path | None
     data = build_data(cfg.data, batch_size=tc.batch_size * tc.grad_accum_steps, world_size=accelerator.num_processes,
                       rank=accelerator.process_index, seed=tc.seed, seq_len=longest_T,
                       held_out_dir=None if resume_from is None else Path(resume_from).parent.parent)
+    cfg.data.doc_reset = data.doc_reset  # resolved from the source: config.yaml says what the run did
     if cfg.model.vocab_size != data.tokenizer.vocab_size:
         accelerator.print(f"model.vocab_size set to {data.tokenizer.vocab_size} by the tokenizer {data.tokenizer.name}")
         cfg.model.vocab_size = data.tokenizer.vocab_size
