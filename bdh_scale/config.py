@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 import yaml
 
 from bdh_scale.data.config import DataConfig
+from bdh_scale.data.passkey import SOURCE as PASSKEY_SOURCE
 from bdh_scale.errors import ConfigError
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.registry import ARCHS
@@ -69,6 +70,7 @@ class TrainConfig(Section):
     # reset) | refuse (train/resume.py)
     world_size_change: Literal["relay", "refuse"] = "relay"
     max_bad_steps: PosInt = 5  # consecutive non-finite steps that stop the run (1: stop at the first)
+    push_to_hub: str | None = None  # Hub repo id (owner/name): final/ is uploaded there at the end (needs HF_TOKEN or `hf auth login`)
 
     def check(self) -> None:
         if not 0 <= self.min_lr <= self.lr:
@@ -81,6 +83,13 @@ class TrainConfig(Section):
         if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
             self.bad("run_name", f"{name!r} is not a plain directory name; use letters, digits, '-', '_' or '.' "
                                  "(the run directory is <out_dir>/<run_name>: put paths in train.out_dir)")
+        if self.push_to_hub is not None:
+            from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+            try:
+                validate_repo_id(self.push_to_hub)
+            except HFValidationError:
+                self.bad("push_to_hub", f"{self.push_to_hub!r} is not a Hub repo id; use owner/name, or null")
         self.check_schedule()
 
     def longest_T(self) -> int:
@@ -114,13 +123,30 @@ class TrainConfig(Section):
 class TrackingConfig(Section):
     section = "tracking"
 
-    backend: Literal["none", "wandb"] = "none"  # none (metrics.jsonl only) | wandb (also W&B, offline without credentials)
+    backend: str | list = "none"  # none (metrics.jsonl only) | a tracker Accelerate supports (wandb: offline without credentials; tensorboard, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio) | a list of them
     project: str = "bdh-scale"  # W&B project
     entity: str | None = None  # W&B entity (team or user); null: your default
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: online if logged in, else offline
     diagnostics: bool = True  # at each validation: neuron sparsity and rho norms per layer (act/*, state/*)
     eval_sample_tokens: NonNegInt = 64  # at each validation: a sample of this many tokens (W&B table; 0: none)
     peak_tflops: PosFloat | None = None  # per-device peak for MFU (datasheet); null: measure the matmul peak
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers backend names ([] for none)."""
+        names = [self.backend] if isinstance(self.backend, str) else list(self.backend)
+        return [n for n in names if n != "none"]
+
+    def check(self) -> None:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # every tracker Accelerate supports
+
+        names = [self.backend] if isinstance(self.backend, str) else list(self.backend)
+        known = sorted(LOGGER_TYPE_TO_CLASS)
+        for name in names:
+            if name != "none" and name not in known:
+                self.bad("backend", f"unknown tracker {name!r}; use none, one of {words(known)}, or a list of them")
+        if not names or ("none" in names and len(names) > 1) or len(set(names)) != len(names):
+            self.bad("backend", f"{self.backend!r}: give none, or trackers each named once, e.g. [wandb, tensorboard]")
 
 
 @dataclass
@@ -131,6 +157,7 @@ class RunConfig(Section):
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def check(self) -> None:
+        self.check_passkey()
         arch = ARCHS[self.model.arch]
         if self.train.state == "carry" and not arch.stateful:
             stateful = words([name for name, a in ARCHS.items() if a.stateful])
@@ -140,6 +167,19 @@ class RunConfig(Section):
             raise ConfigError(f"model.block_size: {self.model.block_size} positions, but the run reads windows of "
                               f"{self.train.longest_T()} tokens (train.seq_len, seq_len_schedule, eval_seq_len); "
                               "raise model.block_size or shorten the windows")
+
+    def check_passkey(self) -> None:
+        """The passkey source's longest distance must fit in a held-out row, or no row read
+        carried holds both a fact and its question."""
+        if self.data.source != PASSKEY_SOURCE:
+            return
+        T = self.train.eval_seq_len or self.train.seq_len
+        row = self.train.eval_batches * T
+        if self.data.passkey.max_gap >= row:
+            raise ConfigError(f"data.passkey.max_gap: {self.data.passkey.max_gap} tokens is longer than the "
+                              f"validation rows (train.eval_batches x T = {self.train.eval_batches} x {T} = {row} "
+                              "tokens), so no held-out row holds a fact and its question; raise train.eval_batches "
+                              "or lower data.passkey.max_gap")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -218,4 +258,9 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> RunConf
     tree = read_recipe(recipe) if recipe is not None else {}
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(tree, key, value)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict) -> RunConfig:
+    """The RunConfig of a recipe's mapping (RunConfig.to_dict() read back, e.g. a model's recipe.yaml)."""
     return _build(RunConfig, tree, "")

@@ -7,6 +7,7 @@ what would be right.
     ConfigError      a recipe, override or config.json that cannot run (utils/schema.py, config.py)
     DataError        a data source, tokenizer or lane layout that cannot work (data/)
     CheckpointError  a checkpoint that cannot be resumed: missing, damaged, or for another recipe
+    ModelError       a model directory or Hub id that cannot be loaded (model/pretrained.py)
     AnalysisError    an input an analysis cannot use (analysis/)
     RunDirBusy       the run directory is held by another live run (rundir.py)
 
@@ -31,6 +32,10 @@ class DataError(UsageError):
 
 class CheckpointError(UsageError):
     """A checkpoint that cannot be resumed from; the message says why and what to do."""
+
+
+class ModelError(UsageError):
+    """A saved model that cannot be loaded: no such directory or Hub repo, missing files, wrong class."""
 
 
 class AnalysisError(UsageError):

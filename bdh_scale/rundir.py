@@ -5,7 +5,9 @@ bdh-analyze and the sweeps read it):
     tokenizer/       the tokenizer the run used
     metrics.jsonl    one JSON object per logged step
     checkpoints/     train/checkpoint.py
-    final/           save_pretrained: config.json + model.safetensors
+    held_out/        stream lanes: the held-out set, read back on resume (data/heldout.py)
+    final/           save_pretrained: config.json, model.safetensors, tokenizer.json, README.md (the model
+                     card), recipe.yaml: a self-contained model directory, ready for the Hub
 
 A run directory has one writer: the main process of the run holds its lock (utils/lock.py,
 `.lock`) from before its first write to its exit, and a second run on it is refused naming the
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +41,12 @@ METRICS = "metrics.jsonl"  # one JSON object per logged step
 
 @dataclass
 class Claim:
-    """A run directory this process holds the lock of; `created` when this process made it."""
+    """A run directory this process holds the lock of; `made` is the outermost directory this
+    process created for it (the run directory, or an out_dir that did not exist), None if none."""
 
     path: Path
     lock: DirLock
-    created: bool
+    made: Path | None
 
     def release(self) -> None:
         self.lock.release()
@@ -50,8 +54,19 @@ class Claim:
     def abandon(self) -> None:
         """Give the directory back untouched: a run refused after claiming it leaves no trace."""
         self.release()
-        if self.created and vacant(self.path):
-            shutil.rmtree(self.path, ignore_errors=True)
+        if self.made is not None and vacant(self.path):
+            _unmake(self.path, self.made)
+
+
+def _unmake(path: Path, made: Path) -> None:
+    """Remove the vacant run directory and the empty directories above it, up to `made`."""
+    shutil.rmtree(path, ignore_errors=True)
+    while path != made and path.parent != path:
+        path = path.parent
+        try:
+            path.rmdir()  # only when empty
+        except OSError:
+            return
 
 
 def vacant(path: Path) -> bool:
@@ -61,18 +76,22 @@ def vacant(path: Path) -> bool:
 
 def claim(path: Path) -> Claim:
     """Take the lock of run directory `path` (made if missing); RunDirBusy if another run holds it."""
-    created = not path.exists()
+    made = None
+    for parent in [path, *path.parents]:  # the outermost directory that mkdir will create
+        if parent.exists():
+            break
+        made = parent
     path.mkdir(parents=True, exist_ok=True)
     try:
         lock = DirLock(path).acquire()
     except LockHeld as e:
-        if created and vacant(path):
-            shutil.rmtree(path, ignore_errors=True)
+        if made is not None and vacant(path):
+            _unmake(path, made)
         raise RunDirBusy(f"{path} is in use by another run ({describe_holder(e.holder)}); wait for it to end or stop it, "
                          "or give this run another train.run_name") from None
     if lock.unsupported:
         print(f"warning: {lock.unsupported}: this run cannot stop a second run from writing into it", file=sys.stderr)
-    return Claim(path, lock, created)
+    return Claim(path, lock, made)
 
 
 def claim_new(out_dir: str, run_name: str) -> Claim:
@@ -135,18 +154,60 @@ def run_config(run_dir: str | Path):
     return load_config(path) if path.is_file() else None
 
 
-def load_run(path: str | Path):
-    """(model, tokenizer) from a run directory (runs/<name>) or a save_pretrained directory."""
+def recipe_of(model):
+    """The RunConfig a loaded model was trained with (its recipe.yaml, or the run's config.yaml),
+    or None when it is not known (a model saved without one)."""
+    from bdh_scale.config import config_from_dict
+    from bdh_scale.errors import ConfigError
+
+    if model.recipe is None:
+        return None
+    try:
+        return config_from_dict(model.recipe)
+    except ConfigError as e:  # e.g. a recipe of another bdh-scale version: the model still loads
+        warnings.warn(f"the model's recipe cannot be read ({e}); its training window is unknown", stacklevel=2)
+        return None
+
+
+def no_weights(root: Path) -> str:
+    """Why a run directory has no model to load, and what to pass instead."""
+    steps = sorted(root.glob("checkpoints/step_*"))
+    newest = f"; its newest checkpoint loads as {steps[-1]}" if steps else ""
+    return f"{root} holds no trained model: no {FINAL}/ (the run has not finished){newest}"
+
+
+def load_run(source: str | Path, tokenizer=None):
+    """(model, tokenizer) from a run directory (runs/<name>: its final/), a model directory (a run's
+    final/, a checkpoint) or a Hugging Face Hub id (model/pretrained.py).
+
+    The tokenizer is the model's own tokenizer.json, else the run's tokenizer/, else `tokenizer`
+    (what load_tokenizer takes: "bytes" or a tokenizer.json), which also replaces the model's own.
+    Without one the model is refused: its ids would be read as the wrong text. The model's
+    `recipe` falls back to the run's config.yaml (runs written before final/ held recipe.yaml)."""
     from bdh_scale.data.tokenizer import load_tokenizer
+    from bdh_scale.errors import ModelError
     from bdh_scale.model import load_pretrained
     from bdh_scale.model.pretrained import CONFIG_NAME
 
-    root = Path(path)
-    weights = root / FINAL if (root / FINAL / CONFIG_NAME).is_file() else root
-    if not (weights / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{path} holds no trained model; give a run directory (runs/<name>, "
-                                f"with {FINAL}/) or a save_pretrained directory (with {CONFIG_NAME})")
-    tok_dir = root / TOKENIZER if (root / TOKENIZER).exists() else weights / TOKENIZER
-    tokenizer = load_tokenizer(str(tok_dir)) if tok_dir.exists() else load_tokenizer("bytes")
-    return load_pretrained(weights), tokenizer
-
+    root = Path(source).expanduser()
+    name = str(source)
+    if root.is_dir() and not (root / CONFIG_NAME).is_file():  # a run directory
+        if not (root / FINAL / CONFIG_NAME).is_file():
+            raise ModelError(no_weights(root))
+        name = str(root / FINAL)
+    model = load_pretrained(name)
+    if model.recipe is None and (root / CONFIG).is_file():
+        model.recipe = yaml.safe_load((root / CONFIG).read_text())
+    tok = model.tokenizer
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+    elif tok is None and (root / TOKENIZER).is_dir():
+        tok = load_tokenizer(root / TOKENIZER)
+    if tok is None:
+        raise ModelError(f"{source} has no tokenizer.json, so its token ids cannot be read as text; pass the "
+                         "tokenizer it was trained with: --tokenizer bytes, or --tokenizer PATH/tokenizer.json")
+    if tok.vocab_size != model.model_config().vocab_size:
+        raise ModelError(f"the tokenizer {tok.name} has {tok.vocab_size} tokens, the model {source} "
+                         f"{model.model_config().vocab_size}; pass the tokenizer it was trained with")
+    model.tokenizer = tok
+    return model, tok

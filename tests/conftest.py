@@ -29,3 +29,21 @@ def two_process_run(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es) on cpu" in proc.stdout
     return out / "d", proc
+
+
+@pytest.fixture(scope="session")
+def byte_run(tmp_path_factory):
+    """A finished tiny byte-level run (tests/helpers/tiny_runs.py): its run directory."""
+    from tests.helpers.tiny_runs import train_in_process
+
+    return train_in_process(tmp_path_factory.mktemp("runs"), "bytes", "train.max_steps=3").run_dir
+
+
+@pytest.fixture(scope="session")
+def bpe_run(tmp_path_factory):
+    """A finished tiny run with a BPE tokenizer, trained long enough that greedy samples are words."""
+    from tests.helpers.tiny_runs import bpe_tokenizer_file, train_in_process
+
+    tokenizer = bpe_tokenizer_file(tmp_path_factory.mktemp("bpe"))
+    return train_in_process(tmp_path_factory.mktemp("runs"), "bpe", "train.max_steps=30",
+                            f"data.tokenizer={tokenizer}").run_dir

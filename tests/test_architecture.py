@@ -13,7 +13,7 @@ LAYERS = [
     ("bdh_scale.model", "bdh_scale.data"),
     ("bdh_scale.config", "bdh_scale.rundir"),
     ("bdh_scale.train",),
-    ("bdh_scale.generate", "bdh_scale.analysis", "bdh_scale.bench", "bdh_scale.experiments"),
+    ("bdh_scale.generate", "bdh_scale.analysis", "bdh_scale.bench", "bdh_scale.experiments", "bdh_scale.harness"),
 ]
 
 
@@ -41,10 +41,11 @@ def test_imports_point_from_the_tools_down_to_the_utilities():
     assert upward == []
 
 
-def test_training_imports_neither_matplotlib_nor_the_tools():
+def test_training_imports_neither_matplotlib_nor_the_tools_nor_lm_eval():
     code = ("import sys, bdh_scale.train.loop, bdh_scale.train.cli; "
             "print(sorted(m for m in sys.modules if m == 'matplotlib' or m.startswith(("
-            "'bdh_scale.analysis', 'bdh_scale.bench', 'bdh_scale.experiments', 'bdh_scale.generate'))))")
+            "'bdh_scale.analysis', 'bdh_scale.bench', 'bdh_scale.experiments', 'bdh_scale.generate', "
+            "'bdh_scale.harness', 'lm_eval'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -54,3 +54,23 @@ def test_worker_process_answers_with_json():
 def test_unknown_variant_is_one_clear_error(capsys):
     assert bench.main(["--variants", "auto,fast"]) == 2
     assert "unknown variants ['fast']" in capsys.readouterr().err
+
+
+def test_data_bench_measures_stream_lanes_against_the_trainer(in_process, tmp_path, capsys):
+    argv = ["--recipe", "recipes/shakespeare_cpu.yaml", "--override", *TINY, "--data-only", "--data-mb", "0.3",
+            "--data-tokens", "40000", "--steps", "1", "--warmup", "0", "--repeats", "1", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    (path,) = tmp_path.glob("bench-*.json")
+    data = json.loads(path.read_text())["data"]
+    trainer = data["stream"]["trainer_tokens_per_s"]
+    assert trainer > 0 and data["stretch"]["serve_tokens_per_s"] > 0
+    rows = data["stream"]["rows"]
+    assert {(r["corpus"], r["tokenizer"], r["workers"]) for r in rows} >= \
+        {(c, t, w) for c in ("parquet", "jsonl") for t in ("bytes", "bpe") for w in (1, 2, 4)}
+    for r in rows:
+        assert r["serve_tokens_per_s"] > 0 and r["startup_s"] > 0 and r["peak_rss_mb"] > 0
+        assert r["x_trainer"] == pytest.approx(r["serve_tokens_per_s"] / trainer)
+    summary = data["stream"]["summary"]
+    assert summary["10x corpus / 1x corpus: peak RSS"] > 0 and "bpe tokens/s with 1 worker" in summary
+    assert data["stream"]["h100_estimate"]["per_tokenizer"]["bpe"]["workers"] > 0
+    assert data["stream"]["corpora"]["parquet_x10"]["shards"] == 10 * data["stream"]["corpora"]["parquet"]["shards"]

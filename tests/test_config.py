@@ -6,7 +6,8 @@ import yaml
 from bdh_scale.config import load_config
 from bdh_scale.errors import ConfigError
 
-RECIPES = ["recipes/shakespeare_cpu.yaml", "recipes/shakespeare_m1.yaml"]
+RECIPES = ["recipes/shakespeare_cpu.yaml", "recipes/shakespeare_m1.yaml", "recipes/stream_europarl.yaml",
+           "recipes/stream_fineweb_edu.yaml"]
 
 
 @pytest.mark.parametrize("recipe", RECIPES)

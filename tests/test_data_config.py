@@ -42,7 +42,7 @@ def prefetch_threads():
 def test_default_bundle_prefetches_and_close_stops_the_thread():
     before = prefetch_threads()
     data = build_data(DataConfig(), batch_size=4, seed=1337)
-    x, y, restarted = data.train.next_batch(32)
+    x, y, restarted, _ = data.train.next_batch(32)
     assert x.shape == y.shape == (4, 32) and x.dtype == torch.long and restarted.all()
     assert prefetch_threads() == before + 1
     data.close()
@@ -71,9 +71,9 @@ def test_europarl_recipes_load_and_their_data_serves_a_window_per_lane(recipe):
     assert cfg.data.source == "europarl_en_fr" and cfg.train.state == "carry"
     data = build_data(cfg.data, batch_size=cfg.train.batch_size, seq_len=cfg.train.seq_len)
     try:
-        x, _, _ = data.train.next_batch(cfg.train.seq_len)
+        x = data.train.next_batch(cfg.train.seq_len).x
         assert x.shape == (cfg.train.batch_size, cfg.train.seq_len)
-        assert next(data.val_batches(cfg.train.seq_len, cfg.train.batch_size, 1))[0].shape[1] == \
+        assert next(data.val_batches(cfg.train.seq_len, cfg.train.batch_size, 1)).x.shape[1] == \
             cfg.train.seq_len
     finally:
         data.close()

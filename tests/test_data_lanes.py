@@ -39,8 +39,8 @@ def test_two_ranks_lanes_are_disjoint_contiguous_and_serve_each_token_once_per_e
     seen_by_lane = {}
     for rank in range(W):
         batches = draw(rank_lanes(rank, seed=seed), [T] * steps)
-        x = torch.cat([b[0] for b in batches], dim=1)  # (B, steps*T): the epoch's inputs
-        y = torch.cat([b[1] for b in batches], dim=1)
+        x = torch.cat([b.x for b in batches], dim=1)  # (B, steps*T): the epoch's inputs
+        y = torch.cat([b.y for b in batches], dim=1)
         for i in range(B):
             start = x[i, 0].item()
             assert start % stretch == 0  # each lane starts at a stretch boundary
@@ -54,7 +54,7 @@ def test_two_ranks_lanes_are_disjoint_contiguous_and_serve_each_token_once_per_e
 
 def test_windows_overlap_by_one_token_and_cross_shard_boundaries():
     lanes = rank_lanes(1, s=stream(pieces=7))  # 7 pieces: windows straddle piece edges
-    (x1, y1, _), (x2, _, _) = draw(lanes, [10, 10])
+    (x1, y1, _, _), (x2, _, _, _) = draw(lanes, [10, 10])
     assert torch.equal(y1[:, -1], x2[:, 0])
     assert torch.equal(x2[:, 0], x1[:, -1] + 1)
 
@@ -64,7 +64,7 @@ def test_restarted_true_on_first_batch_and_exactly_when_lanes_wrap():
     lanes = rank_lanes(0)
     flags, starts = [], []
     for _ in range(14):
-        x, _, r = lanes.next_batch(50)
+        x, _, r, _ = lanes.next_batch(50)
         flags.append(bool(r.all()))
         assert r.all() or not r.any()
         starts.append(x[0, 0].item())
@@ -87,8 +87,8 @@ def test_resume_mid_epoch_gives_identical_next_batches(prefetch):
     resumed = rank_lanes(1, seed=7, prefetch=prefetch)
     resumed.load_state_dict(state)
     rest = draw(resumed, Ts[5:])
-    for (x, y, r), (xr, yr, rr) in zip(ref[5:], rest):
-        assert torch.equal(x, xr) and torch.equal(y, yr) and torch.equal(r, rr)
+    for a, b in zip(ref[5:], rest):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert resumed.tokens_served == sum(Ts) * B
     if prefetch:
         resumed.close()
@@ -109,7 +109,7 @@ def test_state_from_one_rank_restores_another_but_a_different_layout_is_refused(
     draw(r1, [20, 20])
     fresh1 = rank_lanes(1)
     fresh1.load_state_dict(r0.state_dict())  # lanes advance in lockstep
-    assert torch.equal(fresh1.next_batch(20)[0], r1.next_batch(20)[0])
+    assert torch.equal(fresh1.next_batch(20).x, r1.next_batch(20).x)
     other = Lanes(stream(), batch_size=B + 1, world_size=W, rank=0)
     with pytest.raises(DataError, match="do not match"):
         other.load_state_dict(r0.state_dict())
@@ -122,10 +122,10 @@ def test_curriculum_changes_T_at_the_scheduled_steps_and_lanes_stay_contiguous()
     lanes = rank_lanes(0, prefetch=2)
     batches = draw(lanes, Ts)
     lanes.close()
-    x = torch.cat([b[0] for b in batches], dim=1)
-    assert [b[0].shape[1] for b in batches] == Ts
+    x = torch.cat([b.x for b in batches], dim=1)
+    assert [b.x.shape[1] for b in batches] == Ts
     assert torch.equal(x[0], torch.arange(sum(Ts)))  # no token skipped or repeated
-    assert not any(b[2].any() for b in batches[1:])
+    assert not any(b.restarted.any() for b in batches[1:])
 
 
 def test_seq_len_schedule_is_validated():

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from bdh_scale.data import DataConfig, DataError, build_data
 from data_prep import europarl, stats, tokenize, train_bpe
@@ -36,7 +37,7 @@ def test_byte_shards_hold_the_same_tokens_as_reading_the_text(tmp_path, corpus):
     assert meta["num_tokens"] == meta["text_bytes"] == len(CORPUS)
     sharded, direct = build(tmp_path / "sh"), build(corpus)
     assert np.array_equal(all_tokens(sharded), all_tokens(direct))
-    assert np.array_equal(sharded.train.next_batch(64)[0], direct.train.next_batch(64)[0])
+    assert np.array_equal(sharded.train.next_batch(64).x, direct.train.next_batch(64).x)
     assert build(tmp_path / "sh", max_tokens=500).n_tokens == 500
 
 
@@ -128,3 +129,66 @@ def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         command.parse(["--help"])
     assert e.value.code == 0 and "usage: python -m data_prep." in capsys.readouterr().out
+
+
+def write_docs(path, n=120):
+    path.write_text("".join(json.dumps({"text": f"doc {i}: " + "la session " * (i % 7 + 1)}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def shard_files(d) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+
+@pytest.mark.parametrize("bpe", [False, True])
+def test_more_workers_write_byte_identical_shards_and_document_index(tmp_path, corpus, bpe):
+    docs = write_docs(tmp_path / "docs.jsonl")
+    tok = []
+    if bpe:
+        train_bpe.main(["--source", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "bpe")])
+        tok = ["--tokenizer", str(tmp_path / "bpe" / "tokenizer.json")]
+    outs = []
+    for workers in ("0", "1", "3"):
+        out = tmp_path / f"sh{workers}"
+        tokenize.main(["--source", str(docs), "--out", str(out), "--shard-tokens", "700", "--workers", workers, *tok])
+        outs.append(shard_files(out))
+    assert outs[0] == outs[1] == outs[2]  # every file, meta.json included
+    meta = json.loads(outs[0]["meta.json"])
+    assert meta["documents"]["num_docs"] == 120 and len(meta["shards"]) > 2
+
+
+def test_shards_of_documents_flag_the_same_starts_as_reading_the_rows(tmp_path):
+    docs = write_docs(tmp_path / "docs.jsonl")
+    tokenize.main(["--source", str(docs), "--out", str(tmp_path / "sh"), "--shard-tokens", "500"])
+    sharded, direct = build(tmp_path / "sh"), build(docs)
+    assert sharded.doc_reset and direct.doc_reset
+    assert np.array_equal(np.asarray(sharded.val.doc_starts), direct.val.doc_starts)
+    for T in (32, 32, 50):
+        a, b = sharded.train.next_batch(T), direct.train.next_batch(T)
+        assert torch.equal(a.x, b.x) and torch.equal(a.doc_start, b.doc_start) and a.doc_start.any()
+    # a cap cuts the index with the tokens
+    tokenize.main(["--source", str(docs), "--out", str(tmp_path / "cap"), "--max-tokens", "777"])
+    capped, direct = build(tmp_path / "cap"), build(docs, max_tokens=777)
+    assert capped.n_tokens == 777 and capped.train.stream.num_documents() + capped.val.num_documents() == \
+        direct.train.stream.num_documents() + direct.val.num_documents()
+
+
+def test_meta_records_the_source_fingerprint_and_the_tokenizer_hash(tmp_path, corpus):
+    from bdh_scale.data.encode import tokenizer_hash
+    from bdh_scale.data.tokenizer import ByteTokenizer
+
+    first = tokenize.main(["--source", str(corpus), "--out", str(tmp_path / "a")])
+    assert first["source_fingerprint"]["kind"] == "local" and first["source_fingerprint"]["bytes"] == len(CORPUS)
+    assert first["tokenizer_sha256"] == tokenizer_hash(ByteTokenizer()) and first["documents"] is None
+    corpus.write_text(CORPUS + "one more line\n")  # the corpus changed: so does its fingerprint
+    second = tokenize.main(["--source", str(corpus), "--out", str(tmp_path / "b")])
+    assert second["source_fingerprint"]["sha256"] != first["source_fingerprint"]["sha256"]
+
+
+def test_a_shard_dir_refuses_a_tokenizer_it_was_not_made_with(tmp_path, corpus):
+    tokenize.main(["--source", str(corpus), "--out", str(tmp_path / "sh")])
+    train_bpe.main(["--source", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "bpe")])
+    (tmp_path / "sh" / "tokenizer.json").write_bytes((tmp_path / "bpe" / "tokenizer.json").read_bytes())
+    with pytest.raises(DataError, match="tokenizer.json' is not the tokenizer the shards were made with"):
+        build(tmp_path / "sh")

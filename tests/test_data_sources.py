@@ -5,6 +5,7 @@ import json
 import datasets
 import numpy as np
 import pytest
+import torch
 
 from bdh_scale.data import DataConfig, DataError, build_data
 from bdh_scale.data.catalog import BUNDLED_DIR
@@ -95,15 +96,20 @@ def test_val_batches_are_fixed_and_continue_row_by_row():
     data = build("tinyshakespeare", batch_size=1)
     a = list(data.val_batches(32, 4, 3))
     b = list(data.val_batches(32, 4, 3))
-    assert len(a) == 3 and all(x.shape == (4, 32) for x, _ in a)
-    assert all(np.array_equal(x1, x2) and np.array_equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
-    assert np.array_equal(a[0][1][:, -1], a[1][0][:, 0])  # row r of batch k+1 continues batch k
+    assert len(a) == 3 and all(batch.x.shape == (4, 32) for batch in a)
+    assert all(torch.equal(u, v) for b1, b2 in zip(a, b) for u, v in zip(b1, b2))
+    assert np.array_equal(a[0].y[:, -1], a[1].x[:, 0])  # row r of batch k+1 continues batch k
+    assert [bool(batch.restarted.all()) for batch in a] == [True, False, False]  # a row starts once
 
 
 def hub_redirect(monkeypatch, local_jsonl):
-    """Make datasets.load_dataset(<hub name>, ...) stream a local jsonl through the same API."""
+    """Make datasets.load_dataset(<hub name>, ...) stream a local jsonl through the same API (the
+    Hub's commit answered without asking it)."""
+    import bdh_scale.data.hub as hub
+
     real = datasets.load_dataset
     calls = []
+    monkeypatch.setattr(hub, "hub_commit", lambda cfg: "0" * 40)
 
     def fake(path, name=None, split=None, streaming=False, **kw):
         calls.append((path, name, split, streaming))

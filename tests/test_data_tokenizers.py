@@ -56,7 +56,7 @@ def test_vocab_size_and_dtype_follow_the_tokenizer(tmp_path, bpe):
     assert data.tokenizer.vocab_size == bpe.vocab_size
     assert data.train.stream.dtype == np.uint16
     assert data.bytes_per_token > 1.5  # BPE tokens span several bytes
-    x, y, _ = data.train.next_batch(8)
+    x, y, _, _ = data.train.next_batch(8)
     assert int(x.max()) < bpe.vocab_size
     assert token_dtype(256) == np.uint8 and token_dtype(70_000) == np.uint32
 

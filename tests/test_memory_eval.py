@@ -73,3 +73,12 @@ def test_rows_split_over_ranks_cover_every_row_once_and_every_rank_runs_as_often
     counted = [row for mine, w in parts for row, keep in zip(mine, w.tolist()) if keep]
     assert sorted(counted) == list(range(rows))
     assert len({len(mine) for mine, _ in parts}) == 1  # the same number of forwards on every rank
+
+
+def test_a_state_reset_every_window_is_the_window_reading_and_never_reset_is_the_carried_one(setup):
+    model, data = setup
+    val = evaluate(model, data, T=T, batch_size=ROWS, max_batches=BATCHES, accelerator=ONE, carried=True,
+                   spans=(1, 2, BATCHES))
+    assert val.spans[1].mean() == pytest.approx(val.window.mean(), rel=1e-5)
+    assert val.spans[BATCHES].mean() == val.carried.mean()
+    assert val.spans[2].mean() not in (val.window.mean(), val.carried.mean())

@@ -79,3 +79,54 @@ def test_recall_reports_both_readings_per_distance_and_refuses_a_stateless_model
 def test_impossible_settings_are_refused():
     with pytest.raises(ConfigError, match="data.passkey.min_gap"):
         PasskeyConfig(min_gap=100, max_gap=50)
+
+
+def test_a_distance_longer_than_the_validation_rows_is_refused_at_load():
+    from bdh_scale.config import load_config
+
+    ok = load_config(None, ["data.source=synthetic:passkey", "train.seq_len=64", "train.eval_batches=20",
+                            "data.passkey.max_gap=1000"])
+    assert ok.data.passkey.max_gap == 1000
+    with pytest.raises(ConfigError, match=r"data.passkey.max_gap: 2000 tokens is longer than the validation rows "
+                                          r"\(train.eval_batches x T = 20 x 64 = 1280"):
+        load_config(None, ["data.source=synthetic:passkey", "train.seq_len=64", "train.eval_batches=20",
+                           "data.passkey.max_gap=2000"])
+
+
+def test_a_probe_longer_than_the_filler_is_refused():
+    from bdh_scale.errors import DataError
+
+    with pytest.raises(DataError, match="passkey distance: 100000 tokens"):
+        passkey().probes(100_000, 2, lead=0, seed=0)
+
+
+def test_passkey_source_trains_with_document_resets_and_bdh_analyze_recall_writes_its_report(tmp_path, capsys):
+    """A fresh-clone-sized run on the passkey source: episodes are documents, the loop resets the
+    state at each, and bdh-analyze recall writes JSON and PNG; on a stateless model, one error line."""
+    import json
+
+    from bdh_scale.analysis import cli
+    from tests.helpers.tiny_runs import train_in_process
+
+    result = train_in_process(tmp_path, "pk", "data.source=synthetic:passkey", "data.passkey.episodes=120",
+                              "data.passkey.max_gap=200", "train.max_steps=4", "train.state=carry",
+                              "train.eval_batches=8", "model.forget_mode=data", "train.batch_size=2")
+    cfg = yaml_config(result.run_dir)
+    assert cfg["data"]["doc_reset"] is True  # resolved from the source and recorded
+    assert cli.main(["recall", str(result.run_dir), "--distances", "0,1,2", "--episodes", "3"]) == 0
+    report = json.loads((result.run_dir / "analysis/recall.json").read_text())
+    assert [d["gap_tokens"] for d in report["distances"]] == [0, 32, 64]
+    assert (result.run_dir / "analysis/recall.png").stat().st_size > 1000
+    gpt = train_in_process(tmp_path, "pkgpt", "data.source=synthetic:passkey", "data.passkey.episodes=120",
+                           "data.passkey.max_gap=200", "train.max_steps=2", "model.arch=gpt", "train.eval_batches=8",
+                           "train.batch_size=2")
+    capsys.readouterr()
+    assert cli.main(["recall", str(gpt.run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "carries no state" in err[0]
+
+
+def yaml_config(run_dir):
+    import yaml
+
+    return yaml.safe_load((run_dir / "config.yaml").read_text())

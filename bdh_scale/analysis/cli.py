@@ -1,6 +1,7 @@
 """bdh-analyze: sparsity | state | selectivity | heads of a trained run, as JSON + PNG.
 
     bdh-analyze context runs/europarl_small --windows 32
+    bdh-analyze recall runs/passkey --distances 1,2,4,8,16
     bdh-analyze sparsity runs/shakespeare_cpu --max-tokens 8192
     bdh-analyze selectivity runs/europarl --label en=en.txt --label fr=fr.txt
     bdh-analyze heads runs/shakespeare_cpu --threshold 0.01 --out /tmp/heads
@@ -15,7 +16,9 @@ import sys
 
 import torch
 
-from bdh_scale.analysis import context, heads, selectivity, sparsity, state
+from bdh_scale.data.build import passkey_for
+
+from bdh_scale.analysis import context, heads, recall, selectivity, sparsity, state
 from bdh_scale.analysis.figures import save
 from bdh_scale.analysis.inputs import labelled_files, load_model, out_dir, run_config, val_tokens
 
@@ -61,6 +64,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=8, help="held-out rows read from their start (default 8)")
     p.add_argument("--windows", type=int, default=32, help="windows of T per row: the longest context (default 32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = sub.add_parser("recall", help="passkey recall against the distance of the fact: carried state vs windows")
+    p.add_argument("run", help="run directory (runs/<name>, with final/, tokenizer/ and config.yaml)")
+    p.add_argument("--out", default=None, help="output directory (default: <run>/analysis)")
+    p.add_argument("--seq-len", type=int, default=None, help="window T (default: the run's training window)")
+    p.add_argument("--distances", default="1,2,4,8,16,32,64",
+                   help="distances between fact and question, in windows of T (default 1,2,4,8,16,32,64)")
+    p.add_argument("--episodes", type=int, default=32, help="episodes per distance (default 32)")
+    p.add_argument("--lead", type=int, default=32, help="filler tokens before the fact (default 32)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the episodes (not the training stream's)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p = sub.add_parser("heads", help="val loss change when each head is zeroed; prunable heads")
     common(p, 8192)
     windowed(p)
@@ -69,8 +82,18 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_distances(raw: str) -> list[int]:
+    try:
+        distances = [int(d) for d in raw.split(",")]
+    except ValueError:
+        raise ValueError(f"--distances {raw!r}: expected comma-separated whole numbers of windows, e.g. 1,2,4") from None
+    if not distances or min(distances) < 0:
+        raise ValueError(f"--distances {raw!r}: distances are windows of T, >= 0")
+    return distances
+
+
 def run(args) -> tuple:
-    for name in ("max_tokens", "seq_len", "batch_size", "chunk", "top_k", "rows", "windows"):
+    for name in ("max_tokens", "seq_len", "batch_size", "chunk", "top_k", "rows", "windows", "episodes"):
         if (getattr(args, name, 1) or 1) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     model, tokenizer = load_model(args.run, args.device)
@@ -79,10 +102,19 @@ def run(args) -> tuple:
         cfg = run_config(args.run)
         T = args.seq_len or cfg.train.eval_seq_len or cfg.train.seq_len
         report = context.loss_by_context(model, cfg.data, T=T, rows=args.rows, windows=args.windows,
-                                         device=args.device)
+                                         device=args.device, run_dir=args.run)
         report.update(run=str(args.run), trained_state=cfg.train.state)
         title = f"{args.run}: trained with state={cfg.train.state}, forget_mode={cfg.model.forget_mode}"
         return save(context.plot(report, title), report, out, "context")
+    if args.command == "recall":
+        cfg = run_config(args.run)
+        distances = parse_distances(args.distances)
+        report = recall.recall(model, passkey_for(cfg.data, tokenizer), T=args.seq_len or cfg.train.seq_len,
+                               distances=distances, episodes=args.episodes, lead=args.lead, seed=args.seed,
+                               device=args.device)
+        report.update(run=str(args.run), trained_state=cfg.train.state)
+        title = f"{args.run}: trained with state={cfg.train.state}, forget_mode={cfg.model.forget_mode}"
+        return save(recall.plot(report, title), report, out, "recall")
     if args.command == "selectivity":
         report = selectivity.neuron_selectivity(
             model, tokenizer, labelled_files(args.label), max_tokens=args.max_tokens, seq_len=args.seq_len,

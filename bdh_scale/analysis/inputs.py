@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from bdh_scale.errors import AnalysisError
+from bdh_scale.errors import AnalysisError, ModelError
 from bdh_scale.rundir import load_run
 
 EUROPARL = "europarl/fr-en"
@@ -26,7 +26,7 @@ def load_model(run: str | Path, device: str = "cpu"):
         raise AnalysisError(f"run directory not found: {run}")
     try:
         model, tokenizer = load_run(str(run))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ModelError) as e:
         raise AnalysisError(str(e)) from None
     return model.to(device).eval(), tokenizer
 
@@ -57,8 +57,14 @@ def val_tokens(run: str | Path, tokenizer, max_tokens: int, text: str | None = N
     if text is not None:
         return text_tokens(text, tokenizer, max_tokens)
     from bdh_scale.data.build import tokenize_source
+    from bdh_scale.data.heldout import HELD_OUT
     from bdh_scale.data.shards import is_shard_dir, open_shards
 
+    held = Path(run) / HELD_OUT / "tokens.npy"
+    if held.is_file():  # a streamed run kept its held-out set: never re-read a Hub corpus here
+        import numpy as np
+
+        return torch.from_numpy(np.load(held)[:max_tokens].astype(np.int64))
     data = run_config(run).data
     if is_shard_dir(data.source):
         stream = open_shards(data.source, verify=False, tokenizer_spec=data.tokenizer)[0]

@@ -2,7 +2,7 @@
 so that its peak memory, its allocator setting and its compiled code are its own.
 
 A case is a JSON dict: kind (train | memory | generate | session), the model config, the variant
-and its sizes. Variants:
+and its sizes; or kind stream, a data-pipeline measurement (bench/data.py). Variants:
 
   plain        the reference formulation (model/plain.py), trained as the reference code trains:
                torch's default AdamW, in a process with the default allocator
@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from bdh_scale.bench.data import measure_stream
 from bdh_scale.utils.host_memory import keep_freed_host_memory
 from bdh_scale.model.flops import flops_per_token
 from bdh_scale.utils.perf import synchronize
@@ -165,4 +166,4 @@ def measure_session(case: dict) -> dict:
 
 
 MEASURES = {"train": measure_train, "memory": measure_memory, "generate": measure_generate,
-            "session": measure_session}
+            "session": measure_session, "stream": measure_stream}

@@ -116,7 +116,14 @@ def parse_args(argv):
     p.add_argument("--session-prompt", type=int, default=256, help="prompt length of the generation session")
     p.add_argument("--session-tokens", type=int, default=512, help="tokens of the generation session (0 skips)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    p.add_argument("--data", action="store_true", help="also measure the data pipeline tokens/s")
+    p.add_argument("--data", action="store_true", help="also measure the data pipeline: stretch lanes, and stream "
+                   "lanes over generated local shards (1, 2, 4 workers, bytes and BPE, a 10x corpus)")
+    p.add_argument("--data-only", action="store_true", help="only the data pipeline and the trainer's tokens/s "
+                   "at the seed config (no model sweeps)")
+    p.add_argument("--data-mb", type=float, default=40, help="size of the generated stream corpus, MB (10x for the "
+                   "start-up and memory comparison)")
+    p.add_argument("--data-tokens", type=int, default=8_000_000, help="tokens served per stream measurement "
+                   "(a quarter of it for BPE)")
     p.add_argument("--out", default="runs/bench", help="directory for the JSON results")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -141,17 +148,14 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}\nmatmul peak: {peak / 1e9:.1f} GFLOP/s\nmodel: {model_cfg}\n"
           f"training: fastest of {args.repeats} interleaved runs, each the median of {args.steps} steps")
 
-    rows = train_sweep(args, variants, Ts, model_cfg, peak)
-    mem = memory_sweep(args, variants, Ts, model_cfg)
-    gen = generation(args, variants, model_cfg)
-    session = generation_session(args, model_cfg, dev)
-    data = None
-    if args.data:
-        from bdh_scale.data import DataConfig, bench_data
-
-        data = {"bytes": bench_data(DataConfig(), T=Ts[0], B=args.batch_size or max(1, args.batch_tokens // Ts[0]),
-                                    steps=200)}
-        print(f"\ndata pipeline: {json.dumps(data)}")
+    if args.data_only:
+        rows, mem, gen, session = [trainer_rate(args, model_cfg)], [], [], {}
+    else:
+        rows = train_sweep(args, variants, Ts, model_cfg, peak)
+        mem = memory_sweep(args, variants, Ts, model_cfg)
+        gen = generation(args, variants, model_cfg)
+        session = generation_session(args, model_cfg, dev)
+    data = data_pipeline(args, rows, Ts) if args.data or args.data_only else None
 
     summary = summarize(rows, mem, gen, session, Ts)
     if summary:
@@ -168,6 +172,37 @@ def main(argv=None) -> int:
     print(f"\nJSON: {path}")
     print(json.dumps({"ratios": summary}))
     return 0
+
+
+def trainer_rate(args, model_cfg) -> dict:
+    """The trainer's tokens/s at the seed window (auto, T = 256, B = 8), the fastest of --repeats runs."""
+    from bdh_scale.bench.data import STREAM_B, STREAM_T
+
+    case = {"kind": "train", "model": model_cfg, "variant": "auto", "T": STREAM_T, "batch_size": STREAM_B,
+            "steps": args.steps, "warmup": args.warmup, "bf16": args.bf16}
+    (r,) = fastest([case], args.repeats)
+    print(f"trainer: {r.get('tokens_per_s', float('nan')):.0f} tokens/s (auto, T={STREAM_T}, B={STREAM_B})")
+    return {"variant": "auto", "T": STREAM_T, "batch_size": STREAM_B, **r}
+
+
+def data_pipeline(args, rows, Ts) -> dict:
+    """Stretch lanes of the bundled corpus, then stream lanes over generated shards, against the
+    trainer's tokens/s at the seed window from this run."""
+    import tempfile
+
+    from bdh_scale.bench.data import STREAM_B, STREAM_T, bench_data, bench_stream
+    from bdh_scale.data import DataConfig
+
+    stretch = bench_data(DataConfig(), T=Ts[0], B=args.batch_size or max(1, args.batch_tokens // Ts[0]), steps=200)
+    print(f"\nstretch lanes (bundled tinyshakespeare): {stretch['serve_tokens_per_s']:.0f} tokens/s served, "
+          f"built in {stretch['build_s']:.2f} s")
+    trainer = next((r["tokens_per_s"] for r in rows if r.get("variant") == "auto" and r.get("T") == STREAM_T
+                    and r.get("batch_size") == STREAM_B and "tokens_per_s" in r), None)
+    with tempfile.TemporaryDirectory(prefix="bdh-bench-data-") as tmp:
+        stream = bench_stream(run_worker, Path(tmp), trainer, mbytes=args.data_mb, tokens=args.data_tokens)
+    for k, v in stream["summary"].items():
+        print(f"  {k}: {v:.2f}")
+    return {"stretch": stretch, "stream": stream}
 
 
 def train_sweep(args, variants, Ts, model_cfg, peak) -> list[dict]:

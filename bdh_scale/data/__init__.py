@@ -5,8 +5,9 @@
     data = build_data(cfg.data, batch_size=B, world_size=acc.num_processes,
                       rank=acc.process_index, seed=cfg.train.seed)
     for step in range(max_steps):
-        x, y, restarted = data.train.next_batch(T)   # (B, T), (B, T), (B,); T may change per step
-        # reset the carried state of lanes where restarted is True, then forward/backward
+        batch = data.train.next_batch(T)   # Batch: x, y (B, T), restarted (B,), doc_start (B, T)
+        # reset the carried state of lanes where restarted is True (and, with data.doc_reset,
+        # before every token where doc_start is True), then forward/backward; T may change per step
     ckpt["data"] = data.train.state_dict()           # exact resume: data.train.load_state_dict
     data.close()                                     # stops the prefetch thread
 
@@ -14,16 +15,25 @@ Under Accelerate each process builds its own lanes from its rank (see lanes.py);
 them through accelerator.prepare. Bits per byte = loss_nats / ln 2 / data.bytes_per_token.
 
 Module map: config.py (DataConfig), sources.py + hub.py (text via `datasets`), tokenizer.py,
-shards.py (data_prep format), stream.py (numpy/memmap token stream), lanes.py, prefetch.py,
-translation.py (pair format), bpe.py (train a BPE), build.py (build_data, DataBundle).
+encode.py (rows -> documents' tokens, tokenizer hash), shards.py (data_prep format), stream.py
+(numpy/memmap token stream with document starts), batch.py (Batch), lanes.py (stretch lanes),
+prefetch.py, feeder.py (the background thread of both), translation.py (pair format), bpe.py
+(train a BPE), build.py (build_data, DataBundle). Stream lanes: docstream.py (a rank's share of a
+`datasets` stream, resumable), workers.py (tokenizer processes), heldout.py, streamlanes.py.
 """
 
-from bdh_scale.data.build import DataBundle, build_data
-from bdh_scale.data.config import DataConfig
-from bdh_scale.errors import DataError
-from bdh_scale.data.lanes import Lanes
-from bdh_scale.data.prefetch import PrefetchLanes
-from bdh_scale.data.tokenizer import BPETokenizer, ByteTokenizer, load_tokenizer
+import importlib
 
-__all__ = ["DataConfig", "DataBundle", "DataError", "Lanes", "PrefetchLanes", "build_data",
-           "load_tokenizer", "ByteTokenizer", "BPETokenizer"]
+# Exported names are imported on first use, so that a tokenizer worker process (workers.py),
+# which imports bdh_scale.data.workers, loads numpy and the tokenizer but not torch.
+_EXPORTS = {"Batch": "batch", "DataBundle": "build", "build_data": "build", "DataConfig": "config",
+            "DataError": "bdh_scale.errors", "Lanes": "lanes", "PrefetchLanes": "prefetch",
+            "load_tokenizer": "tokenizer", "ByteTokenizer": "tokenizer", "BPETokenizer": "tokenizer"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bdh_scale.data' has no attribute '{name}'")
+    module = _EXPORTS[name]
+    return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)

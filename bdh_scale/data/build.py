@@ -1,13 +1,19 @@
 """build_data: a DataConfig in, a DataBundle (tokenizer, train lanes, val windows) out.
 
-The story: resolve the source -> get one token stream (tokenize text rows, or memmap a
-data_prep shard dir) -> hold out its last val_fraction as validation (nanoGPT split) -> cut the
-train part into this rank's lanes -> optionally prefetch batches in a background thread.
+Which lanes (data.lanes, `lanes_kind`): stretch lanes for bundled corpora, shard dirs and local
+files that fit, stream lanes for Hub datasets and large local files.
 
+Stretch lanes, the story: resolve the source -> get one token stream (tokenize text rows, or
+memmap a data_prep shard dir) -> hold out its last val_fraction as validation (nanoGPT split) ->
+cut the train part into this rank's lanes -> optionally prefetch batches in a background thread.
 Text sources are tokenized at start-up into an in-memory numpy array (uint8 for bytes, uint16
 for BPE); every rank does this itself. For corpora that should not be re-tokenized per run or
 do not fit in RAM, run `python -m data_prep.tokenize` once and point data.source at the shard
 dir: it is memory-mapped and shared by all ranks through the page cache.
+
+Stream lanes: open the source as a `datasets` stream -> read the held-out set (data.val_split or
+the first documents, up to data.val_tokens; from the run directory's cache on resume) -> start
+this rank's reader and tokenizer processes, which feed its lanes while training runs.
 """
 
 from __future__ import annotations
@@ -17,13 +23,17 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-import torch
 
+from bdh_scale.data.batch import Batch, make_batch
+from bdh_scale.data.catalog import BUNDLED, local_files, looks_like_path
 from bdh_scale.data.config import DataConfig
-from bdh_scale.errors import DataError
+from bdh_scale.data.encode import encode_documents
+from bdh_scale.data.heldout import HeldOut, save_held_out
 from bdh_scale.data.lanes import Lanes
+from bdh_scale.data.shards import is_shard_dir
 from bdh_scale.data.stream import TokenStream
 from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer, token_dtype
+from bdh_scale.errors import DataError
 
 BYTES_PER_TOKEN_SAMPLE = 4_000_000  # val tokens decoded to measure bytes/token (BPE only)
 
@@ -33,59 +43,94 @@ class DataBundle:
     """Everything the training loop needs from the data side."""
 
     tokenizer: object          # ByteTokenizer | BPETokenizer (encode/decode/vocab_size/save)
-    train: Lanes               # this rank's lanes (a PrefetchLanes when data.prefetch > 0)
-    val: TokenStream           # the held-out tail of the stream
+    train: Lanes               # this rank's lanes (PrefetchLanes when data.prefetch > 0, StreamLanes)
+    val: TokenStream           # the held-out tail of the stream, or a stream's held-out set
     bytes_per_token: float     # UTF-8 bytes per token over the val split (1.0 for bytes)
     source: str                # where the tokens came from, for logs
-    n_tokens: int              # tokens in the whole stream (train + val)
+    n_tokens: int | None       # tokens in the whole stream (train + val); None for a stream
+    doc_reset: bool = False    # data.doc_reset resolved: reset the state at document starts
+    held_out: HeldOut | None = None  # stream lanes: the held-out set, to cache in the run dir
+    val_key: str = "data.val_fraction"  # the setting that sizes the held-out data
 
-    def val_batches(self, T: int, batch_size: int,
-                    max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    @property
+    def lanes_kind(self) -> str:
+        return "stream" if self.held_out is not None else "stretch"
+
+    def save_held_out(self, run_dir) -> None:
+        """Stream lanes: keep the held-out set in the run directory (main process), so that a
+        resumed run validates on, and holds out, exactly the same documents."""
+        if self.held_out is not None:
+            save_held_out(self.held_out, run_dir)
+
+    def val_batches(self, T: int, rows: int, max_batches: int | None = None) -> Iterator[Batch]:
         """Fixed held-out windows, identical on every call and on every rank.
 
-        The val stream is laid out like the train lanes: `rows` = min(batch_size, tokens //
-        (T+1)) contiguous stretches, and batch k holds window k (tokens [k*T, k*T+T+1)) of
-        every stretch. Batch k+1 therefore continues batch k row by row: the loop may reset the
-        model state per batch (plain windows) or reset it once and carry it (as in training).
-        Yields x, y: LongTensor (rows, T).
+        The val stream is laid out like the train lanes: min(rows, tokens // (T+1)) contiguous
+        stretches, and batch k holds window k (tokens [k*T, k*T+T+1)) of every stretch. Batch
+        k+1 therefore continues batch k row by row: the loop may reset the model state per
+        batch (plain windows) or reset it once and carry it (as in training). Yields Batch
+        (batch.py): restarted is True on the first batch only, doc_start where held-out
+        documents begin.
         """
         n = len(self.val)
         if n < T + 1:
-            raise DataError(f"data.val_fraction: the val split has {n:,} tokens, fewer than one "
-                            f"window of T+1 = {T + 1}; raise data.val_fraction or lower T")
-        rows = max(1, min(batch_size, n // (T + 1)))
+            raise DataError(f"{self.val_key}: the held-out data has {n:,} tokens, fewer than one "
+                            f"window of T+1 = {T + 1}; raise {self.val_key} or lower T")
+        rows = max(1, min(rows, n // (T + 1)))
         stretch = n // rows
         n_batches = (stretch - 1) // T
         if max_batches is not None:
             n_batches = min(n_batches, max_batches)
+        row_starts = np.arange(rows) * stretch
         for k in range(n_batches):
-            w = np.stack([self.val.read(r * stretch + k * T, r * stretch + k * T + T + 1)
-                          for r in range(rows)])
-            yield torch.from_numpy(w[:, :-1].copy()), torch.from_numpy(w[:, 1:].copy())
+            starts = row_starts + k * T
+            w = np.stack([self.val.read(s, s + T + 1) for s in starts])
+            yield make_batch(w, k == 0, self.val.doc_mask(starts, T + 1))
 
     def close(self) -> None:
-        """Stop the prefetch thread, if any."""
+        """Stop the prefetch or reader thread and the tokenizer processes, if any."""
         self.train.close()
 
 
 def tokenize_source(cfg: DataConfig, tokenizer) -> tuple[TokenStream, str]:
-    """Tokenize a text source into one in-memory stream (capped at data.max_tokens)."""
+    """Tokenize a text source into one in-memory stream (capped at data.max_tokens); where each
+    row starts is kept when the rows are documents."""
     from bdh_scale.data.sources import open_text_source
 
     src = open_text_source(cfg, raw_bytes=isinstance(tokenizer, ByteTokenizer))
-    pieces, n = [], 0
+    dtype = token_dtype(tokenizer.vocab_size)
+    pieces, lengths, n = [], [], 0
     for rows in src.batches():
         if not rows:
             continue
-        ids = tokenizer.encode_rows(rows).astype(token_dtype(tokenizer.vocab_size), copy=False)
+        ids, lens = encode_documents(tokenizer, rows) if src.documents else \
+            (tokenizer.encode_rows(rows).astype(dtype, copy=False), None)
         pieces.append(ids)
+        lengths.append(lens)
         n += len(ids)
         if cfg.max_tokens is not None and n >= cfg.max_tokens:
             break
-    tokens = np.concatenate(pieces) if pieces else np.zeros(0, token_dtype(tokenizer.vocab_size))
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+    doc_starts = None
+    if src.documents:
+        lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        doc_starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if len(lens) else lens
     if cfg.max_tokens is not None:
         tokens = tokens[:cfg.max_tokens]
-    return TokenStream([tokens]), src.describe
+        if doc_starts is not None:
+            doc_starts = doc_starts[doc_starts < len(tokens)]
+    return TokenStream([tokens], doc_starts), src.describe
+
+
+def resolve_doc_reset(cfg: DataConfig, has_documents: bool, describe: str) -> bool:
+    """data.doc_reset: null means "where the source has documents"; true needs documents."""
+    if cfg.doc_reset is None:
+        return has_documents
+    if cfg.doc_reset and not has_documents:
+        raise DataError(f"data.doc_reset: {describe} has no document boundaries (text files and the "
+                        "bundled corpora are one running text); set data.doc_reset=false or use a "
+                        "jsonl/parquet/hub source")
+    return cfg.doc_reset
 
 
 def measure_bytes_per_token(tokenizer, stream: TokenStream) -> float:
@@ -105,6 +150,8 @@ def load_stream(cfg: DataConfig):
     from bdh_scale.data.shards import is_shard_dir, open_shards
 
     path = os.path.expanduser(cfg.source)
+    if cfg.source.startswith("synthetic:"):
+        return synthetic_stream(cfg)
     if is_shard_dir(path):
         stream, tokenizer, _meta = open_shards(path, verify=cfg.verify_checksums,
                                                tokenizer_spec=cfg.tokenizer)
@@ -116,17 +163,44 @@ def load_stream(cfg: DataConfig):
     return tokenizer, stream, describe
 
 
+def lanes_kind(cfg: DataConfig) -> str:
+    """"stretch" or "stream" for data.lanes (auto: streams for Hub sources, and for local files
+    above data.stream_above_mb; stretch lanes for everything that is already tokens or small)."""
+    fixed = (cfg.source in BUNDLED or is_shard_dir(os.path.expanduser(cfg.source))
+             or cfg.source.startswith("synthetic:"))
+    if cfg.lanes == "stream":
+        if fixed:
+            raise DataError(f"data.lanes: stream lanes read local .txt/.jsonl/.parquet files or a Hub dataset; "
+                            f"'{cfg.source}' is a bundled corpus, a shard dir or a synthetic source: use "
+                            "data.lanes=stretch (or auto)")
+        if cfg.max_tokens is not None:
+            raise DataError("data.max_tokens: it caps the in-memory stream of stretch lanes, and stream lanes "
+                            "read the source as it comes; remove it, or set data.lanes=stretch")
+        return "stream"
+    if cfg.lanes == "stretch" or fixed or cfg.max_tokens is not None:
+        return "stretch"
+    if not looks_like_path(cfg.source):
+        return "stream" if cfg.streaming else "stretch"
+    size = sum(os.path.getsize(f) for f in local_files(cfg.source))
+    return "stream" if size > cfg.stream_above_mb * 1e6 else "stretch"
+
+
 def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: int = 0,
-               seed: int = 0, seq_len: int | None = None) -> DataBundle:
+               seed: int = 0, seq_len: int | None = None, held_out_dir=None) -> DataBundle:
     """Build this rank's data pipeline.
 
     batch_size: lanes per rank (B). world_size/rank: this process's place among W processes
     (under Accelerate: accelerator.num_processes / accelerator.process_index). seed: 0 keeps
     the natural layout (lane g reads stretch g of the stream); any other seed assigns the W*B
-    stretches to lanes by a seeded permutation, identical on every rank. seq_len: if given, the
-    corpus is checked to hold one window of seq_len+1 tokens per lane now rather than at the
-    first batch.
+    stretches to lanes by a seeded permutation, identical on every rank (stream lanes read
+    documents in corpus order whatever the seed). seq_len: if given, the corpus is checked to
+    hold one window of seq_len+1 tokens per lane now rather than at the first batch (stream
+    lanes: every lane is dealt its first document now). held_out_dir: a run directory whose
+    cached held-out set a stream reuses (the run being resumed).
     """
+    if lanes_kind(cfg) == "stream":
+        return build_stream(cfg, batch_size=batch_size, world_size=world_size, rank=rank, seq_len=seq_len,
+                            held_out_dir=held_out_dir)
     tokenizer, stream, describe = load_stream(cfg)
     if len(stream) == 0:
         raise DataError(f"data.source: {describe} is empty (0 tokens); point data.source at a "
@@ -145,4 +219,73 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
         lanes = PrefetchLanes(lanes, depth=cfg.prefetch)
     bpt = measure_bytes_per_token(tokenizer, val if len(val) else train)
     return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=bpt,
-                      source=describe, n_tokens=len(stream))
+                      source=describe, n_tokens=len(stream),
+                      doc_reset=resolve_doc_reset(cfg, stream.has_documents, describe))
+
+
+def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int, seq_len: int | None,
+                 held_out_dir=None) -> DataBundle:
+    """Stream lanes over data.source (a Hub dataset or local files read through `datasets`)."""
+    from bdh_scale.data.docstream import DocumentStream
+    from bdh_scale.data.heldout import load_held_out, read_held_out
+    from bdh_scale.data.sources import dataset_source
+    from bdh_scale.data.streamlanes import StreamLanes
+    from bdh_scale.data.workers import TokenizerPool
+
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    raw = isinstance(tokenizer, ByteTokenizer)
+    source = dataset_source(cfg, raw_bytes=raw)
+    doc_reset = resolve_doc_reset(cfg, source.documents, source.describe)
+    docs = DocumentStream(source, rank, world_size)
+    pool = TokenizerPool(tokenizer, cfg.workers)
+    try:
+        held = load_held_out(held_out_dir, cfg, tokenizer) if held_out_dir is not None else None
+        held = held or read_held_out(cfg, docs, tokenizer, pool)
+        if seq_len is not None and len(held.tokens) < seq_len + 1:
+            raise DataError(f"data.val_tokens: the held-out data of {source.describe} has {len(held.tokens):,} "
+                            f"tokens, fewer than one window of T+1 = {seq_len + 1}; raise data.val_tokens, lower T, "
+                            "or set data.val_split to a larger split")
+    except BaseException:
+        pool.close()
+        raise
+
+    def reopen(revision: str) -> DocumentStream:
+        return DocumentStream(dataset_source(cfg, raw, revision), rank, world_size, held.digests, held.pieces)
+
+    lanes = StreamLanes(docs.holding_out(held.digests, held.pieces), pool, batch_size, world_size=world_size,
+                        rank=rank, buffer=cfg.stream_buffer, pin_memory=cfg.pin_memory, reopen=reopen)
+    try:
+        lanes.check_fits(seq_len or 1)
+    except BaseException:
+        lanes.close()
+        raise
+    val = held.stream
+    return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=measure_bytes_per_token(tokenizer, val),
+                      source=f"{source.describe} (streamed, {world_size} x {batch_size} lanes)", n_tokens=None,
+                      doc_reset=doc_reset, held_out=held, val_key="data.val_tokens")
+
+
+FILLER_TOKENS = 2_000_000  # more than enough distinct filler for any gap
+
+
+def passkey_for(cfg: DataConfig, tokenizer):
+    """The passkey episode builder of a data section (data/passkey.py): its settings, and filler
+    cut from data.passkey.filler tokenized with `tokenizer` (the first FILLER_TOKENS of it)."""
+    from bdh_scale.data.passkey import Passkey
+
+    filler_cfg = DataConfig(source=cfg.passkey.filler, max_tokens=FILLER_TOKENS, prefetch=0)
+    stream, _ = tokenize_source(filler_cfg, tokenizer)
+    return Passkey(cfg.passkey, tokenizer, stream.read(0, len(stream)))
+
+
+def synthetic_stream(cfg: DataConfig):
+    """(tokenizer, stream, description) of a synthetic source: every passkey episode, each a document."""
+    from bdh_scale.data.passkey import SOURCE
+
+    if cfg.source != SOURCE:
+        raise DataError(f"data.source: '{cfg.source}' is not a synthetic source; the one there is: {SOURCE}")
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    tokens, doc_starts = passkey_for(cfg, tokenizer).stream()
+    pk = cfg.passkey
+    return (tokenizer, TokenStream([tokens.astype(token_dtype(tokenizer.vocab_size))], doc_starts),
+            f"'{SOURCE}' ({pk.episodes} episodes, gaps {pk.min_gap}-{pk.max_gap} tokens, filler {pk.filler})")

@@ -9,9 +9,10 @@ that names the field and the fix.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
-from bdh_scale.utils.schema import NonEmpty, NonNegInt, PosInt, Range, Section
+from bdh_scale.data.passkey import PasskeyConfig
+from bdh_scale.utils.schema import NonEmpty, NonNegInt, PosFloat, PosInt, Range, Section
 
 SOURCE_HINT = ("give a bundled name ('tinyshakespeare', 'europarl_en_fr'), a local path, a shard dir or a hub "
                "dataset name")
@@ -21,7 +22,8 @@ SOURCE_HINT = ("give a bundled name ('tinyshakespeare', 'europarl_en_fr'), a loc
 class DataConfig(Section):
     section = "data"
 
-    # where text/tokens come from: a bundled sample ("tinyshakespeare", "europarl_en_fr"), a local
+    # where text/tokens come from: a bundled sample ("tinyshakespeare", "europarl_en_fr"), the
+    # synthetic recall source "synthetic:passkey" (data.passkey below), a local
     # .txt/.jsonl/.json/.parquet file, directory or glob, a data_prep shard dir (has meta.json),
     # or a Hugging Face Hub dataset name (e.g. "Helsinki-NLP/europarl")
     source: Annotated[str, NonEmpty(SOURCE_HINT)] = "tinyshakespeare"
@@ -30,7 +32,8 @@ class DataConfig(Section):
     # "bytes" (vocab 256, lossless for any byte string) or a tokenizers .json / run dir saved by
     # data_prep.train_bpe or DataBundle.tokenizer.save; shard dirs carry their own tokenizer
     tokenizer: Annotated[str, NonEmpty("use 'bytes' or a path to a tokenizers .json")] = "bytes"
-    # fraction in [0, 1) of the token stream held out at its tail for validation (nanoGPT split)
+    # fraction in [0, 1) of the token stream held out at its tail for validation (nanoGPT split);
+    # stretch lanes only (stream lanes hold out data.val_split or their first documents)
     val_fraction: Annotated[float, Range(0.0, 1.0)] = 0.1
     # dataset config name for hub sources (e.g. "en-fr" for Helsinki-NLP/europarl); None: default
     hub_config: str | None = None
@@ -41,7 +44,27 @@ class DataConfig(Section):
     # cap (>= 1) on tokens read from the source, None for all; use it with huge streaming sources
     max_tokens: PosInt | None = None
     # batches (>= 0) prepared ahead in a background thread; 0 serves batches synchronously
+    # (stretch lanes; stream lanes keep their own buffer, data.stream_buffer)
     prefetch: NonNegInt = 2
+    # how lanes are fed (README, "Data"): stretch (the whole token stream in memory or
+    # memory-mapped, cut into W*B contiguous stretches), stream (documents read from a `datasets`
+    # stream while training runs, each rank its own share, dealt to its lanes), auto (stream for
+    # Hub sources and for local files above data.stream_above_mb, stretch otherwise)
+    lanes: Literal["auto", "stretch", "stream"] = "auto"
+    # with lanes=auto, local sources whose files total more than this many MB are streamed
+    stream_above_mb: PosFloat = 256.0
+    # stream lanes: tokenizer processes working ahead of the trainer (0: tokenize in the reader thread)
+    workers: NonNegInt = 1
+    # stream lanes: tokenized reads (256 rows, or 64 KiB of rows without documents) kept ready ahead
+    stream_buffer: PosInt = 8
+    # stream lanes: split holding held-out data (e.g. "validation"); null: the first documents
+    # of the stream are held out instead (and never trained on)
+    val_split: str | None = None
+    # stream lanes: held-out tokens read once (cached in the run directory)
+    val_tokens: PosInt = 1_048_576
+    # reset the model state before every document's first token (batch.py doc_start);
+    # null = true for sources made of documents (jsonl/parquet/Hub rows), false otherwise
+    doc_reset: bool | None = None
     # [src, tgt] language codes, e.g. ["fr", "en"]: render a translation-dict column (as in
     # Helsinki-NLP/europarl) as "<FR:...>\n<EN:...>\n" pairs; None: the column holds plain text
     translation: list[str] | None = None
@@ -56,6 +79,9 @@ class DataConfig(Section):
     # extra keyword arguments for datasets.load_dataset of jsonl/parquet/hub sources (e.g.
     # {"revision": "main"}); an empty dict passes nothing
     load_kwargs: dict = field(default_factory=dict)
+    # settings of the synthetic long-range recall source `synthetic:passkey` (data/passkey.py);
+    # unused by other sources
+    passkey: PasskeyConfig = field(default_factory=PasskeyConfig)
 
     def check(self) -> None:
         t = self.translation

@@ -6,7 +6,7 @@ stretch perm[g] for a seeded permutation when seed != 0, the same on every rank)
 owns lanes [r*B, (r+1)*B) and no two lanes, on any rank, ever see the same token.
 
 Each call to next_batch(T) reads the next T+1 tokens of every lane: x = the first T, y = the
-last T (next-token targets); the window after it starts where this one's targets end, so
+last T (next-token targets), with the positions where documents start (batch.py); the window after it starts where this one's targets end, so
 windows overlap by one token and every token of a stretch is an input exactly once per epoch.
 Because consecutive windows of a lane are contiguous text, the model's state (rho) for that
 lane is carried from one step to the next and only detached. T may change between calls (a
@@ -29,12 +29,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bdh_scale.errors import DataError
+from bdh_scale.data.batch import Batch, make_batch
 from bdh_scale.data.stream import TokenStream
+from bdh_scale.errors import DataError
 
 
 class Lanes:
-    """This rank's B lanes over the train stream; next_batch(T) -> (x, y, restarted)."""
+    """This rank's B lanes over the train stream; next_batch(T) -> Batch(x, y, restarted, doc_start)."""
 
     def __init__(self, stream: TokenStream, batch_size: int, world_size: int = 1, rank: int = 0,
                  seed: int = 0, pin_memory: bool = False, describe: str = "the train split"):
@@ -72,27 +73,22 @@ class Lanes:
                 f"train.seq_len or the number of processes, lower data.val_fraction, or use a "
                 f"larger corpus")
 
-    def next_batch(self, T: int):
-        """Next T inputs and targets of every lane of this rank.
-
-        Returns x, y: LongTensor (B, T) with y[:, t] = x[:, t+1] inside the window, and
-        restarted: BoolTensor (B,) True where the lane begins its stretch in this batch.
+    def next_batch(self, T: int) -> Batch:
+        """Next T inputs and targets of every lane of this rank, as a Batch (batch.py): x, y
+        LongTensor (B, T) with y[:, t] = x[:, t+1] inside the window, restarted (B,) True where
+        the lane begins its stretch in this batch, doc_start (B, T) where documents begin.
         """
         self.check_fits(T)
         restarted = self.fresh
         if self.offset + T + 1 > self.stretch_len:
             self.offset, self.epoch, restarted = 0, self.epoch + 1, True
         window = self._read(self.offset, T + 1)
+        doc_start = self.stream.doc_mask(self.lane_starts + self.offset, T + 1)
         self.offset += T
         self.fresh = False
         self.tokens_served += self.batch_size * T
         self.batches_served += 1
-        x = torch.from_numpy(np.ascontiguousarray(window[:, :-1]))
-        y = torch.from_numpy(np.ascontiguousarray(window[:, 1:]))
-        flags = torch.full((self.batch_size,), restarted, dtype=torch.bool)
-        if self.pin_memory:
-            x, y = x.pin_memory(), y.pin_memory()
-        return x, y, flags
+        return make_batch(window, restarted, doc_start, self.pin_memory)
 
     def _read(self, offset: int, n: int) -> np.ndarray:
         starts = self.lane_starts + offset
@@ -111,6 +107,9 @@ class Lanes:
                 "batch_size": self.batch_size, "positions": self.positions()}
 
     def load_state_dict(self, d: dict) -> None:
+        if d.get("kind", "stretch") != "stretch":
+            raise DataError(f"data: the checkpoint was written with {d['kind']} lanes, this run has stretch lanes; "
+                            "resume with the same data.source and data.lanes")
         theirs = (d["n_lanes"], d["stretch_len"], d.get("seed", 0))
         if theirs != (self.n_lanes, self.stretch_len, self.seed):
             raise DataError(

@@ -112,6 +112,9 @@ class Passkey:
         """n episodes with the same gap and lead, for measurement, from their own seed (apart from
         the training stream's); grouped by length, so each group stacks into one batch (a BPE
         may spell two keys with different numbers of tokens)."""
+        if gap + lead >= len(self.filler):
+            raise DataError(f"passkey distance: {gap} tokens of filler (and {lead} before the fact) is more than the "
+                            f"{len(self.filler):,} tokens of '{self.cfg.filler}'; ask for shorter distances")
         rng = np.random.default_rng([seed, gap])
         groups: dict[int, list[Episode]] = {}
         for _ in range(n):

@@ -13,9 +13,8 @@ with the new T; nothing is skipped or repeated.
 
 from __future__ import annotations
 
-import queue
-import threading
-
+from bdh_scale.data.batch import Batch
+from bdh_scale.data.feeder import Feeder
 from bdh_scale.data.lanes import Lanes
 
 
@@ -29,22 +28,20 @@ class PrefetchLanes:
         self.stretch_len = lanes.stretch_len
         self._state = lanes.state_dict()   # state after the last batch handed out
         self._T = None                     # window length the worker is producing
-        self._queue = None
-        self._stop = None
-        self._thread = None
+        self._feeder = None
 
     # --- the Lanes interface -------------------------------------------------------------
-    def next_batch(self, T: int):
-        if self._thread is None or T != self._T:
+    def next_batch(self, T: int) -> Batch:
+        if self._feeder is None or T != self._T:
             self.lanes.check_fits(T)       # raise bad T here, in the caller's thread
             self._restart(T)
-        item = self._queue.get()
-        if isinstance(item, BaseException):
+        try:
+            batch, state = self._feeder.get()
+        except BaseException:
             self._halt()  # rewinds the lanes to the last batch handed out
-            raise item
-        x, y, restarted, state = item
+            raise
         self._state = state
-        return x, y, restarted
+        return batch
 
     def state_dict(self) -> dict:
         return dict(self._state)
@@ -83,40 +80,18 @@ class PrefetchLanes:
     def _restart(self, T: int) -> None:
         self._halt()
         self._T = T
-        self._queue = queue.Queue(maxsize=self.depth)
-        self._stop = threading.Event()
-        # the worker gets the lanes, not self, so a dropped PrefetchLanes is collected and its
-        # __del__ stops the thread
-        self._thread = threading.Thread(target=_work, args=(self.lanes, T, self._queue, self._stop),
-                                        name="bdh-data-prefetch", daemon=True)
-        self._thread.start()
+        lanes = self.lanes  # the worker gets the lanes, not self, so a dropped PrefetchLanes is collected
+
+        def work(put, stopping):
+            while not stopping() and put((lanes.next_batch(T), lanes.state_dict())):
+                pass
+        self._feeder = Feeder(work, self.depth, "bdh-data-prefetch")
 
     def _halt(self) -> None:
         """Stop the worker, drop what it prepared, rewind the lanes to the consumer's state."""
-        thread = getattr(self, "_thread", None)
-        if thread is None:
+        feeder = getattr(self, "_feeder", None)
+        if feeder is None:
             return
-        self._stop.set()
-        thread.join()
-        self._thread, self._queue = None, None
+        feeder.stop()
+        self._feeder = None
         self.lanes.load_state_dict(self._state)
-
-
-def _work(lanes: Lanes, T: int, q: queue.Queue, stop: threading.Event) -> None:
-    """Worker thread: produce batches of T with their after-state until told to stop."""
-    while not stop.is_set():
-        try:
-            x, y, restarted = lanes.next_batch(T)
-            item = (x, y, restarted, lanes.state_dict())
-        except BaseException as e:  # hand the error to the consumer, then stop
-            item, stop_after = e, True
-        else:
-            stop_after = False
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                break
-            except queue.Full:
-                continue
-        if stop_after:
-            return

@@ -23,12 +23,13 @@ def text_file_dataset(files, raw_bytes: bool = False):
 
 
 def rows_of(dataset, cfg: DataConfig, describe: str, column: str, separator: str,
-            latin1_bytes: bool = False) -> Iterator[list]:
-    """Batches of text from a datasets (Iterable)Dataset: checks the column, renders
+            latin1_bytes: bool = False, batch_size: int = ROWS_PER_BATCH) -> Iterator[list]:
+    """Batches of text from a datasets (Iterable)Dataset, one per `batch_size` rows read (so
+    dataset.state_dict() after a batch is the position after it): checks the column, renders
     translation dicts, appends the separator to every row; latin1_bytes turns the rows of a
     raw_bytes text_file_dataset back into bytes."""
     first = True
-    for batch in dataset.iter(batch_size=ROWS_PER_BATCH):
+    for batch in dataset.iter(batch_size=batch_size):
         if first:
             if column not in batch:
                 raise DataError(f"data.text_column: '{column}' is not a column of {describe}; "

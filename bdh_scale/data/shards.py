@@ -3,14 +3,22 @@
     <dir>/meta.json        what is in here (below)
     <dir>/tokenizer.json   the tokenizer the ids were made with (load_tokenizer reads it)
     <dir>/tokens_000000.bin, ...   raw little-endian token ids, dtype from meta.json
+    <dir>/doc_starts.bin   the document index: where each document starts, as little-endian
+                           int64 token offsets into the whole stream, ascending (sources made of
+                           documents only: rows of jsonl/parquet/Hub data)
 
-meta.json: {"format": "bdh_scale.shards", "version": 1, "source": str, "tokenizer": name,
-"vocab_size": int, "dtype": "uint8"|"uint16"|"uint32", "num_tokens": int, "text_bytes": int,
-"shards": [{"file": str, "num_tokens": int, "sha256": hex}, ...]}.
+meta.json: {"format": "bdh_scale.shards", "version": 2, "source": str, "source_fingerprint":
+{...} (catalog.py: files, sizes and times, or the Hub revision), "tokenizer": name,
+"tokenizer_sha256": hex (encode.py tokenizer_hash), "vocab_size": int, "dtype":
+"uint8"|"uint16"|"uint32", "num_tokens": int, "text_bytes": int, "shards": [{"file": str,
+"num_tokens": int, "sha256": hex}, ...], "documents": {"file": "doc_starts.bin", "num_docs":
+int, "sha256": hex} or null}. Version 1 dirs (no fingerprint, hash or document index) still open.
 
-Shards are read as np.memmap (nothing is loaded up front); the stream is their concatenation
-in listed order. The sha256 of every shard is checked on open (data.verify_checksums), so a
-truncated or corrupted file is refused with its name rather than silently training on garbage.
+Shards and the document index are read as np.memmap (nothing is loaded up front); the stream is
+the shards' concatenation in listed order. The sha256 of every file is checked on open
+(data.verify_checksums), so a truncated or corrupted file is refused with its name rather than
+silently training on garbage, and a tokenizer.json that is not the one the ids were made with
+(or a data.tokenizer other than it) is refused by its hash.
 """
 
 from __future__ import annotations
@@ -22,12 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bdh_scale.errors import DataError
+from bdh_scale.data.encode import tokenizer_hash
 from bdh_scale.data.stream import TokenStream
 from bdh_scale.data.tokenizer import load_tokenizer, token_dtype
+from bdh_scale.errors import DataError
 
 META_FILE = "meta.json"
+DOC_INDEX = "doc_starts.bin"
+DOC_DTYPE = np.dtype("<i8")
 FORMAT = "bdh_scale.shards"
+VERSION = 2
 
 
 def is_shard_dir(path) -> bool:
@@ -43,23 +55,37 @@ def sha256_of(path, chunk: int = 1 << 23) -> str:
 
 
 class ShardWriter:
-    """Append token arrays; rolls over to a new .bin file every `shard_tokens` tokens and
-    hashes each file as it is written. close() writes tokenizer.json and meta.json."""
+    """Append token arrays (with their documents' lengths for a source of documents); rolls over
+    to a new .bin file every `shard_tokens` tokens and hashes each file as it is written.
+    close() writes tokenizer.json and meta.json, last, so a dir without meta.json is unfinished."""
 
-    def __init__(self, out_dir, tokenizer, shard_tokens: int = 100_000_000, source: str = ""):
+    def __init__(self, out_dir, tokenizer, shard_tokens: int = 100_000_000, source: str = "",
+                 fingerprint: dict | None = None, documents: bool = False):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.tokenizer, self.source = tokenizer, source
+        self.tokenizer, self.source, self.fingerprint = tokenizer, source, fingerprint or {}
         self.dtype = token_dtype(tokenizer.vocab_size)
         self.shard_tokens = shard_tokens
         self.shards: list[dict] = []
         self.text_bytes = 0
+        self.num_tokens = 0
         self._file = self._hash = None
         self._in_shard = 0
+        self._docs = open(self.dir / DOC_INDEX, "wb") if documents else None
+        self._docs_hash, self._num_docs = hashlib.sha256(), 0
 
-    def add(self, ids: np.ndarray, text_bytes: int = 0) -> None:
+    def add(self, ids: np.ndarray, text_bytes: int = 0, doc_lengths: np.ndarray | None = None) -> None:
+        """Append ids; doc_lengths (a source of documents): the token count of each document
+        in ids, in order (they sum to len(ids))."""
         ids = np.asarray(ids).astype(self.dtype, copy=False)
         self.text_bytes += text_bytes
+        if self._docs is not None and doc_lengths is not None and len(doc_lengths):
+            starts = self.num_tokens + np.concatenate([[0], np.cumsum(doc_lengths)[:-1]])
+            block = starts.astype(DOC_DTYPE).tobytes()
+            self._docs.write(block)
+            self._docs_hash.update(block)
+            self._num_docs += len(starts)
+        self.num_tokens += len(ids)
         while len(ids):
             if self._file is None:
                 self._open_next()
@@ -85,11 +111,16 @@ class ShardWriter:
     def close(self) -> dict:
         if self._file is not None:
             self._close_current()
+        documents = None
+        if self._docs is not None:
+            self._docs.close()
+            documents = {"file": DOC_INDEX, "num_docs": self._num_docs, "sha256": self._docs_hash.hexdigest()}
         self.tokenizer.save(self.dir)
-        meta = {"format": FORMAT, "version": 1, "source": self.source,
-                "tokenizer": self.tokenizer.name, "vocab_size": self.tokenizer.vocab_size,
+        meta = {"format": FORMAT, "version": VERSION, "source": self.source,
+                "source_fingerprint": self.fingerprint, "tokenizer": self.tokenizer.name,
+                "tokenizer_sha256": tokenizer_hash(self.tokenizer), "vocab_size": self.tokenizer.vocab_size,
                 "dtype": self.dtype.name, "num_tokens": sum(s["num_tokens"] for s in self.shards),
-                "text_bytes": self.text_bytes, "shards": self.shards}
+                "text_bytes": self.text_bytes, "shards": self.shards, "documents": documents}
         (self.dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return meta
 
@@ -108,15 +139,20 @@ def read_meta(path) -> dict:
 
 
 def open_shards(path, verify: bool = True, tokenizer_spec: str = "bytes"):
-    """(TokenStream over memmapped shards, tokenizer, meta) for a shard dir.
+    """(TokenStream over memmapped shards, with the document index if any, tokenizer, meta).
 
-    The shard dir's own tokenizer is used. `tokenizer_spec` (data.tokenizer) is "bytes" (the
-    default, meaning "whatever the shards were made with") or a tokenizer that must be the
-    same as the shards' one.
+    The shard dir's own tokenizer is used; it must be the one the ids were made with (its hash
+    in meta.json). `tokenizer_spec` (data.tokenizer) is "bytes" (the default, meaning "whatever
+    the shards were made with") or a tokenizer that must be the same as the shards' one.
     """
     meta = read_meta(path)
     tokenizer = load_tokenizer(path)
-    if tokenizer_spec != "bytes" and not load_tokenizer(tokenizer_spec).same_as(tokenizer):
+    own = tokenizer_hash(tokenizer)
+    if meta.get("tokenizer_sha256", own) != own:
+        raise DataError(f"data.source: '{path}/tokenizer.json' is not the tokenizer the shards were "
+                        f"made with (its sha256 differs from meta.json's); restore it or re-run "
+                        "`python -m data_prep.tokenize`")
+    if tokenizer_spec != "bytes" and tokenizer_hash(load_tokenizer(tokenizer_spec)) != own:
         raise DataError(f"data.tokenizer: '{tokenizer_spec}' differs from the tokenizer the "
                         f"shards in '{path}' were made with ({tokenizer.name}); set "
                         f"data.tokenizer to 'bytes' (use the shards' own) or re-tokenize")
@@ -126,17 +162,29 @@ def open_shards(path, verify: bool = True, tokenizer_spec: str = "bytes"):
     dtype = np.dtype(meta["dtype"]).newbyteorder("<")
     pieces = []
     for shard in meta["shards"]:
-        file = Path(path) / shard["file"]
-        if not file.is_file():
-            raise DataError(f"data.source: shard '{file}' listed in meta.json is missing")
-        expected = shard["num_tokens"] * dtype.itemsize
-        if file.stat().st_size != expected:
-            raise DataError(f"data.source: shard '{file}' has {file.stat().st_size} bytes, "
-                            f"meta.json says {expected}; it is truncated or corrupted, re-run "
-                            "`python -m data_prep.tokenize`")
-        if verify and sha256_of(file) != shard["sha256"]:
-            raise DataError(f"data.source: shard '{file}' is corrupted (sha256 differs from "
-                            "meta.json); re-run `python -m data_prep.tokenize` or restore it")
+        file = _checked(path, shard["file"], shard["num_tokens"] * dtype.itemsize, shard["sha256"], verify)
         if shard["num_tokens"]:
             pieces.append(np.memmap(file, dtype=dtype, mode="r"))
-    return TokenStream(pieces), tokenizer, meta
+    doc_starts = None
+    documents = meta.get("documents")
+    if documents is not None:
+        file = _checked(path, documents["file"], documents["num_docs"] * DOC_DTYPE.itemsize,
+                        documents["sha256"], verify)
+        doc_starts = (np.memmap(file, dtype=DOC_DTYPE, mode="r") if documents["num_docs"]
+                      else np.zeros(0, DOC_DTYPE))
+    return TokenStream(pieces, doc_starts), tokenizer, meta
+
+
+def _checked(path, name: str, size: int, sha256: str, verify: bool) -> Path:
+    """The file `name` of a shard dir, after checking its size (and sha256 when verify)."""
+    file = Path(path) / name
+    if not file.is_file():
+        raise DataError(f"data.source: shard '{file}' listed in meta.json is missing")
+    if file.stat().st_size != size:
+        raise DataError(f"data.source: shard '{file}' has {file.stat().st_size} bytes, "
+                        f"meta.json says {size}; it is truncated or corrupted, re-run "
+                        "`python -m data_prep.tokenize`")
+    if verify and sha256_of(file) != sha256:
+        raise DataError(f"data.source: shard '{file}' is corrupted (sha256 differs from "
+                        "meta.json); re-run `python -m data_prep.tokenize` or restore it")
+    return file

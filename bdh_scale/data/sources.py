@@ -15,6 +15,8 @@ Local files use datasets' packaged builders with streaming=True (no Arrow cache 
                opens files in text mode, which turns "\\r\\n" and "\\r" line endings into "\\n".
   .jsonl/.json -> "json", .parquet -> "parquet": one row per record, data.text_column read and
                data.doc_separator appended after each row so documents do not run together.
+               Each row is a document (TextSource.documents): its first token is flagged to the
+               loop (batch.py doc_start).
                A column of translation dicts (data.translation) is rendered as pair text
                instead, with no separator: the same stream as the bundled europarl_en_fr.
 """
@@ -26,19 +28,68 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Callable, Iterator
 
-from bdh_scale.data.catalog import BUNDLED_DIR, builder_for, local_files, looks_like_path
+from bdh_scale.data.catalog import BUNDLED, BUNDLED_DIR, builder_for, local_files, looks_like_path
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data.hub import hub_batches
+from bdh_scale.data import hub
+from bdh_scale.data.hub import hub_batches, hub_rows, open_hub_dataset
 from bdh_scale.data.rows import ROWS_PER_BATCH, rows_of, text_file_dataset
 from bdh_scale.data.translation import format_pairs
 from bdh_scale.errors import DataError
-
 
 
 @dataclass
 class TextSource:
     describe: str                                # human-readable origin, used in messages
     batches: Callable[[], Iterator[list]]        # fresh iterator of row batches, corpus order
+    documents: bool = False                      # every row is a document (jsonl/parquet/Hub text rows)
+
+
+@dataclass
+class DatasetSource:
+    """A source read through a `datasets` IterableDataset: what stream lanes split across ranks
+    (datasets.distributed) and resume (IterableDataset.state_dict)."""
+
+    describe: str
+    documents: bool                               # every row is a document
+    open: Callable[[str | None], object]          # split (None: the train split) -> IterableDataset
+    rows: Callable[[object, int], Iterator[list]]  # (dataset, rows per batch) -> batches of rows
+    revision: str | None = None                   # the Hub commit read; None for local files
+
+
+def dataset_source(cfg: DataConfig, raw_bytes: bool = False, revision: str | None = None) -> DatasetSource:
+    """data.source as a DatasetSource: local .txt/.jsonl/.parquet files or a Hub dataset (at
+    `revision`, else the commit the Hub serves now). Bundled corpora and shard dirs are not
+    datasets streams: DataError."""
+    source = cfg.source
+    if source in BUNDLED:
+        raise DataError(f"data.lanes: stream lanes read local .txt/.jsonl/.parquet files or a Hub dataset; "
+                        f"'{source}' is a bundled corpus: use data.lanes=stretch (or auto)")
+    if not looks_like_path(source):
+        commit = revision or hub.hub_commit(cfg)
+        return DatasetSource(f"hub dataset '{source}'@{commit[:10]}", rows_are_documents(cfg),
+                             lambda split: open_hub_dataset(cfg, split, commit),
+                             lambda ds, n: hub_rows(cfg, ds, n), revision=commit)
+    files = local_files(source)
+    builder = builder_for(files, source)
+    describe = f"'{source}'"
+
+    def open_local(split):
+        if split not in (None, "train"):
+            raise DataError(f"data.val_split: local files have one split, 'train'; '{split}' does not exist. "
+                            "Set data.val_split=null (the first documents are held out) or use a Hub dataset")
+        if builder == "text":
+            return text_file_dataset(files, raw_bytes)
+        from datasets import load_dataset
+
+        return load_dataset(builder, data_files=files, split="train", streaming=True, **cfg.load_kwargs)
+
+    if builder == "text":
+        def rows(ds, n):
+            return rows_of(ds, cfg, describe, "text", "", latin1_bytes=raw_bytes, batch_size=n)
+        return DatasetSource(describe, False, open_local, rows)
+    return DatasetSource(describe, rows_are_documents(cfg), open_local,
+                         lambda ds, n: rows_of(ds, cfg, describe, cfg.text_column, cfg.doc_separator,
+                                               batch_size=n))
 
 
 def parallel_text(src_path, tgt_path, langs=("fr", "en"),
@@ -85,17 +136,37 @@ def open_text_source(cfg: DataConfig, raw_bytes: bool = False) -> TextSource:
         return TextSource("bundled 'europarl_en_fr'",
                           lambda: parallel_text(d / "fr.txt", d / "en.txt"))
     if looks_like_path(source):
-        files = local_files(source)
-        builder = builder_for(files, source)
-        describe = f"'{source}'"
-        if builder == "text":
-            return TextSource(describe, lines_of(files, describe))
+        local = dataset_source(cfg, raw_bytes)
+        return TextSource(local.describe, lambda: local.rows(local.open(None), ROWS_PER_BATCH), local.documents)
+    return TextSource(f"hub dataset '{source}'", lambda: hub_batches(cfg), documents=rows_are_documents(cfg))
 
-        def batches():
-            from datasets import load_dataset
 
-            ds = load_dataset(builder, data_files=files, split="train", streaming=True,
-                              **cfg.load_kwargs)
-            return rows_of(ds, cfg, describe, cfg.text_column, cfg.doc_separator)
-        return TextSource(describe, batches)
-    return TextSource(f"hub dataset '{source}'", lambda: hub_batches(cfg))
+def rows_are_documents(cfg: DataConfig) -> bool:
+    """Rows of jsonl/parquet/Hub data are documents, except translation pairs: those are the
+    consecutive sentences of one text, like the bundled europarl_en_fr, which has none."""
+    return cfg.translation is None
+
+
+def source_fingerprint(cfg: DataConfig) -> dict:
+    """What identifies the source's content, for meta.json: bundled files by content, local
+    files by name, size and modification time (a changed, added or removed file changes it),
+    a Hub dataset by its commit (None when the Hub cannot say)."""
+    import hashlib
+
+    if cfg.source in BUNDLED:
+        root = BUNDLED_DIR / BUNDLED[cfg.source].split("/")[0]
+        files = sorted(f for f in root.rglob("*.txt") if f.is_file())
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.read_bytes())
+        return {"kind": "bundled", "name": cfg.source, "sha256": h.hexdigest()}
+    if looks_like_path(cfg.source):
+        files = local_files(cfg.source)
+        h = hashlib.sha256()
+        for f in files:
+            st = os.stat(f)
+            h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return {"kind": "local", "files": len(files), "bytes": sum(os.path.getsize(f) for f in files),
+                "sha256": h.hexdigest()}
+    return {"kind": "hub", "name": cfg.source, "config": cfg.hub_config, "split": cfg.hub_split,
+            "revision": hub.hub_commit(cfg)}

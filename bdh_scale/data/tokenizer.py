@@ -3,8 +3,12 @@
 Both expose the same small interface the trainer needs:
     encode(str) -> list[int], decode(list[int]) -> str, vocab_size, name, save(dir),
     encode_rows(list[str]) -> np.ndarray (the fast path used to build token streams).
-Both are saved as `<dir>/tokenizer.json` so a run dir or shard dir always carries the exact
-tokenizer its tokens were made with; `load_tokenizer` reads either kind back.
+Both are saved as `<dir>/tokenizer.json`, a `tokenizers` file that other tools read too
+(`tokenizers.Tokenizer.from_file`, transformers' `PreTrainedTokenizerFast`), so a run dir, a
+model directory or a shard dir always carries the exact tokenizer its tokens were made with.
+The byte tokenizer's file is a byte-level BPE without merges whose 256 symbols have the ids of
+their bytes: ids = byte values, for this package and for any other reader. `load_tokenizer` reads
+either kind back, and the marker file older runs wrote ({"type": "bdh_scale.bytes"}) as well.
 
 Non-UTF-8 input: for the byte tokenizer text files arrive as their raw bytes (sources.py), and
 encode_rows takes bytes rows as they are: bytes in, bytes out; decode uses errors="replace".
@@ -21,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from bdh_scale.errors import DataError
+from bdh_scale.utils.atomic import write_text_atomic
 
 TOKENIZER_FILE = "tokenizer.json"
-_BYTES_MARKER = "bdh_scale.bytes"
+_BYTES_MARKER = "bdh_scale.bytes"  # the byte tokenizer's file before it was a tokenizers file
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -34,6 +39,40 @@ def token_dtype(vocab_size: int) -> np.dtype:
     if vocab_size <= 1 << 16:
         return np.dtype(np.uint16)
     return np.dtype(np.uint32)
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """Byte -> the printable character that stands for it in byte-level BPE vocabularies (GPT-2's
+    table, which `tokenizers`' ByteLevel pre-tokenizer and decoder use): printable Latin-1 bytes
+    stand for themselves, the other 68 take the code points from 256 upwards, in byte order."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table, extra = {b: chr(b) for b in keep}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return dict(sorted(table.items()))
+
+
+def byte_level_tokenizer():
+    """The byte tokenizer as a `tokenizers.Tokenizer`: byte-level BPE with no merges, the symbol of
+    byte b has id b. Encodes any text to its UTF-8 bytes and decodes them back (invalid UTF-8 as
+    U+FFFD, as ByteTokenizer.decode)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {symbol: b for b, symbol in bytes_to_unicode().items()}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    # use_regex=False: no split into words, which could only cost time (there is nothing to merge)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def is_byte_level(tok) -> bool:
+    """Whether a `tokenizers.Tokenizer` is the byte tokenizer's file (as this package writes it, read
+    back by any version of `tokenizers`)."""
+    ours, theirs = json.loads(byte_level_tokenizer().to_str()), json.loads(tok.to_str())
+    return all(ours.get(k) == theirs.get(k) for k in ("normalizer", "pre_tokenizer", "model", "decoder", "added_tokens"))
 
 
 class ByteTokenizer:
@@ -63,10 +102,7 @@ class ByteTokenizer:
         return bytes(np.asarray(ids, dtype=np.int64).astype(np.uint8))
 
     def save(self, directory) -> Path:
-        path = Path(directory) / TOKENIZER_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"type": _BYTES_MARKER, "vocab_size": 256}) + "\n")
-        return path
+        return save_tokenizers_file(byte_level_tokenizer(), directory)
 
     def same_as(self, other) -> bool:
         return isinstance(other, ByteTokenizer)
@@ -107,13 +143,50 @@ class BPETokenizer:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def save(self, directory) -> Path:
-        path = Path(directory) / TOKENIZER_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.tok.save(str(path))
-        return path
+        return save_tokenizers_file(self.tok, directory)
 
     def same_as(self, other) -> bool:
         return isinstance(other, BPETokenizer) and self.tok.to_str() == other.tok.to_str()
+
+
+class StreamDecoder:
+    """The text of a growing sequence of token ids, piece by piece: push(ids) returns the text the
+    new ids add, so that generated text can be printed as it is drawn. A byte-level token may end
+    inside a UTF-8 character; its text waits until the character is complete (U+FFFD at the end of
+    a decode means "incomplete"), and flush() returns whatever is left at the end.
+
+    Each push decodes a few tokens before the new ones with them, so a tokenizer whose decoding of
+    a token depends on its neighbours (e.g. leading-space markers) still gives the right text."""
+
+    def __init__(self, tokenizer, context=()):
+        self.tokenizer = tokenizer
+        self.ids = [int(i) for i in context]
+        self.start = max(len(self.ids) - 4, 0)  # decoded along with the new ids, for their context
+        self.done = len(self.ids)  # ids up to here have been returned as text
+
+    def _new_text(self) -> tuple[str, str]:
+        before = self.tokenizer.decode(self.ids[self.start:self.done])
+        return before, self.tokenizer.decode(self.ids[self.start:])
+
+    def push(self, ids) -> str:
+        self.ids.extend(int(i) for i in ids)
+        before, text = self._new_text()
+        if len(text) <= len(before) or text.endswith("\ufffd"):
+            return ""  # nothing yet, or a character still incomplete
+        self.start, self.done = self.done, len(self.ids)
+        return text[len(before):]
+
+    def flush(self) -> str:
+        before, text = self._new_text()
+        self.start = self.done = len(self.ids)
+        return text[len(before):]
+
+
+def save_tokenizers_file(tok, directory) -> Path:
+    """<directory>/tokenizer.json, written atomically."""
+    path = Path(directory) / TOKENIZER_FILE
+    write_text_atomic(path, tok.to_str(pretty=True))
+    return path
 
 
 def load_tokenizer(spec) -> ByteTokenizer | BPETokenizer:
@@ -141,4 +214,6 @@ def load_tokenizer(spec) -> ByteTokenizer | BPETokenizer:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a bare Exception on malformed files
         raise DataError(f"data.tokenizer: '{path}' could not be loaded by tokenizers ({e})") from None
+    if is_byte_level(tok):
+        return ByteTokenizer()  # the same ids; bytes in, bytes out without going through str
     return BPETokenizer(tok, name=f"bpe{tok.get_vocab_size()}")

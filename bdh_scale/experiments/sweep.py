@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import itertools
-import json
 import re
 import sys
 from pathlib import Path
@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from bdh_scale import rundir
+from bdh_scale.utils.atomic import write_json_atomic, write_text_atomic
 from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
 
 
@@ -112,16 +113,17 @@ def result_row(run_dir: Path, point: dict[str, str], failed: bool = False) -> di
     return out
 
 
-def write_table(rows: list[dict], stem: Path) -> tuple[Path, Path]:
-    """<stem>.csv and <stem>.json (a list of rows), written whole."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
+def write_table(rows: list[dict], stem: Path, with_json: bool = True) -> tuple[Path, Path]:
+    """<stem>.csv and (with_json) <stem>.json (a list of rows), each written whole and atomically."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
     csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    json_path.write_text(json.dumps(rows, indent=2) + "\n")
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(csv_path, out.getvalue())
+    if with_json:
+        write_json_atomic(json_path, rows)
     return csv_path, json_path
 
 

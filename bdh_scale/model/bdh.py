@@ -24,7 +24,7 @@ from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.output import ModelOutput
 from bdh_scale.model.pretrained import Pretrained
 from bdh_scale.model.rope import RopeCache, rotate
-from bdh_scale.model.sampling import sample_next
+from bdh_scale.model.sampling import sample_next, starts_after
 
 
 class AttnPlan(NamedTuple):
@@ -89,7 +89,7 @@ class BDHLayer(nn.Module):
         if config.per_layer_params:
             for name, p in projection_params(nh, D, N).items():
                 self.register_parameter(name, p)
-        self.forget = ForgetGate(config.forget_mode, nh, D)
+        self.forget = ForgetGate(config.forget_mode, nh, D, config.forget_timescales)
         if config.diff_attn:
             self.diff_lambda = nn.Parameter(torch.full((nh,), diff_lambda_init(layer_index)))
             # Neuron pairs alternate between the two maps, so both see every RoPE frequency.
@@ -247,8 +247,9 @@ class BDH(Pretrained, nn.Module):
     def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  state: BDHState | None = None, generator: torch.Generator | None = None,
                  max_context: int | None = None, doc_separator: list[int] | None = None):
-        """Sample max_new_tokens after idx (B, T). The prompt is read once; every new token then
-        costs the same whatever the context length, because the context lives in the state.
+        """Sample max_new_tokens after idx (B, T): idx followed by them, (B, T + max_new_tokens).
+        The prompt is read once; every new token then costs the same whatever the context length,
+        because the context lives in the state (stream() yields the tokens one by one).
 
         max_context, for a model trained on independent windows of that length (train.state
         reset), which has never seen a state built from more tokens: the state then never holds
@@ -261,6 +262,14 @@ class BDH(Pretrained, nn.Module):
         a token that follows a complete separator begins a document, and the state is reset
         before it is read, in the prompt as in what is generated.
         """
+        new = self.stream(idx, max_new_tokens, temperature, top_k, state, generator, max_context, doc_separator)
+        return torch.cat([idx, *new], dim=1)
+
+    @torch.no_grad()
+    def stream(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               state: BDHState | None = None, generator: torch.Generator | None = None,
+               max_context: int | None = None, doc_separator: list[int] | None = None):
+        """generate(), one sampled token (B, 1) at a time, each yielded as soon as it is drawn."""
         if max_context is not None and (max_context < 2 or state is not None):
             raise ValueError("max_context must be >= 2 and rebuilds the state from the text itself, "
                              "so it cannot continue a given state")
@@ -276,6 +285,7 @@ class BDH(Pretrained, nn.Module):
                 begins = (tail == tail.new_tensor(sep)).all(dim=1, keepdim=True) if tail.size(1) == len(sep) else None
                 tail = torch.cat([tail, nxt], dim=1)[:, -len(sep):]
             tokens.append(nxt)
+            yield nxt
             if i + 1 == max_new_tokens:  # the last token's own successor is never asked for
                 break
             fresh = begins is not None and bool(begins.all())  # every lane starts a document: state empty
@@ -289,17 +299,3 @@ class BDH(Pretrained, nn.Module):
                 out = self(nxt, state=state, return_state=True, update_state_in_place=True, doc_start=begins)
                 held = 1 if fresh else held + 1
             state, logits = out.state, out.logits[:, -1]
-        return torch.cat(tokens, dim=1)
-
-
-def starts_after(tokens: torch.Tensor, separator: list[int]) -> torch.Tensor:
-    """(B, L) bool: the tokens right after a complete `separator` (the first tokens of documents
-    joined by it); all False without a separator."""
-    n = len(separator)
-    out = torch.zeros_like(tokens, dtype=torch.bool)
-    if not n or tokens.size(1) <= n:
-        return out
-    windows = tokens.unfold(1, n, 1)  # (B, L - n + 1, n): the n tokens from each position on
-    ends = (windows == tokens.new_tensor(separator)).all(dim=-1)  # a separator starts here
-    out[:, n:] = ends[:, : tokens.size(1) - n]
-    return out

@@ -28,6 +28,7 @@ class BDHConfig(Section):
     attn_backend: Literal["auto", "parallel", "chunked"] = "auto"  # auto | parallel (quadratic, the oracle) | chunked (linear in T)
     chunk_size: NonNegInt = 0  # chunk length C of the chunked backend; 0 picks one from T, N, D
     forget_mode: Literal["none", "scalar", "data"] = "none"  # none | scalar (learned per head) | data (per head and token)
+    forget_timescales: list[float] | None = None  # [first, last]: heads' initial memory in tokens, geometric; null: all ~400
     attn_window: PosInt | None = None  # local window w: only the last w positions attend (None: all)
     diff_attn: bool = False  # differential attention: second map over half the neurons, subtracted
     block_size: PosInt = 1024  # position-embedding length of the gpt baseline (unused by bdh)
@@ -47,6 +48,9 @@ class BDHConfig(Section):
         return self.mlp_internal_dim_multiplier * self.n_embd // self.n_head
 
     def check(self) -> None:
+        ts = self.forget_timescales
+        if ts is not None and (len(ts) != 2 or not all(isinstance(t, (int, float)) and t > 1 for t in ts)):
+            self.bad("forget_timescales", f"{ts!r} is not two memory lengths > 1 token; use e.g. [16, 4096] or null")
         if self.n_embd % self.n_head:
             self.bad("n_embd", f"{self.n_embd} is not divisible by n_head={self.n_head}; "
                                "pick n_embd a multiple of n_head")

@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.output import ModelOutput
 from bdh_scale.model.pretrained import Pretrained
-from bdh_scale.model.sampling import generate_by_rerun
+from bdh_scale.model.sampling import RerunGeneration
 
 STATELESS = ('the gpt baseline is stateless and cannot carry state across chunks; '
              'set train.state to "reset"')
@@ -87,7 +87,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPT(Pretrained, nn.Module):
+class GPT(RerunGeneration, Pretrained, nn.Module):
     arch = "gpt"
 
     def __init__(self, config: GPTConfig):
@@ -145,14 +145,12 @@ class GPT(Pretrained, nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         return ModelOutput(logits=logits, loss=loss)
 
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 state=None, generator: torch.Generator | None = None, max_context: int | None = None) -> torch.Tensor:
-        """Append `max_new_tokens` sampled tokens to idx (B, T), with BDH's sampling rule, each from
-        the last block_size (or max_context, if fewer) tokens."""
-        if state is not None:
-            raise ValueError(STATELESS)
-        ctx = min(self.config.block_size, max_context or self.config.block_size)
-        return generate_by_rerun(self, idx, max_new_tokens, ctx, temperature, top_k, generator)
+    stateless = STATELESS
+
+    def gen_context(self, max_context: int | None) -> int:
+        """Generation predicts each token from the last block_size tokens (where its position
+        embeddings end), or max_context if fewer."""
+        return min(self.config.block_size, max_context or self.config.block_size)
 
     # -- the recipe's model section (save_pretrained / from_pretrained) ------------------------
     @classmethod

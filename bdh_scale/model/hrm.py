@@ -50,7 +50,7 @@ from bdh_scale.model.bdh import BDH, BDHLayer, active_boundaries, layer_norm, pr
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.output import ModelOutput
 from bdh_scale.model.pretrained import Pretrained
-from bdh_scale.model.sampling import generate_by_rerun
+from bdh_scale.model.sampling import RerunGeneration
 from bdh_scale.model.rope import RopeCache
 
 STATELESS = ('the bdh_hrm hybrid is stateless and cannot carry state across chunks; '
@@ -82,7 +82,7 @@ class BDHStack(nn.Module):
         return x
 
 
-class BDHHRM(Pretrained, nn.Module):
+class BDHHRM(RerunGeneration, Pretrained, nn.Module):
     """The BDH-HRM hybrid (model.arch: bdh_hrm); same interface as BDH minus the state."""
 
     arch = "bdh_hrm"
@@ -211,14 +211,11 @@ class BDHHRM(Pretrained, nn.Module):
             self.train(was_training)
 
     # -- generation ----------------------------------------------------------------------------
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 state=None, generator: torch.Generator | None = None, max_context: int | None = None) -> torch.Tensor:
-        """Sample max_new_tokens after idx (B, T). No state to carry: every token reruns the model
-        on the last hrm_gen_context (or max_context, if fewer) tokens."""
-        if state is not None:
-            raise ValueError(STATELESS)
-        ctx = min(self.config.hrm_gen_context, max_context or self.config.hrm_gen_context)
-        return generate_by_rerun(self, idx, max_new_tokens, ctx, temperature, top_k, generator)
+    stateless = STATELESS
+
+    def gen_context(self, max_context: int | None) -> int:
+        """Generation predicts each token from the last hrm_gen_context tokens, or max_context if fewer."""
+        return min(self.config.hrm_gen_context, max_context or self.config.hrm_gen_context)
 
 
 def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,55 +1,162 @@
-"""save_pretrained / from_pretrained: a directory with config.json (the recipe's model section,
-model/config.py) and model.safetensors, written atomically.
+"""save_pretrained / from_pretrained / push_to_hub: a model directory that travels (a run's final/,
+each checkpoint's weights, a Hugging Face Hub repo):
 
-Every model class takes the `Pretrained` mixin. `bdh_scale.model.load_pretrained(directory)`
-(registry.py) builds whichever architecture config.json names; `BDH.from_pretrained` and its
-siblings build their own class and refuse another's weights.
+    config.json          the recipe's model section (model/config.py): architecture and shape
+    model.safetensors    the weights
+    tokenizer.json       the tokenizer, a `tokenizers` file (data/tokenizer.py)       when known
+    README.md            the model card (model/card.py)
+    recipe.yaml          the resolved recipe the model was trained with              when known
+
+Every model class takes the `Pretrained` mixin: huggingface_hub's PyTorchModelHubMixin with these
+files. `BDH.from_pretrained(dir_or_hub_id)` builds its own class and refuses another's weights;
+`bdh_scale.model.load_pretrained(dir_or_hub_id)` (registry.py) builds whichever architecture
+config.json names. A loaded model keeps the optional files as `tokenizer`, `card` and `recipe`, so
+its save_pretrained and push_to_hub write them again.
+
+A directory is written atomically. The Hub is read through hf_hub_download and its cache; with
+HF_HUB_OFFLINE=1 only the cache is read, so a model that is not there fails at once. Every
+failure to load is one ModelError saying what was tried and what would work.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
+from huggingface_hub import HfApi, ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
+from huggingface_hub import errors as hub
 from safetensors.torch import load_file, save_file
 
+from bdh_scale.data.tokenizer import TOKENIZER_FILE, load_tokenizer
+from bdh_scale.errors import ModelError
+from bdh_scale.model.card import PAPER, model_card
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.utils.atomic import atomic_path
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+RECIPE_NAME = "recipe.yaml"
+HUB_KWARGS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
 
 
-def write_pretrained(config: BDHConfig, state_dict: dict, directory: str | Path) -> Path:
-    """Write config and weights; the directory appears complete or not at all."""
-    directory = Path(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    with atomic_path(directory, is_dir=True) as tmp:
-        (tmp / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-    return directory
+# -- where the files come from: a local directory or a Hub repo --------------------------------------
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as it is now (huggingface_hub reads it once, when imported)."""
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return constants.HF_HUB_OFFLINE or flag in {"1", "ON", "YES", "TRUE"}
 
 
-def read_config(directory: str | Path, **overrides) -> BDHConfig:
-    """The model config saved in `directory`, with `overrides` applied."""
-    directory = Path(directory)
-    for f in (directory / CONFIG_NAME, directory / WEIGHTS_NAME):
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} not found; expected a directory written by save_pretrained "
-                                    f"(with {CONFIG_NAME} and {WEIGHTS_NAME})")
-    fields = json.loads((directory / CONFIG_NAME).read_text())
-    fields.update(overrides)
-    return BDHConfig(**fields)
+def looks_local(name: str) -> bool:
+    """A path rather than a Hub id (owner/name): absolute, relative with ./ or ~, or deeper than one /."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
 
 
-class Pretrained:
-    """save_pretrained / from_pretrained for a model built from the recipe's model section.
+@contextmanager
+def hub_errors(name: str):
+    """huggingface_hub's failures for model `name` as one ModelError: what was tried, what would work."""
+    not_local = f"{name}: no such directory"
+    try:
+        yield
+    except hub.HFValidationError:
+        raise ModelError(f"{not_local}, and not a Hugging Face Hub id (owner/name); pass a run directory, "
+                         "its final/ directory or a Hub id") from None
+    except hub.RepositoryNotFoundError:  # gated repos included
+        raise ModelError(f"{not_local}, and no such model on the Hugging Face Hub (a private or gated one needs "
+                         "`hf auth login` or HF_TOKEN)") from None
+    except hub.RevisionNotFoundError:
+        raise ModelError(f"{name}: the Hub repo has no such revision; pass an existing branch, tag or commit") from None
+    except hub.LocalEntryNotFoundError:
+        why = ("the Hugging Face Hub is offline (HF_HUB_OFFLINE)" if hub_offline()
+               else "the Hugging Face Hub could not be reached")
+        raise ModelError(f"{not_local}, {why} and the Hub cache holds no copy; pass a run directory or its final/ "
+                         "directory, or go online") from None
+    except hub.OfflineModeIsEnabled:
+        raise ModelError(f"{not_local}, and the Hugging Face Hub is offline (HF_HUB_OFFLINE); pass a run directory "
+                         "or its final/ directory") from None
+    except hub.HfHubHTTPError as e:
+        raise ModelError(f"{name}: the Hugging Face Hub refused ({str(e).splitlines()[0]})") from None
+
+
+def model_file(name: str, filename: str, required: bool = True, **hub_kwargs) -> Path | None:
+    """`filename` of model `name`: a local directory's file, or the Hub repo's, downloaded into the
+    Hub cache (hub_kwargs: revision, cache_dir, force_download, local_files_only, token). A missing
+    optional file is None."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        path = local / filename
+        if path.is_file() or not required:
+            return path if path.is_file() else None
+        raise ModelError(f"{name} has no {filename}; expected a model directory (a run's final/ or a checkpoint, "
+                         f"with {CONFIG_NAME} and {WEIGHTS_NAME}), a run directory or a Hub id")
+    if looks_local(name):
+        raise ModelError(f"{name}: no such directory; pass a run directory, its final/ directory or a Hugging Face "
+                         "Hub id (owner/name)")
+    kwargs = {k: v for k, v in hub_kwargs.items() if k in HUB_KWARGS and v is not None}
+    kwargs["local_files_only"] = bool(kwargs.get("local_files_only")) or hub_offline()
+    with hub_errors(name):
+        try:
+            return Path(hf_hub_download(repo_id=name, filename=filename, **kwargs))
+        except hub.RemoteEntryNotFoundError:
+            if required:
+                raise ModelError(f"{name} on the Hugging Face Hub has no {filename}; it was not saved by "
+                                 "bdh-scale's save_pretrained") from None
+        except hub.LocalEntryNotFoundError:
+            if required:
+                raise
+    return None  # an optional file the repo does not have (or, offline, that was never cached)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+def write_config(directory: Path, config: BDHConfig) -> None:
+    """<directory>/config.json: the model section, as save_pretrained writes it."""
+    (Path(directory) / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+
+
+def config_from(fields: dict, overrides: dict, where: str) -> BDHConfig:
+    """The model section from config.json's fields, with `overrides` applied."""
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(BDHConfig)})
+    if unknown:
+        raise ModelError(f"{where}/{CONFIG_NAME}: unknown fields {', '.join(unknown)}; not a bdh-scale model config")
+    return BDHConfig(**{**fields, **overrides})
+
+
+def read_config(name: str | Path, **hub_kwargs) -> BDHConfig:
+    """The model config saved with model `name` (a directory or a Hub id)."""
+    path = model_file(str(name), CONFIG_NAME, **hub_kwargs)
+    try:
+        fields = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ModelError(f"{name}/{CONFIG_NAME} is not valid JSON") from None
+    return config_from(fields, {}, str(name))
+
+
+def read_weights(path: Path) -> dict:
+    """The state dict in a safetensors file; a checkpoint written under DDP names every tensor
+    `module.<name>`, which is dropped."""
+    state = load_file(str(path))
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+class Pretrained(PyTorchModelHubMixin, library_name="bdh-scale", paper_url=PAPER, pipeline_tag="text-generation",
+                 tags=["bdh"]):
+    """save_pretrained / from_pretrained / push_to_hub for a model built from the recipe's model section.
 
     A class names its `arch` and may translate the section into its own config (from_config) and
     back (model_config), as the GPT baseline does.
     """
 
     arch: str = ""
+    tokenizer = None  # ByteTokenizer | BPETokenizer: tokenizer.json
+    card: ModelCard | None = None  # README.md; model_card(self) when None
+    recipe: dict | None = None  # recipe.yaml: the resolved recipe (RunConfig.to_dict())
 
     def model_config(self) -> BDHConfig:
         return self.config
@@ -58,15 +165,77 @@ class Pretrained:
     def from_config(cls, config: BDHConfig):
         return cls(config)
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        return write_pretrained(self.model_config(), self.state_dict(), directory)
+    # -- writing ----------------------------------------------------------------------------
+    def save_pretrained(self, save_directory, *, tokenizer=None, card: ModelCard | None = None,
+                        recipe: dict | None = None, push_to_hub: bool = False, repo_id: str | None = None, **kwargs):
+        """Write the model directory atomically (it appears complete or not at all). `tokenizer`
+        (anything load_tokenizer takes), `card` and `recipe` become the model's own first. With
+        push_to_hub, then upload it to `repo_id` (default: the directory's name) and return the
+        commit's URL."""
+        if tokenizer is not None:
+            self.tokenizer = load_tokenizer(tokenizer)
+        self.card = card if card is not None else self.card
+        self.recipe = recipe if recipe is not None else self.recipe
+        directory = Path(save_directory)
+        with atomic_path(directory, is_dir=True) as tmp:
+            super().save_pretrained(tmp, config=kwargs.pop("config", None),
+                                    model_card_kwargs=kwargs.pop("model_card_kwargs", None))
+        return self.push_to_hub(repo_id or directory.name, **kwargs) if push_to_hub else None
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The files other than README.md, which the mixin writes from generate_model_card."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        write_config(save_directory, self.model_config())
+        save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        if self.tokenizer is not None:
+            self.tokenizer.save(save_directory)
+        if self.recipe is not None:
+            (save_directory / RECIPE_NAME).write_text(yaml.safe_dump(self.recipe, sort_keys=False))
+
+    def generate_model_card(self, *args, **kwargs) -> ModelCard:
+        return self.card if self.card is not None else model_card(self)
+
+    # -- reading ----------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """The model saved in a local directory or a Hub repo (owner/name), with its tokenizer,
+        card and recipe. Keyword arguments: the Hub's (revision, token, cache_dir, ...) and
+        overrides of model fields that do not change the weights (e.g. attn_backend="chunked")."""
+        name = str(pretrained_model_name_or_path)
+        if Path(name).expanduser().is_dir():
+            name = str(Path(name).expanduser())
+        model_file(name, CONFIG_NAME, **kwargs)  # a clear error first; then the mixin reads it (cached)
+        kwargs["local_files_only"] = bool(kwargs.get("local_files_only")) or hub_offline()
+        with hub_errors(name):
+            return super().from_pretrained(name, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **overrides):
-        config = read_config(directory, **overrides)
-        if config.arch != cls.arch:
-            raise ValueError(f"{directory} holds a model.arch={config.arch} model, not {cls.arch}; "
+    def _from_pretrained(cls, *, model_id: str, config: dict | None = None, map_location: str = "cpu",
+                         strict: bool = True, **kwargs):
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        if config is None:
+            raise ModelError(f"{model_id}: {CONFIG_NAME} could not be read")
+        model_config = config_from(config, kwargs, model_id)
+        if model_config.arch != cls.arch:
+            raise ModelError(f"{model_id} holds a model.arch={model_config.arch} model, not {cls.arch}; "
                              "load it with bdh_scale.model.load_pretrained")
-        model = cls.from_config(config)
-        model.load_state_dict(load_file(str(Path(directory) / WEIGHTS_NAME)))
-        return model
+        model = cls.from_config(model_config)
+        model.load_state_dict(read_weights(model_file(model_id, WEIGHTS_NAME, **hub_kwargs)), strict=strict)
+        tokenizer = model_file(model_id, TOKENIZER_FILE, required=False, **hub_kwargs)
+        model.tokenizer = None if tokenizer is None else load_tokenizer(tokenizer)
+        card = model_file(model_id, CARD_NAME, required=False, **hub_kwargs)
+        model.card = None if card is None else ModelCard.load(card)
+        recipe = model_file(model_id, RECIPE_NAME, required=False, **hub_kwargs)
+        model.recipe = None if recipe is None else yaml.safe_load(recipe.read_text())
+        return model.to(map_location).eval()
+
+
+def push_folder(folder: str | Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                commit_message: str = "Upload bdh-scale model", **upload_kwargs) -> str:
+    """Upload a saved model directory (e.g. a run's final/) to the Hub repo `repo_id`, created if
+    needed; returns the commit's URL. The same two calls as the mixin's push_to_hub, for a
+    directory already on disk."""
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=True).repo_id
+    return str(api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
+                                 commit_message=commit_message, **upload_kwargs))

@@ -15,7 +15,7 @@ from bdh_scale.model.pretrained import read_config
 
 @dataclass(frozen=True)
 class Arch:
-    model: type  # a Pretrained nn.Module: from_config(BDHConfig), from_pretrained(dir)
+    model: type  # a Pretrained nn.Module: from_config(BDHConfig), from_pretrained(dir or Hub id)
     stateful: bool  # carries a synaptic state from one window to the next
 
 
@@ -31,10 +31,12 @@ def build_model(config: BDHConfig):
     return ARCHS[config.arch].model.from_config(config)
 
 
-def load_pretrained(directory, **overrides):
-    """The model saved in `directory` by save_pretrained, whatever its architecture."""
-    config = read_config(directory, **overrides)
-    return ARCHS[config.arch].model.from_pretrained(directory, **overrides)
+def load_pretrained(name, **kwargs):
+    """The model saved by save_pretrained in a directory or a Hub repo (owner/name), whatever its
+    architecture, with its tokenizer, card and recipe (model/pretrained.py). kwargs: as
+    from_pretrained (Hub options, model fields that do not change the weights)."""
+    config = read_config(name, **kwargs)
+    return ARCHS[config.arch].model.from_pretrained(name, **kwargs)
 
 
 def is_stateful(model) -> bool:

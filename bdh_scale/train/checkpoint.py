@@ -6,8 +6,12 @@ crash can never leave one that looks valid, and read without running code from i
                                                 under FSDP sharded/ (torch distributed checkpoint)
         scaler.json                             fp16 only: the GradScaler
         rank_<rank>.pt                          every rank's lane positions, carried TBPTT states and RNG
-        trainer_state.json                      step, tokens, fault counters, lane layout, model shape
+        trainer_state.json                      step, tokens, fault counters, lane layout, model shape,
+                                                the trackers' ids (the W&B run a resume continues)
         config.yaml, tokenizer/                 the resolved recipe and the tokenizer
+        config.json, tokenizer.json             so that the weights load as a model directory
+                                                (model/pretrained.py: load_pretrained, bdh-generate;
+                                                not under FSDP, whose weights are shards)
         manifest.json                           size and sha256 of every file above; written last
 
 Written atomically: every rank writes into one hidden temporary directory (`.step_...tmp`, on the
@@ -39,6 +43,7 @@ from accelerate.utils import broadcast_object_list
 
 from bdh_scale.data.tokenizer import load_tokenizer
 from bdh_scale.errors import CheckpointError, Fault
+from bdh_scale.model.pretrained import write_config
 from bdh_scale.train import checkpoint_files as files
 from bdh_scale.train.optim import keep_recipe_hyperparameters
 from bdh_scale.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
@@ -156,6 +161,11 @@ def checkpoint_step(path: str | Path) -> int:
     return int(json.loads((Path(path) / TRAINER_STATE).read_text())["step"])
 
 
+def saved_trackers(path: str | Path | None) -> dict:
+    """The trackers' state a checkpoint kept (train/tracking.py; {} for none, or an older checkpoint)."""
+    return {} if path is None else json.loads((Path(path) / TRAINER_STATE).read_text()).get("trackers", {})
+
+
 # -- compatibility ------------------------------------------------------------------------------
 
 def lane_layout(world_size: int, tc) -> dict:
@@ -219,6 +229,7 @@ class Checkpointer:
         self.every = cfg.train.checkpoint_every
         self.keep = cfg.train.keep_checkpoints
         self.last: Path | None = None  # the newest checkpoint written or loaded by this run
+        self.trackers: dict = {}  # kept in trainer_state.json for a resume (train/tracking.py)
         self.last_step = -1
 
     def due(self, step: int, at_end: bool, in_bad_streak: bool = False) -> bool:
@@ -254,10 +265,13 @@ class Checkpointer:
                 meta = {"format": FORMAT, "step": step, "tokens": tokens, "optim": tc.optim,
                         "lanes": lane_layout(acc.num_processes, tc), "scaler": acc.scaler is not None,
                         "precision": str(acc.mixed_precision), "model": self.cfg.to_dict()["model"],
-                        "faults": faults, "sharded": files.is_sharded(acc)}
+                        "faults": faults, "sharded": files.is_sharded(acc), "trackers": self.trackers}
                 write_json_atomic(tmp / TRAINER_STATE, meta)
                 write_text_atomic(tmp / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
                 self.tokenizer.save(tmp / "tokenizer")
+                if not files.is_sharded(acc):  # with tokenizer.json: the weights load as a model directory
+                    write_config(tmp, self.cfg.model)
+                    self.tokenizer.save(tmp)
             acc.wait_for_everyone()
             if self.inject is not None:
                 self.inject.kill_point("in_checkpoint", step)
@@ -316,4 +330,4 @@ class Checkpointer:
 
 
 __all__ = ["Checkpointer", "Resumed", "verify", "newest_valid", "find_checkpoint", "list_checkpoints",
-           "checkpoint_step", "check_compatible", "CheckpointError"]
+           "checkpoint_step", "saved_trackers", "check_compatible", "CheckpointError"]

@@ -7,7 +7,7 @@
                                (.metadata); loading reshards to any number of processes
     scaler.json                fp16 only: the GradScaler's scale and counters
     rank_<r>.pt                rank r's lanes, carried TBPTT states and RNG states (python, numpy, torch, CUDA)
-    trainer_state.json, config.yaml, tokenizer/, manifest.json     (checkpoint.py)
+    trainer_state.json, config.yaml, tokenizer/, config.json, tokenizer.json, manifest.json   (checkpoint.py)
 
 A pickle can run any code when it is loaded, and a checkpoint is a file anyone with write access
 to the run directory (or a shared filesystem) can replace; its sha256 manifest detects damage,
@@ -52,7 +52,8 @@ RANK_FILE = re.compile(r"rank_(\d{5})\.pt")
 # Every file a checkpoint may hold (paths relative to it); anything else is refused.
 EXPECTED = [re.compile(p) for p in (
     r"model\.safetensors", r"optimizer\.pt", r"scaler\.json", RANK_FILE.pattern, r"trainer_state\.json",
-    r"config\.yaml", r"manifest\.json", r"tokenizer/[^/]+\.json", r"sharded/\.metadata", r"sharded/__\d+_\d+\.distcp",
+    r"config\.yaml", r"manifest\.json", r"tokenizer/[^/]+\.json", r"config\.json", r"tokenizer\.json",
+    r"sharded/\.metadata", r"sharded/__\d+_\d+\.distcp",
 )]
 
 

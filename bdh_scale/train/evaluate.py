@@ -76,6 +76,7 @@ class Validation:
 
     window: LossSums
     carried: LossSums | None = None
+    spans: dict = field(default_factory=dict)  # k -> LossSums of the reading whose state is reset every k windows
     bytes_per_token: float = 1.0
     T: int = 0
     rows: int = 0
@@ -104,6 +105,7 @@ class Validation:
         return {"T": self.T, "rows": self.rows, "row_tokens": self.row_len,
                 "val_loss_window": self.window.mean(),
                 "val_loss_carried": self.carried.mean() if self.carried is not None else None,
+                "spans": [{"windows": k, "val_loss": sums.mean()} for k, sums in sorted(self.spans.items())],
                 "buckets": [{"context_from": lo, "context_to": hi, "carried": c, "window": w,
                              "tokens": int(n)}
                             for lo, hi, c, w, n in zip(edges, edges[1:], carried, self.window.bucket_means(),
@@ -141,36 +143,40 @@ def my_rows(n_rows: int, rank: int, world: int) -> tuple[list[int], torch.Tensor
 
 @torch.no_grad()
 def evaluate(model, data, *, T: int, batch_size: int, max_batches: int, accelerator, carried: bool,
-             doc_reset: bool = False) -> Validation:
+             doc_reset: bool = False, spans: tuple[int, ...] = ()) -> Validation:
     """Score the held-out set (the same windows every call) as independent windows and, when
-    `carried`, also carried along each row (the model must carry a state: BDH)."""
+    `carried`, also carried along each row (the model must carry a state: BDH). Each k of
+    `spans` adds a reading whose state is reset every k windows: the loss against how much the
+    state may remember (k = 1 is the window reading, k >= the row's windows the carried one)."""
     was_training = model.training
     model.eval()
     device, W, r = accelerator.device, accelerator.num_processes, accelerator.process_index
     batches = list(data.val_batches(T, batch_size, max_batches))
     if not batches:
         raise RuntimeError("the validation split yielded no batch; lower train.eval_seq_len or data.val_fraction")
-    n_rows = batches[0][0].size(0)
+    n_rows = batches[0].x.size(0)
     rows, weights = my_rows(n_rows, r, W)
     weights = weights.to(device)
     edges = context_edges(T, T * len(batches))
-    window, carry = LossSums(edges, device=device), LossSums(edges, device=device) if carried else None
-    state = None
+    window = LossSums(edges, device=device)
+    # the stateful readings: span None carries along the whole row
+    readings = {span: LossSums(edges, device=device) for span in ([None] if carried else []) + list(spans)}
+    states = dict.fromkeys(readings)
+    fresh = lambda: accelerator.unwrap_model(model).init_state(len(rows), device)  # noqa: E731
     try:
         for k, batch in enumerate(batches):
-            x, y = batch[0][rows].to(device), batch[1][rows].to(device)
-            doc_start = getattr(batch, "doc_start", None)
-            doc_start = doc_start[rows].to(device) if doc_reset and doc_start is not None else None
+            x, y = batch.x[rows].to(device), batch.y[rows].to(device)
+            doc_start = batch.doc_start[rows].to(device) if doc_reset else None
             losses, _ = token_losses(model, x, y, doc_start=doc_start)
             window.add(losses, weights, k * T)
-            if carried:
-                state = state if state is not None else accelerator.unwrap_model(model).init_state(len(rows), device)
+            for span, sums in readings.items():
+                state = fresh() if states[span] is None or (span and k % span == 0) else states[span]
                 losses, out = token_losses(model, x, y, state=state, return_state=True, doc_start=doc_start)
-                carry.add(losses, weights, k * T)
-                state = out.state
+                sums.add(losses, weights, k * T)
+                states[span] = out.state
     finally:
         model.train(was_training)
-    window.reduce(accelerator)
-    if carry is not None:
-        carry.reduce(accelerator)
-    return Validation(window, carry, data.bytes_per_token, T, n_rows, T * len(batches))
+    for sums in [window, *readings.values()]:
+        sums.reduce(accelerator)
+    return Validation(window, readings.get(None), {k: v for k, v in readings.items() if k is not None},
+                      data.bytes_per_token, T, n_rows, T * len(batches))

@@ -18,7 +18,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bdh_scale.config import RunConfig
-from bdh_scale.train.export import save_final
+from bdh_scale.rundir import FINAL
+from bdh_scale.train.export import push_final, save_final
 from bdh_scale.train.faults import StopSignals
 from bdh_scale.train.report import LossWindow, eval_extras, sample, train_row, val_line, validate
 from bdh_scale.train.schedule import seq_len_at
@@ -96,18 +97,22 @@ def finish(run, final_val: dict, stopped_by: str | None) -> TrainResult:
         saved = (f"checkpoint {run.checkpoints.last}" if run.checkpoints.last_step == run.step
                  else "no checkpoint (keep_checkpoints=0)")
         acc.print(f"stopped by {stopped_by} after step {run.step}: {saved}; continue with train.resume=auto")
-        acc.end_training()
+        run.trackers.end()
         return TrainResult(run.run_dir, run.step, run.tokens, final_val, "", stopped_by)
     if not final_val and tc.eval_batches:  # resumed at or past max_steps: nothing trained, still report where it stands
         final_val = validate(run)
-    final_model = save_final(acc, run.model, run.cfg.model, run.run_dir)  # every rank: FSDP gathers the weights
+    training = {"run_name": run.run_dir.name, "steps": run.step, "tokens": run.tokens, **final_val}
+    # every rank: FSDP gathers the weights
+    final_model = save_final(acc, run.model, run.cfg, run.run_dir, run.data.tokenizer, training)
     text = ""
     if acc.is_main_process and tc.sample_tokens:
         text = sample(run, final_model.to(acc.device), tc.sample_tokens)
         acc.print(f"--- sample ({tc.sample_tokens} tokens) ---\n{text}\n---")
+    if acc.is_main_process and tc.push_to_hub:
+        acc.print(push_final(run.run_dir, tc.push_to_hub))
     acc.wait_for_everyone()
-    acc.end_training()
+    run.trackers.end()
     val = (f"val loss {final_val['val_loss']:.4f} ({final_val['val_bpb']:.4f} bpb)" if final_val
            else "no validation (train.eval_batches=0)")
-    acc.print(f"done: {run.step} steps, {run.tokens} tokens, {val}; weights in {run.run_dir}")
+    acc.print(f"done: {run.step} steps, {run.tokens} tokens, {val}; model in {run.run_dir / FINAL}")
     return TrainResult(run.run_dir, run.step, run.tokens, final_val, text)

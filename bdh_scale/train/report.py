@@ -63,7 +63,7 @@ def validate(run) -> dict:
     rows = tc.batch_size * tc.grad_accum_steps * run.accelerator.num_processes
     return evaluate(run.model, run.data, T=eval_T(tc), batch_size=rows, max_batches=tc.eval_batches,
                     accelerator=run.accelerator, carried=run.carry,
-                    doc_reset=getattr(run.data, "doc_reset", False)).record(run.carry)
+                    doc_reset=run.data.doc_reset).record(run.carry)
 
 
 def val_line(step: int, val: dict) -> str:
@@ -79,7 +79,8 @@ def sample(run, model, n_tokens: int) -> str:
     tc = run.cfg.train
     return sample_text(model, run.data.tokenizer, tc.sample_prompt, n_tokens, temperature=tc.sample_temperature,
                        top_k=tc.sample_top_k, seed=tc.seed, device=run.accelerator.device,
-                       max_context=sample_context(tc))
+                       max_context=sample_context(tc),
+                       doc_separator=run.cfg.data.doc_separator if run.data.doc_reset else None)
 
 
 def eval_extras(run) -> dict:

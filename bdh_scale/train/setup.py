@@ -19,23 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
 
 from bdh_scale.config import RunConfig
 from bdh_scale.data import DataBundle, build_data
 from bdh_scale.model import build_model
 from bdh_scale.rundir import METRICS, Claim, write_run_dir
-from bdh_scale.train.checkpoint import TRAINER_STATE, Checkpointer, Resumed
+from bdh_scale.train.checkpoint import TRAINER_STATE, Checkpointer, Resumed, saved_trackers
 from bdh_scale.train.diagnostics import MFU
 from bdh_scale.train.distributed import (check_parallel_plan, describe_plan, from_main, fsdp_requested,
                                          shard_cpu_processes, use_cpu_processes)
 from bdh_scale.train.faults import BadStepGuard, FaultInjection, watch_launcher
 from bdh_scale.train.optim import build_optimizer
 from bdh_scale.train.precision import resolve_mixed_precision
-from bdh_scale.train.preflight import preflight
+from bdh_scale.train.preflight import preflight, writable_ancestor
 from bdh_scale.train.resume import plan_start, relay_lanes
 from bdh_scale.train.schedule import make_scheduler
-from bdh_scale.train.tracking import MetricsLog, SampleTable, accelerate_log_with, init_trackers
+from bdh_scale.train.export import missing_credentials
+from bdh_scale.train.tracking import MetricsLog, SampleTable, Trackers, accelerate_log_with
 from bdh_scale.utils.host_memory import keep_freed_host_memory
 
 
@@ -56,6 +57,7 @@ class Run:
     guard: BadStepGuard
     inject: FaultInjection
     log: MetricsLog
+    trackers: Trackers
     samples: SampleTable
     mfu: MFU
     claim: Claim | None = None  # the run directory's lock, held by the main process until the run ends
@@ -80,7 +82,9 @@ def make_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
     cpu = use_cpu_processes()  # several processes on a machine without GPUs: gloo on the CPU
     process = PartialState(cpu=cpu)
     precision, notice = resolve_mixed_precision(tc.mixed_precision, process.device)
-    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with=accelerate_log_with(cfg.tracking))
+    # Trackers that write files need a logging directory now; the run directory replaces it once chosen.
+    accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with=accelerate_log_with(cfg.tracking),
+                              project_config=ProjectConfiguration(logging_dir=str(Path(tc.out_dir) / tc.run_name)))
     if fsdp_requested():
         shard_cpu_processes(accelerator)  # no-op where Accelerate runs FSDP itself (GPUs)
     accelerator.print(describe_plan(accelerator))
@@ -92,13 +96,16 @@ def make_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
     return accelerator, precision
 
 
-def make_data(cfg: RunConfig, accelerator: Accelerator) -> DataBundle:
+def make_data(cfg: RunConfig, accelerator: Accelerator, resume_from: Path | None = None) -> DataBundle:
     """This rank's lanes (the micro-batches of one step are disjoint groups of them) and the
-    held-out data; the model's vocabulary follows the tokenizer."""
+    held-out data (a resumed stream reads its held-out set back from the run it continues); the
+    model's vocabulary follows the tokenizer."""
     tc = cfg.train
     longest_T = max([tc.seq_len] + [T for _, T in tc.seq_len_schedule or []])
     data = build_data(cfg.data, batch_size=tc.batch_size * tc.grad_accum_steps, world_size=accelerator.num_processes,
-                      rank=accelerator.process_index, seed=tc.seed, seq_len=longest_T)
+                      rank=accelerator.process_index, seed=tc.seed, seq_len=longest_T,
+                      held_out_dir=None if resume_from is None else Path(resume_from).parent.parent)
+    cfg.data.doc_reset = data.doc_reset  # resolved from the source: config.yaml says what the run did
     if cfg.model.vocab_size != data.tokenizer.vocab_size:
         accelerator.print(f"model.vocab_size set to {data.tokenizer.vocab_size} by the tokenizer {data.tokenizer.name}")
         cfg.model.vocab_size = data.tokenizer.vocab_size
@@ -160,28 +167,30 @@ def setup(cfg: RunConfig) -> Run:
     tc = cfg.train
     watch_launcher()  # a worker whose launcher dies saves and stops instead of training on
     accelerator, precision = make_accelerator(cfg)
-    data = make_data(cfg, accelerator)
-    # Every rank initializes the same weights: FSDP keeps each rank's own shard of its own init (DDP
-    # would broadcast rank 0's). Dropout then differs across ranks; data order never does.
-    set_seed(tc.seed)
-    model, optimizer = make_model_and_optimizer(cfg, accelerator)
-    set_seed(tc.seed, device_specific=True)
-    raw_model = accelerator.unwrap_model(model)
-    preflight(cfg, data, model, accelerator)
-
+    from_main(accelerator, lambda: writable_ancestor(tc.out_dir))  # before a directory is claimed in it
     run_dir, resume_from, layout, claim = claim_run_dir(cfg, accelerator)
-    try:
-        relaid = relay_lanes(layout, accelerator.num_processes, tc) if resume_from is not None else None
-        if relaid:  # another number of processes: the same global lanes, dealt anew
-            accelerator.print(relaid)
-            data.close()
-            data = make_data(cfg, accelerator)
+    try:  # until the run directory is written, a refusal leaves it as it was
+        if resume_from is not None and (relaid := relay_lanes(layout, accelerator.num_processes, tc)):
+            accelerator.print(relaid)  # another number of processes: the same global lanes, dealt anew
+        data = make_data(cfg, accelerator, resume_from)
+        # Every rank initializes the same weights: FSDP keeps each rank's own shard of its own init
+        # (DDP would broadcast rank 0's). Dropout then differs across ranks; data order never does.
+        set_seed(tc.seed)
+        model, optimizer = make_model_and_optimizer(cfg, accelerator)
+        set_seed(tc.seed, device_specific=True)
+        raw_model = accelerator.unwrap_model(model)
+        preflight(cfg, data, model, accelerator)
         inject = FaultInjection.from_env()  # test-only faults; inert unless BDH_* variables are set
         checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer, inject)
         resumed = Resumed(0, 0, [None] * tc.grad_accum_steps, None)
         if resume_from is not None:  # read and checked on every rank; nothing written yet
             resumed = checkpoints.load(resume_from, model, optimizer, data.train)
-        from_main(accelerator, lambda: write_run_dir(run_dir, cfg, data.tokenizer, resumed.step))
+
+        def write():  # on the main process, every check passed
+            write_run_dir(run_dir, cfg, data.tokenizer, resumed.step)
+            data.save_held_out(run_dir)  # stream lanes: the held-out set, for resumes
+
+        from_main(accelerator, write)
     except BaseException:
         if claim is not None:
             claim.abandon()
@@ -190,14 +199,21 @@ def setup(cfg: RunConfig) -> Run:
     guard = BadStepGuard(tc.max_bad_steps, accelerator.scaler, last_checkpoint=lambda: checkpoints.last)
     if resumed.faults is not None:
         guard.load_state_dict(resumed.faults)
-    init_trackers(accelerator, cfg.tracking, run_dir, run_dir.name, cfg.to_dict())
+    trackers = Trackers(accelerator, cfg.tracking, run_dir)
+    # the W&B run goes on when the run does (same run dir); a fork from another run's checkpoint is a new one
+    continues = resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents
+    trackers.start(cfg.tracking, run_dir.name, cfg.to_dict(), saved_trackers(resume_from) if continues else {})
+    checkpoints.trackers = trackers.state_dict()
     run = Run(cfg=cfg, accelerator=accelerator, precision=precision, data=data, model=model, raw_model=raw_model,
               optimizer=optimizer, scheduler=scheduler, run_dir=run_dir, checkpoints=checkpoints, guard=guard,
-              inject=inject, log=MetricsLog(run_dir / METRICS, accelerator.is_main_process),
-              samples=SampleTable(accelerator, cfg.tracking), claim=claim,
+              inject=inject, log=MetricsLog(run_dir / METRICS, accelerator.is_main_process), trackers=trackers,
+              samples=SampleTable(trackers), claim=claim,
               mfu=MFU(cfg.model, accelerator.device, precision, accelerator.num_processes, cfg.tracking.peak_tflops),
               step=resumed.step, tokens=resumed.tokens, carried=resumed.states)
     accelerator.print(f"run {run_dir} | {cfg.model.arch} {raw_model.num_params() / 1e6:.2f}M params | "
                       f"{accelerator.num_processes} process(es) on {accelerator.device} | precision {precision}"
                       + (f" | resumed from {resume_from} at step {run.step}" if resume_from is not None else ""))
+    if tc.push_to_hub and missing_credentials():
+        accelerator.print(f"train.push_to_hub={tc.push_to_hub}: {missing_credentials()}; final/ will be saved "
+                          "but not pushed")
     return run

@@ -29,12 +29,15 @@ class StepResult:
 def train_step(run, T: int, signals, started: float) -> StepResult:
     """Advance `run` by one optimizer step of windows of T tokens."""
     tc, acc = run.cfg.train, run.accelerator
-    x_all, y_all, restarted_all = run.data.train.next_batch(T)
+    batch = run.data.train.next_batch(T)
+    x_all, y_all, restarted_all = batch.x, batch.y, batch.restarted
     step_loss = 0.0
     for micro in range(tc.grad_accum_steps):
         rows = slice(micro * tc.batch_size, (micro + 1) * tc.batch_size)
         x = x_all[rows].to(acc.device, non_blocking=True)  # pinned when data.pin_memory
         y = y_all[rows].to(acc.device, non_blocking=True)
+        # a document's first token reads a fresh state (data.doc_reset; docs/design.md)
+        doc_start = batch.doc_start[rows].to(acc.device) if run.data.doc_reset else None
         carried = None
         if run.carry:
             carried = run.carried[micro] or run.raw_model.init_state(tc.batch_size, acc.device)
@@ -42,7 +45,7 @@ def train_step(run, T: int, signals, started: float) -> StepResult:
         # Sync gradients across ranks only on the last micro-batch of the step.
         sync = micro == tc.grad_accum_steps - 1
         with nullcontext() if sync else acc.no_sync(run.model):
-            out = run.model(x, y, state=carried, return_state=run.carry)
+            out = run.model(x, y, state=carried, return_state=run.carry, doc_start=doc_start)
             loss = run.inject.poison(out.loss, run.step + 1)
             acc.backward(loss / tc.grad_accum_steps)
         if run.carry:

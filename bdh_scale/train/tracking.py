@@ -1,7 +1,12 @@
-"""Where metrics go: metrics.jsonl in the run directory always, W&B through Accelerate's trackers.
+"""Where metrics go: metrics.jsonl in the run directory always, and every tracker `tracking.backend`
+names (any that Accelerate supports: wandb, tensorboard, mlflow, aim, comet_ml, clearml, dvclive,
+swanlab, trackio; one or a list), all with the same keys. Trackers that write files (TensorBoard,
+Aim) write them into <run_dir>/logs/<tracking.project>/.
 
 W&B must never hang a run: with no credentials (or tracking.wandb_mode=offline) it logs offline
-into the run directory, to be synced later with `wandb sync`.
+into the run directory, and the run ends by printing the `wandb sync` command that uploads it. A
+resumed run continues the same W&B run: the run id is kept in every checkpoint (Checkpointer's
+`trackers`, in trainer_state.json) and given back to wandb.init with resume="allow".
 """
 from __future__ import annotations
 
@@ -9,6 +14,13 @@ import json
 import math
 import os
 from pathlib import Path
+
+from bdh_scale.errors import ConfigError
+from bdh_scale.utils.schema import words
+
+LOGS = "logs"  # in the run directory: the files of TensorBoard and Aim
+# the pip package of each tracker Accelerate supports, where its name is not the package's
+PACKAGES = {"comet_ml": "comet-ml"}
 
 
 def wandb_mode(requested: str) -> str:
@@ -26,19 +38,87 @@ def wandb_mode(requested: str) -> str:
 
 
 def accelerate_log_with(tracking) -> list[str] | None:
-    return ["wandb"] if tracking.backend == "wandb" else None
+    """Accelerator(log_with=...): the trackers asked for, each installed here (ConfigError if not)."""
+    from accelerate.tracking import get_available_trackers
+
+    available = {getattr(t, "value", str(t)) for t in get_available_trackers()}
+    missing = [n for n in tracking.trackers if n not in available]
+    if missing:
+        raise ConfigError(f"tracking.backend: {words(missing)} not installed here; pip install "
+                          f"{' '.join(PACKAGES.get(n, n) for n in missing)}, or leave it out of tracking.backend")
+    return tracking.trackers or None
 
 
-def init_trackers(accelerator, tracking, run_dir: Path, run_name: str, config: dict) -> None:
-    if tracking.backend != "wandb":
-        return
-    mode = wandb_mode(tracking.wandb_mode)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    kwargs = {"mode": mode, "dir": str(run_dir), "name": run_name}
-    if tracking.entity:
-        kwargs["entity"] = tracking.entity
-    accelerator.init_trackers(tracking.project, config=config, init_kwargs={"wandb": kwargs})
-    accelerator.print(f"W&B: logging {mode} into {run_dir}/wandb")
+def flat(tree: dict, prefix: str = "") -> dict:
+    """A nested config as {"model.n_layer": 6, ...}, lists as text: what TensorBoard's hparams and
+    most trackers take (W&B gets the nested form)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat(value, f"{name}."))
+        else:
+            out[name] = str(value) if isinstance(value, (list, tuple)) else value
+    return out
+
+
+class Trackers:
+    """The run's trackers (started through Accelerate on the main process) and what a resume
+    needs of them again."""
+
+    def __init__(self, accelerator, tracking, run_dir: Path):
+        self.accelerator = accelerator
+        self.names = tracking.trackers
+        self.run_dir = run_dir
+        self.wandb_mode = wandb_mode(tracking.wandb_mode) if "wandb" in self.names else None
+        self.wandb_run_id: str | None = None
+
+    def start(self, tracking, run_name: str, config: dict, saved: dict) -> None:
+        """Start every tracker; `saved`: state_dict() of the checkpoint this run continues ({} if none)."""
+        acc = self.accelerator
+        if not self.names:
+            return
+        acc.project_configuration.logging_dir = str(self.run_dir / LOGS)  # TensorBoard, Aim: files in the run dir
+        init_kwargs = {}
+        if "wandb" in self.names:
+            os.environ.setdefault("WANDB_SILENT", "true")
+            wandb = {"mode": self.wandb_mode, "dir": str(self.run_dir), "name": run_name, "resume": "allow"}
+            if saved.get("wandb_run_id"):
+                wandb["id"] = saved["wandb_run_id"]
+            if tracking.entity:
+                wandb["entity"] = tracking.entity
+            init_kwargs["wandb"] = wandb
+        if "mlflow" in self.names:
+            init_kwargs["mlflow"] = {"run_name": run_name}
+        acc.init_trackers(tracking.project, config=None, init_kwargs=init_kwargs)
+        for tracker in acc.trackers:  # each tracker's config in the form it takes
+            tracker.store_init_configuration(config if tracker.name == "wandb" else flat(config))
+        if "wandb" in self.names and acc.is_main_process:
+            self.wandb_run_id = acc.get_tracker("wandb", unwrap=True).id
+        acc.print(f"trackers: {', '.join(self.names)}" + (f" (W&B {self.wandb_mode}, run {self.wandb_run_id}, "
+                                                           f"in {self.run_dir}/wandb)" if self.wandb_run_id else ""))
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps for the trackers: the W&B run id, so a resume continues that run."""
+        return {"wandb_run_id": self.wandb_run_id} if self.wandb_run_id else {}
+
+    def log_sample(self, step: int, table) -> None:
+        """Log the W&B samples table (only W&B gets the samples; metrics.jsonl has each in its row)."""
+        self.accelerator.get_tracker("wandb").log({"samples": table}, step=step)
+
+    def sync_command(self) -> str | None:
+        """`wandb sync` of this offline W&B run, every resumed part in order (None if nothing to sync)."""
+        if self.wandb_mode != "offline" or not self.wandb_run_id:
+            return None
+        parts = sorted((self.run_dir / "wandb").glob(f"offline-run-*-{self.wandb_run_id}"))
+        return f"wandb sync --id {self.wandb_run_id} " + " ".join(str(p) for p in parts) if parts else None
+
+    def end(self) -> None:
+        """Finish every tracker; an offline W&B run says how to upload it."""
+        self.accelerator.end_training()
+        command = self.sync_command() if self.accelerator.is_main_process else None
+        if command:
+            self.accelerator.print(f"W&B logged offline; upload it with: {command}")
 
 
 class MetricsLog:
@@ -64,19 +144,21 @@ def finite_or_none(value):
 
 
 class SampleTable:
-    """The samples written at each validation, as one growing W&B table (step, sample). W&B tables
-    are immutable once logged, so every log sends all rows so far; the newest table is the one the
-    dashboard shows. metrics.jsonl gets each sample in its validation row instead."""
+    """The samples written at each validation, as one W&B table (step, sample) that grows by a row
+    each time: an INCREMENTAL table, so each log sends only the new row. metrics.jsonl gets each
+    sample in its validation row instead."""
 
-    def __init__(self, accelerator, tracking):
-        self.accelerator = accelerator
-        self.enabled = tracking.backend == "wandb" and accelerator.is_main_process
-        self.rows: list[list] = []
+    def __init__(self, trackers: Trackers):
+        self.trackers = trackers
+        self.enabled = "wandb" in trackers.names and trackers.accelerator.is_main_process
+        self.table = None
 
     def add(self, step: int, text: str) -> None:
         if not self.enabled:
             return
         import wandb
 
-        self.rows.append([step, text])
-        self.accelerator.log({"samples": wandb.Table(columns=["step", "sample"], data=self.rows)}, step=step)
+        if self.table is None:
+            self.table = wandb.Table(columns=["step", "sample"], log_mode="INCREMENTAL")
+        self.table.add_data(step, text)
+        self.trackers.log_sample(step, self.table)

@@ -180,3 +180,11 @@ def weights(checkpoint) -> dict:
     state = {"model": {k: torch.empty_like(v) for k, v in template.items()}}
     dcp.load(state, storage_reader=SafeReader(checkpoint / "sharded"), planner=SafeLoadPlanner(), no_dist=True)
     return state["model"]
+
+
+def bpe_tokenizer_file(directory, vocab_size: int = 320) -> Path:
+    """A small byte-level BPE learned on the bundled Shakespeare, saved as <directory>/tokenizer.json."""
+    from bdh_scale.data.bpe import train_bpe
+
+    text = (ROOT / "bdh_scale/data/bundled/tinyshakespeare/input.txt").read_text()[:200_000]
+    return train_bpe(iter(text.splitlines(keepends=True)), vocab_size=vocab_size).save(directory)

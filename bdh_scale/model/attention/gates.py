@@ -8,6 +8,8 @@ that underflow.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,18 +19,31 @@ from torch import nn
 GATE_INIT_LOGIT = 6.0
 
 
+def init_logits(n_head: int, timescales: list[float] | None) -> torch.Tensor:
+    """The gate's starting logit per head. A head whose g = 1 - 1/tau remembers about tau tokens;
+    timescales [tau_first, tau_last] spread the heads geometrically between them (as RetNet's
+    per-head decays), so some heads keep local context sharp while others hold a long memory.
+    None: every head at GATE_INIT_LOGIT."""
+    if timescales is None:
+        return torch.full((n_head,), GATE_INIT_LOGIT)
+    lo, hi = (math.log(t) for t in timescales)
+    taus = torch.logspace(lo, hi, n_head, base=math.e) if n_head > 1 else torch.tensor([math.exp(lo)])
+    return torch.log(taus - 1)  # sigmoid(logit) = 1 - 1/tau
+
+
 class ForgetGate(nn.Module):
     """log g per (batch, head, token), or None when nothing is forgotten."""
 
-    def __init__(self, mode: str, n_head: int, n_embd: int):
+    def __init__(self, mode: str, n_head: int, n_embd: int, timescales: list[float] | None = None):
         super().__init__()
         self.mode = mode
         if mode == "scalar":
-            self.logit = nn.Parameter(torch.full((n_head,), GATE_INIT_LOGIT))
+            self.logit = nn.Parameter(init_logits(n_head, timescales))
         elif mode == "data":
             self.proj = nn.Linear(n_embd, n_head)
             nn.init.normal_(self.proj.weight, std=0.02)
-            nn.init.constant_(self.proj.bias, GATE_INIT_LOGIT)
+            with torch.no_grad():
+                self.proj.bias.copy_(init_logits(n_head, timescales))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | None:
         """x: (B, T, D) layer input -> log g: (B, H, T) in float32, or None."""

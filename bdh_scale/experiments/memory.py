@@ -1,0 +1,207 @@
+"""The memory experiment: what does a carried synaptic state buy, and from what distance?
+
+    python launch/memory.py launch/memory_cpu.yaml [--mode run|print|slurm|collect] [--out_dir runs]
+
+A spec (YAML) crosses datasets x window lengths x variants, every run the same model size and
+the same tokens, and asks for the measurements made on each finished run:
+
+    name: memory_cpu
+    outputs: docs/memory_cpu                   # -> .json, .csv, _context.png, _recall.png
+    set: {train.max_steps: 400, ...}           # every run
+    datasets:                                  # label -> recipe and its own overrides
+      europarl: {recipe: recipes/europarl_small.yaml, set: {...}}
+      passkey: {recipe: recipes/passkey_cpu.yaml, set: {...}, recall: true}
+    seq_len: [128, 512]                        # T of training and of the measurements
+    variants:                                  # label -> overrides
+      reset: {train.state: reset}
+      carry: {train.state: carry, model.forget_mode: none}
+    context: {rows: 8, windows: 16}            # bdh-analyze context on every run
+    recall: {distances: [1, 2, 4, 8], episodes: 32, lead: 32}   # bdh-analyze recall where recall: true
+
+The runs go through the same launcher as the sweeps (dispatch.py: here one after another,
+printed, or one SLURM job each) and resume where they stopped. `collect` (also the end of `run`)
+reads every finished run, measures loss by context (carried and window readings of the held-out
+rows, train/evaluate.py) and passkey recall (analysis/recall.py), and writes one table and two
+figures: loss by context per dataset and T, and recall against distance per T.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from bdh_scale import rundir
+from bdh_scale.analysis.context import loss_by_context
+from bdh_scale.analysis.figures import new_figure
+from bdh_scale.analysis.recall import recall
+from bdh_scale.data.build import passkey_for
+from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
+from bdh_scale.experiments.scaling import as_overrides
+from bdh_scale.experiments.sweep import format_table, write_table
+from bdh_scale.utils.atomic import write_json_atomic
+
+KEYS = ("name", "datasets", "seq_len", "variants")
+
+
+def load_spec(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"error: memory spec '{p}' not found; e.g. launch/memory_cpu.yaml")
+    spec = yaml.safe_load(p.read_text()) or {}
+    missing = [k for k in KEYS if not spec.get(k)]
+    if missing:
+        raise SystemExit(f"error: {p}: missing {', '.join(missing)} (needs {', '.join(KEYS)}; "
+                         "see bdh_scale/experiments/memory.py)")
+    for label, entry in spec["datasets"].items():
+        if not isinstance(entry, dict) or "recipe" not in entry:
+            raise SystemExit(f"error: {p}: datasets.{label} needs a recipe")
+    return spec
+
+
+def points(spec: dict) -> list[dict]:
+    """Every run: dataset, T, variant, run name and overrides (shared, dataset, T, variant)."""
+    out = []
+    for dataset, entry in spec["datasets"].items():
+        for T in spec["seq_len"]:
+            for variant, overrides in spec["variants"].items():
+                out.append({"dataset": dataset, "T": T, "variant": variant, "recipe": entry["recipe"],
+                            "recall": bool(entry.get("recall")),
+                            "run_name": f"{spec['name']}-{dataset}-T{T}-{variant}",
+                            "overrides": as_overrides(spec.get("set")) + as_overrides(entry.get("set"))
+                            + [f"train.seq_len={T}"] + as_overrides(overrides)})
+    return out
+
+
+def measure(point: dict, spec: dict, out_dir: str, device) -> dict | None:
+    """The row of one finished run: its final validation, loss by context and (passkey) recall."""
+    run = Path(out_dir) / point["run_name"]
+    if not (run / rundir.FINAL).is_dir():
+        return None
+    cfg = rundir.run_config(run)
+    model, tokenizer = rundir.load_run(run)
+    model = model.to(device).eval()
+    metrics = rundir.read_metrics(run)
+    last_val = [r for r in metrics if "val_loss" in r][-1]
+    ctx = spec.get("context", {})
+    context = loss_by_context(model, cfg.data, T=point["T"], rows=ctx.get("rows", 8),
+                              windows=ctx.get("windows", 16), device=device, run_dir=run)
+    row = {"dataset": point["dataset"], "T": point["T"], "variant": point["variant"],
+           "state": cfg.train.state, "forget_mode": cfg.model.forget_mode, "attn_window": cfg.model.attn_window,
+           "params": sum(p.numel() for p in model.parameters()), "tokens": metrics[-1]["tokens"],
+           "train_seconds": round(metrics[-1].get("elapsed_s", 0.0)),
+           "val_loss_window": context["val_loss_window"], "val_loss_carried": context["val_loss_carried"],
+           "trained_val_loss": last_val["val_loss"], "context": context["buckets"]}
+    if point["recall"]:
+        rc = spec.get("recall", {})
+        report = recall(model, passkey_for(cfg.data, tokenizer), T=point["T"], distances=rc.get("distances", [1, 2, 4]),
+                        episodes=rc.get("episodes", 32), lead=rc.get("lead", 32), seed=rc.get("seed", 1),
+                        device=device)
+        row["recall"] = report["distances"]
+    return row
+
+
+def table_rows(rows: list[dict]) -> list[dict]:
+    """Flat rows for the CSV and the printed table."""
+    flat = []
+    for r in rows:
+        f = {k: v for k, v in r.items() if k not in ("context", "recall")}
+        f["carried_minus_window"] = r["val_loss_carried"] - r["val_loss_window"]
+        last = r["context"][-1]
+        f[f"late_carried_{last['context_from']}+"] = last["carried"]
+        f[f"late_window_{last['context_from']}+"] = last["window"]
+        for d in r.get("recall", []):
+            f[f"recall_d{d['distance_windows']}_carried"] = d["carried"]["exact_match"]
+            f[f"recall_d{d['distance_windows']}_window"] = d["window"]["exact_match"]
+        flat.append(f)
+    return flat
+
+
+def plot_context(rows: list[dict], spec: dict):
+    groups = sorted({(r["dataset"], r["T"]) for r in rows})
+    fig, axes = new_figure(len(groups), height=3.8)
+    for ax, (dataset, T) in zip(axes, groups):
+        for i, r in enumerate(r for r in rows if (r["dataset"], r["T"]) == (dataset, T)):
+            b = [x for x in r["context"] if x["carried"] is not None]
+            xs = [max(x["context_from"], 1) for x in b]
+            ax.plot(xs, [x["carried"] for x in b], "o-", color=f"C{i}", label=f"{r['variant']} carried")
+            ax.plot(xs, [x["window"] for x in b], ":", color=f"C{i}", alpha=0.7)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"{dataset}, T = {T}: loss by context (solid: carried state, dotted: independent windows)",
+                     fontsize=9)
+        ax.set_xlabel("tokens of context before the token (bucket start)")
+        ax.set_ylabel("nats/token")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def plot_recall(rows: list[dict]):
+    rows = [r for r in rows if "recall" in r]
+    Ts = sorted({r["T"] for r in rows})
+    fig, axes = new_figure(max(1, len(Ts)), height=3.6)
+    for ax, T in zip(axes, Ts):
+        for i, r in enumerate(r for r in rows if r["T"] == T):
+            ds = [d["distance_windows"] for d in r["recall"]]
+            ax.plot(ds, [d["carried"]["exact_match"] for d in r["recall"]], "o-", color=f"C{i}",
+                    label=f"{r['variant']} carried")
+            ax.plot(ds, [d["window"]["exact_match"] for d in r["recall"]], ":", color=f"C{i}", alpha=0.7)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"passkey, T = {T}: exact-match recall (solid: carried state, dotted: independent windows)",
+                     fontsize=9)
+        ax.set_xlabel("distance between fact and question (windows of T)")
+        ax.set_ylabel("exact match")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def report(spec: dict, out_dir: str, device) -> int:
+    todo = points(spec)
+    rows, missing = [], []
+    for point in todo:
+        t0 = time.perf_counter()
+        row = measure(point, spec, out_dir, device)
+        if row is None:
+            missing.append(point["run_name"])
+            continue
+        print(f"measured {point['run_name']} in {time.perf_counter() - t0:.0f} s", flush=True)
+        rows.append(row)
+    stem = Path(spec["outputs"]) if spec.get("outputs") else Path(out_dir) / "sweeps" / spec["name"]
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    flat = table_rows(rows)
+    write_table(flat, stem, with_json=False)  # the flat table; the JSON holds every measurement
+    write_json_atomic(stem.with_suffix(".json"), {"spec": spec, "runs": rows})
+    if rows:
+        print(format_table(flat))
+        plot_context(rows, spec).savefig(f"{stem}_context.png", dpi=110)
+        if any("recall" in r for r in rows):
+            plot_recall(rows).savefig(f"{stem}_recall.png", dpi=110)
+    print(f"table: {stem}.csv, {stem}.json; plots: {stem}_context.png, {stem}_recall.png")
+    if missing:
+        print(f"not finished ({len(missing)}): {', '.join(missing)}", file=sys.stderr)
+    return 0 if not missing else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="launch/memory.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("spec", help="memory experiment spec YAML, e.g. launch/memory_cpu.yaml")
+    add_launch_args(p, run_mode="run")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where collect measures the runs")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    spec = load_spec(args.spec)
+    todo = points(spec)
+    t0 = time.perf_counter()
+    dispatch([job(pt["run_name"], pt["recipe"], pt["overrides"], args.out_dir) for pt in todo], args)
+    if args.mode == "run":
+        print(f"trained {len(todo)} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+    return report(spec, args.out_dir, args.device) if args.mode in ("run", "collect") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
