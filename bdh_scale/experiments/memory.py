@@ -12,6 +12,7 @@ the same tokens, and asks for the measurements made on each finished run:
       europarl: {recipe: recipes/europarl_small.yaml, set: {...}}
       passkey: {recipe: recipes/passkey_cpu.yaml, set: {...}, recall: true}
     seq_len: [128, 512]                        # T of training and of the measurements
+    tokens_per_step: 2048                      # optional: batch_size = tokens_per_step / T, same tokens at every T
     variants:                                  # label -> overrides
       reset: {train.state: reset}
       carry: {train.state: carry, model.forget_mode: none}
@@ -62,6 +63,17 @@ def load_spec(path: str) -> dict:
     return spec
 
 
+def batch_for(spec: dict, T: int) -> list[str]:
+    """The batch override that keeps tokens per step equal across window lengths, if asked."""
+    tokens = spec.get("tokens_per_step")
+    if tokens is None:
+        return []
+    if tokens % T:
+        raise SystemExit(f"error: tokens_per_step={tokens} is not a multiple of seq_len {T}; "
+                         "pick window lengths that divide it")
+    return [f"train.batch_size={tokens // T}"]
+
+
 def points(spec: dict) -> list[dict]:
     """Every run: dataset, T, variant, run name and overrides (shared, dataset, T, variant)."""
     out = []
@@ -72,7 +84,7 @@ def points(spec: dict) -> list[dict]:
                             "recall": bool(entry.get("recall")),
                             "run_name": f"{spec['name']}-{dataset}-T{T}-{variant}",
                             "overrides": as_overrides(spec.get("set")) + as_overrides(entry.get("set"))
-                            + [f"train.seq_len={T}"] + as_overrides(overrides)})
+                            + [f"train.seq_len={T}"] + batch_for(spec, T) + as_overrides(overrides)})
     return out
 
 
