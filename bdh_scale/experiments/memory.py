@@ -132,43 +132,49 @@ def table_rows(rows: list[dict]) -> list[dict]:
     return flat
 
 
+def draw_pair(ax, i: int, label: str, xs, carried, window):
+    """One run on one panel: its carried reading solid, its independent windows dotted, one colour."""
+    ax.plot(xs, carried, "o-", color=f"C{i}", label=f"{label} carried")
+    ax.plot(xs, window, ":", color=f"C{i}", alpha=0.7)
+
+
+def finish_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_title(f"{title} (solid: carried state, dotted: independent windows)", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
 def plot_context(rows: list[dict], spec: dict):
     groups = sorted({(r["dataset"], r["T"]) for r in rows})
     fig, axes = new_figure(len(groups), height=3.8)
     for ax, (dataset, T) in zip(axes, groups):
         for i, r in enumerate(r for r in rows if (r["dataset"], r["T"]) == (dataset, T)):
             b = [x for x in r["context"] if x["carried"] is not None]
-            xs = [max(x["context_from"], 1) for x in b]
-            ax.plot(xs, [x["carried"] for x in b], "o-", color=f"C{i}", label=f"{r['variant']} carried")
-            ax.plot(xs, [x["window"] for x in b], ":", color=f"C{i}", alpha=0.7)
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"{dataset}, T = {T}: loss by context (solid: carried state, dotted: independent windows)",
-                     fontsize=9)
-        ax.set_xlabel("tokens of context before the token (bucket start)")
-        ax.set_ylabel("nats/token")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+            draw_pair(ax, i, r["variant"], [max(x["context_from"], 1) for x in b],
+                      [x["carried"] for x in b], [x["window"] for x in b])
+        finish_panel(ax, f"{dataset}, T = {T}: loss by context",
+                     "tokens of context before the token (bucket start)", "nats/token")
     return fig
 
 
 def plot_recall(rows: list[dict]):
+    """Per T: exact-match recall and the loss on the answer's tokens against the distance."""
     rows = [r for r in rows if "recall" in r]
     Ts = sorted({r["T"] for r in rows})
-    fig, axes = new_figure(max(1, len(Ts)), height=3.6)
-    for ax, T in zip(axes, Ts):
-        for i, r in enumerate(r for r in rows if r["T"] == T):
-            ds = [d["distance_windows"] for d in r["recall"]]
-            ax.plot(ds, [d["carried"]["exact_match"] for d in r["recall"]], "o-", color=f"C{i}",
-                    label=f"{r['variant']} carried")
-            ax.plot(ds, [d["window"]["exact_match"] for d in r["recall"]], ":", color=f"C{i}", alpha=0.7)
-        ax.set_xscale("log", base=2)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"passkey, T = {T}: exact-match recall (solid: carried state, dotted: independent windows)",
-                     fontsize=9)
-        ax.set_xlabel("distance between fact and question (windows of T)")
-        ax.set_ylabel("exact match")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+    fig, axes = new_figure(2 * max(1, len(Ts)), height=3.4)
+    for k, T in enumerate(Ts):
+        for ax, metric, ylabel in ((axes[2 * k], "exact_match", "exact match"),
+                                   (axes[2 * k + 1], "answer_loss", "answer loss, nats/token")):
+            for i, r in enumerate(r for r in rows if r["T"] == T):
+                ds = [d["distance_windows"] for d in r["recall"]]
+                draw_pair(ax, i, r["variant"], ds, [d["carried"][metric] for d in r["recall"]],
+                          [d["window"][metric] for d in r["recall"]])
+            finish_panel(ax, f"passkey, T = {T}: {ylabel}", "distance between fact and question (windows of T)",
+                         ylabel)
+        axes[2 * k].set_ylim(-0.02, 1.02)
     return fig
 
 

@@ -1,0 +1,56 @@
+"""The memory experiment runner: one spec crosses datasets x T x variants at equal tokens per step,
+trains every run through the sweep launcher and writes one table and two figures from the finished
+runs (loss by context; passkey recall against distance)."""
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from bdh_scale.experiments import memory
+from tests.helpers.tiny_runs import ROOT
+
+
+def tiny_spec(tmp_path) -> dict:
+    return {
+        "name": "m", "outputs": str(tmp_path / "docs/m"), "tokens_per_step": 128,
+        "set": {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.mlp_internal_dim_multiplier": 8,
+                "train.max_steps": 2, "train.eval_batches": 8, "train.sample_tokens": 0, "train.progress": False,
+                "data.prefetch": 0, "data.passkey.episodes": 60, "data.passkey.max_gap": 200},
+        "datasets": {"passkey": {"recipe": "recipes/passkey_cpu.yaml", "recall": True}},
+        "seq_len": [32],
+        "variants": {"reset": {"train.state": "reset", "model.forget_mode": "none"},
+                     "carry_data": {"train.state": "carry", "model.forget_mode": "data"}},
+        "context": {"rows": 2, "windows": 4},
+        "recall": {"distances": [1, 2], "episodes": 2, "lead": 4},
+    }
+
+
+def test_points_keep_tokens_per_step_equal_across_window_lengths(tmp_path):
+    spec = dict(tiny_spec(tmp_path), seq_len=[32, 64])
+    batches = {(p["T"], p["variant"]): [o for o in p["overrides"] if o.startswith("train.batch_size=")]
+               for p in memory.points(spec)}
+    assert batches[(32, "reset")] == ["train.batch_size=4"] and batches[(64, "carry_data")] == ["train.batch_size=2"]
+    with pytest.raises(SystemExit, match="tokens_per_step=128 is not a multiple of seq_len 48"):
+        memory.points(dict(spec, seq_len=[48]))
+
+
+def test_the_experiment_trains_every_run_and_writes_its_table_and_figures(tmp_path):
+    spec_path = tmp_path / "m.yaml"
+    spec_path.write_text(yaml.safe_dump(tiny_spec(tmp_path)))
+    proc = subprocess.run([sys.executable, str(ROOT / "launch/memory.py"), str(spec_path),
+                           "--out_dir", str(tmp_path / "runs")], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "docs/m.json").read_text())
+    runs = {r["variant"]: r for r in result["runs"]}
+    assert set(runs) == {"reset", "carry_data"}
+    assert runs["carry_data"]["state"] == "carry" and runs["carry_data"]["forget_mode"] == "data"
+    for r in runs.values():
+        assert r["tokens"] == 2 * 128  # 2 steps x 4 lanes x 32 tokens
+        assert [d["distance_windows"] for d in r["recall"]] == [1, 2]
+        assert r["context"][0]["context_from"] == 0 and r["val_loss_window"] > 0
+    for suffix in (".csv", "_context.png", "_recall.png"):
+        assert (tmp_path / f"docs/m{suffix}").stat().st_size > 0
+    assert (tmp_path / "docs/m.csv").read_text().startswith("dataset,T,variant")
