@@ -28,6 +28,7 @@ figures: loss by context per dataset and T, and recall against distance per T.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -139,7 +140,7 @@ def draw_pair(ax, i: int, label: str, xs, carried, window):
 
 
 def finish_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_xscale("log", base=2)
+    ax.set_xscale("symlog", base=2, linthresh=1)  # log from 1 on, and room for a distance of 0
     ax.set_title(f"{title} (solid: carried state, dotted: independent windows)", fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -172,10 +173,17 @@ def plot_recall(rows: list[dict]):
                 ds = [d["distance_windows"] for d in r["recall"]]
                 draw_pair(ax, i, r["variant"], ds, [d["carried"][metric] for d in r["recall"]],
                           [d["window"][metric] for d in r["recall"]])
+            if metric == "answer_loss":  # a model that only knows the answer is digits: log 10 nats
+                ax.axhline(math.log(10), color="k", lw=0.8, ls="--", label="uniform over digits")
             finish_panel(ax, f"passkey, T = {T}: {ylabel}", "distance between fact and question (windows of T)",
                          ylabel)
         axes[2 * k].set_ylim(-0.02, 1.02)
     return fig
+
+
+def save_figure(fig, path: str) -> None:
+    fig.tight_layout()  # panel titles clear of the axis labels above them
+    fig.savefig(path, dpi=110)
 
 
 def report(spec: dict, out_dir: str, device) -> int:
@@ -196,9 +204,9 @@ def report(spec: dict, out_dir: str, device) -> int:
     write_json_atomic(stem.with_suffix(".json"), {"spec": spec, "runs": rows})
     if rows:
         print(format_table(flat))
-        plot_context(rows, spec).savefig(f"{stem}_context.png", dpi=110)
+        save_figure(plot_context(rows, spec), f"{stem}_context.png")
         if any("recall" in r for r in rows):
-            plot_recall(rows).savefig(f"{stem}_recall.png", dpi=110)
+            save_figure(plot_recall(rows), f"{stem}_recall.png")
     print(f"table: {stem}.csv, {stem}.json; plots: {stem}_context.png, {stem}_recall.png")
     if missing:
         print(f"not finished ({len(missing)}): {', '.join(missing)}", file=sys.stderr)
