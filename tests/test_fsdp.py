@@ -20,6 +20,11 @@ from bdh_scale.train.checkpoint_files import SafeLoadPlanner, SafeReader, distri
 from tests.helpers.tiny_runs import RECIPE, TWO, losses, rank_state, train_process, weights
 
 
+def validations(run_dir) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k == "step" or k.startswith(("val_", "ctx/"))} for r in rows if "val_loss" in r]
+
+
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp")
@@ -45,6 +50,12 @@ def test_fsdp_says_so_first_shards_its_checkpoints_and_matches_ddp(fsdp_run, two
     ddp_dir, _ = two_process_run
     for (s, a), (t, b) in zip(losses(run_dir), losses(ddp_dir), strict=True):  # the same lanes, the same init
         assert s == t and abs(a - b) < 1e-5, (s, a, b)
+    # validation as trained under FSDP: the carried and window readings, and every context bucket, as DDP's
+    fsdp_val, ddp_val = (validations(d) for d in (run_dir, ddp_dir))
+    assert [r["step"] for r in fsdp_val] == [4, 8] and all(set(a) == set(b) for a, b in zip(fsdp_val, ddp_val))
+    for a, b in zip(fsdp_val, ddp_val):
+        assert "val_loss_window" in a and any(k.startswith("ctx/carried_") for k in a)
+        assert all(abs(a[k] - b[k]) < 1e-5 for k in a), (a, b)
 
 
 def test_fsdp_run_killed_with_sigkill_resumes_bitwise(fsdp_run, tmp_path):

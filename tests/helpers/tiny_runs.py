@@ -27,7 +27,7 @@ TINY = ["model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.mlp_inter
 
 # W=2 processes x B=2 lanes x 2 micro-batches = 8 global lanes, with TBPTT state, gradient
 # checkpointing and a checkpoint every 3 steps: the 2-process runs of the DDP and FSDP tests.
-TWO = ["train.max_steps=8", "train.checkpoint_every=3", "train.state=carry", "train.batch_size=2",
+TWO = ["train.max_steps=8", "train.checkpoint_every=3", "train.eval_every=4", "train.state=carry", "train.batch_size=2",
        "train.grad_accum_steps=2", "train.gradient_checkpointing=true", "data.prefetch=2", "train.resume=auto"]
 
 
