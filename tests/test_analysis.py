@@ -132,6 +132,16 @@ def test_context_reads_the_held_out_rows_carried_and_as_windows(run_dir):
     assert first["carried"] == pytest.approx(first["window"], rel=1e-6)  # both from an empty state
     assert all(b["carried"] != pytest.approx(b["window"], rel=1e-4) for b in later)
     assert sum(b["tokens"] for b in report["buckets"]) == 2 * 256
+    assert [s["windows"] for s in report["spans"]] == [2, 4]  # spans shorter than the 8 windows read
+
+
+def test_context_asked_for_more_windows_than_held_out_reads_what_there_is_and_says_so(run_dir, capsys):
+    capsys.readouterr()
+    report = analyze("context", run_dir, "--seq-len", 32, "--rows", 2, "--windows", 100000)
+    held = report["windows_read"]
+    assert held < 100000 and report["windows_asked"] == 100000 and report["row_tokens"] == 32 * held
+    assert all(s["windows"] < held for s in report["spans"])  # no span as long as the row: no wasted reading
+    assert f"holds {held} windows" in capsys.readouterr().err
 
 
 def test_selectivity_ranks_neurons_that_separate_two_texts(run_dir, tmp_path):

@@ -1,6 +1,8 @@
 """bdh-bench end to end on a tiny model: every section measured and saved, the memory tracker
 counting what is known exactly (parameters, AdamW's two moments), and a real worker process."""
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -74,3 +76,17 @@ def test_data_bench_measures_stream_lanes_against_the_trainer(in_process, tmp_pa
     assert summary["10x corpus / 1x corpus: peak RSS"] > 0 and "bpe tokens/s with 1 worker" in summary
     assert data["stream"]["h100_estimate"]["per_tokenizer"]["bpe"]["workers"] > 0
     assert data["stream"]["corpora"]["parquet_x10"]["shards"] == 10 * data["stream"]["corpora"]["parquet"]["shards"]
+
+
+def test_a_worker_reports_its_own_peak_memory_not_its_launchers():
+    """ru_maxrss survives fork and exec: a worker started by a process holding 1.5 GB would report
+    1.5 GB. The bench reads the worker's own high-water mark instead."""
+    held = bytearray(1_500_000_000)
+    held[::4096] = b"x" * len(held[::4096])  # touched: resident in this process
+    code = ("import resource; from bdh_scale.bench.data import PeakMemory; "
+            "print(PeakMemory().own_peak_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    own, inherited = map(int, out.stdout.split())
+    assert inherited > 1_400_000_000  # what getrusage says in the worker: its launcher's peak
+    assert own < 1_000_000_000  # the worker itself: python, torch and the bench imports
+    del held

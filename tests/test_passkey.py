@@ -124,6 +124,9 @@ def test_passkey_source_trains_with_document_resets_and_bdh_analyze_recall_write
     assert cli.main(["recall", str(gpt.run_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "carries no state" in err[0]
+    assert not (gpt.run_dir / "analysis").exists()  # a refused analysis writes nothing
+    assert cli.main(["recall", str(result.run_dir), "--distances", "a,b", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def yaml_config(run_dir):

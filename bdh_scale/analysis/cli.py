@@ -104,6 +104,9 @@ def run(args) -> tuple:
         report = context.loss_by_context(model, cfg.data, T=T, rows=args.rows, windows=args.windows,
                                          device=args.device, run_dir=args.run)
         report.update(run=str(args.run), trained_state=cfg.train.state)
+        if report["windows_read"] < args.windows:
+            print(f"note: the held-out set holds {report['windows_read']} windows of T = {T} per row "
+                  f"({report['rows']} rows); read those, not --windows {args.windows}", file=sys.stderr)
         title = f"{args.run}: trained with state={cfg.train.state}, forget_mode={cfg.model.forget_mode}"
         return save(context.plot(report, title), report, out, "context")
     if args.command == "recall":

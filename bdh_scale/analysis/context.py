@@ -32,13 +32,14 @@ def loss_by_context(model, data_cfg, *, T: int, rows: int, windows: int, device,
     # a streamed run's held-out set comes from its run directory, not from the source again
     data = build_data(dataclasses.replace(data_cfg, prefetch=0), batch_size=1, held_out_dir=run_dir)
     try:
-        spans = tuple(2 ** i for i in range(1, max(1, windows.bit_length())) if 2 ** i < windows)
+        _, windows_read, _ = data.val_layout(T, rows, windows)  # a short held-out set holds fewer
+        spans = tuple(2 ** i for i in range(1, max(1, windows_read.bit_length())) if 2 ** i < windows_read)
         val = evaluate(model, data, T=T, batch_size=rows, max_batches=windows, accelerator=OneProcess(device),
                        carried=True, doc_reset=data.doc_reset, spans=spans)
     finally:
         data.close()
     report = val.report()
-    report.update(forget_mode=model.config.forget_mode, attn_window=model.config.attn_window,
+    report.update(windows_asked=windows, windows_read=windows_read, forget_mode=model.config.forget_mode, attn_window=model.config.attn_window,
                   definition="loss per token (nats) of the held-out rows, by tokens of the row before it; "
                              "carried: state carried along the row; window: every window of T from an empty state")
     return report

@@ -20,6 +20,7 @@ def new_figure(n_axes: int = 1, width: float = 9.0, height: float = 5.0):
 def save(fig, report: dict, out: Path, name: str) -> tuple[Path, Path]:
     """Write <out>/<name>.json and <out>/<name>.png; return their paths."""
     json_path, png_path = out / f"{name}.json", out / f"{name}.png"
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(json_path, report)
     fig.tight_layout()
     fig.savefig(png_path, format="png")

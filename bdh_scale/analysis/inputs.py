@@ -105,6 +105,6 @@ def windows(tokens: torch.Tensor, seq_len: int, batch_size: int) -> Iterator[tup
 
 
 def out_dir(run: str | Path, out: str | None) -> Path:
-    path = Path(out) if out else Path(run) / "analysis"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Where the report goes; created only when it is written (figures.save), so a refused
+    analysis leaves nothing behind."""
+    return Path(out) if out else Path(run) / "analysis"

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 from bdh_scale.data.build import build_data
 from bdh_scale.data.catalog import BUNDLED_DIR
@@ -92,30 +94,67 @@ def make_corpus(root: Path, mbytes: float, shards: int, kind: str = "parquet") -
     return {"path": str(root), "kind": kind, "shards": shards, "documents": i, "mbytes": n / 1e6}
 
 
+class PeakMemory:
+    """Peak resident memory of this process and of its largest worker, sampled every 50 ms.
+
+    Not getrusage: ru_maxrss survives fork and exec, so a fresh worker process would report the
+    peak of whatever process started it. /proc's VmHWM is this process's own high-water mark
+    (reset by exec); workers are sampled while they live (their RSS counts pages shared with us)."""
+
+    def __init__(self, every_s: float = 0.05):
+        self.me, self.worker_bytes, self.every_s = psutil.Process(), 0, every_s
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+
+    def sample(self) -> None:
+        while not self.done.wait(self.every_s):
+            for child in self.me.children(recursive=True):
+                try:
+                    self.worker_bytes = max(self.worker_bytes, child.memory_info().rss)
+                except psutil.Error:  # exited between the listing and the read
+                    pass
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def own_peak_bytes(self) -> int:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return self.me.memory_info().rss  # no /proc (macOS): the current figure, a lower bound
+
+
 def measure_stream(case: dict) -> dict:
     """One stream-lanes measurement in this (fresh) process: start-up to the first batch, then
-    tokens/s served for case["tokens"] tokens, and the peak RSS of this process and its workers."""
+    tokens/s served for case["tokens"] tokens, and the peak RSS of this process and its largest worker."""
     cfg = DataConfig(source=case["source"], lanes="stream", tokenizer=case["tokenizer"], workers=case["workers"],
                      val_tokens=case["val_tokens"])
     T, B = case.get("T", STREAM_T), case.get("B", STREAM_B)
-    t0 = time.perf_counter()
-    data = build_data(cfg, batch_size=B, seq_len=T)
-    try:
-        data.train.next_batch(T)
-        startup = time.perf_counter() - t0
-        served, half = 0, None
-        while served < case["tokens"]:
-            served += data.train.next_batch(T).x.numel()
-            if half is None and served >= case["tokens"] // 2:  # the buffer filled at start-up is gone
-                half, t1 = served, time.perf_counter()
-        serve_s = time.perf_counter() - t1
-    finally:
-        data.close()
-    kib = 1024  # ru_maxrss is in KiB on Linux
+    with PeakMemory() as memory:
+        t0 = time.perf_counter()
+        data = build_data(cfg, batch_size=B, seq_len=T)
+        try:
+            data.train.next_batch(T)
+            startup = time.perf_counter() - t0
+            served, half = 0, None
+            while served < case["tokens"]:
+                served += data.train.next_batch(T).x.numel()
+                if half is None and served >= case["tokens"] // 2:  # the buffer filled at start-up is gone
+                    half, t1 = served, time.perf_counter()
+            serve_s = time.perf_counter() - t1
+        finally:
+            data.close()
     return {"startup_s": startup, "serve_tokens_per_s": (served - half) / serve_s, "tokens": served,
-            "bytes_per_token": data.bytes_per_token,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib / 1e6,
-            "peak_worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib / 1e6}
+            "bytes_per_token": data.bytes_per_token, "peak_rss_mb": memory.own_peak_bytes() / 1e6,
+            "peak_worker_rss_mb": memory.worker_bytes / 1e6}
 
 
 def bench_stream(run_worker, root: Path, trainer_tokens_per_s: float | None, *, mbytes: float = 40,

@@ -62,6 +62,20 @@ class DataBundle:
         if self.held_out is not None:
             save_held_out(self.held_out, run_dir)
 
+    def val_layout(self, T: int, rows: int, max_batches: int | None = None) -> tuple[int, int, int]:
+        """(rows, windows per row, tokens per row's stretch) that val_batches will read: fewer rows
+        than asked when the held-out data is short, and at most what a row holds of windows."""
+        n = len(self.val)
+        if n < T + 1:
+            raise DataError(f"{self.val_key}: the held-out data has {n:,} tokens, fewer than one "
+                            f"window of T+1 = {T + 1}; raise {self.val_key} or lower T")
+        rows = max(1, min(rows, n // (T + 1)))
+        stretch = n // rows
+        n_batches = (stretch - 1) // T
+        if max_batches is not None:
+            n_batches = min(n_batches, max_batches)
+        return rows, n_batches, stretch
+
     def val_batches(self, T: int, rows: int, max_batches: int | None = None) -> Iterator[Batch]:
         """Fixed held-out windows, identical on every call and on every rank.
 
@@ -72,15 +86,7 @@ class DataBundle:
         (batch.py): restarted is True on the first batch only, doc_start where held-out
         documents begin.
         """
-        n = len(self.val)
-        if n < T + 1:
-            raise DataError(f"{self.val_key}: the held-out data has {n:,} tokens, fewer than one "
-                            f"window of T+1 = {T + 1}; raise {self.val_key} or lower T")
-        rows = max(1, min(rows, n // (T + 1)))
-        stretch = n // rows
-        n_batches = (stretch - 1) // T
-        if max_batches is not None:
-            n_batches = min(n_batches, max_batches)
+        rows, n_batches, stretch = self.val_layout(T, rows, max_batches)
         row_starts = np.arange(rows) * stretch
         for k in range(n_batches):
             starts = row_starts + k * T
