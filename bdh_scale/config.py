@@ -258,6 +258,10 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> RunConf
     tree = read_recipe(recipe) if recipe is not None else {}
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(tree, key, value)
+    if recipe is not None and not tree.get("model"):  # the defaults are a 151M-parameter model: never by accident
+        raise ConfigError(f"recipe '{recipe}' has no model section, so it would build the 151M-parameter default "
+                          "model; name the model's size (n_layer, n_embd, n_head, ...) as recipes/shakespeare_cpu.yaml "
+                          "does, or with model.* overrides")
     return config_from_dict(tree)
 
 

@@ -7,6 +7,7 @@ Hugging Face Hub id (owner/name); the prompt comes from --prompt, --prompt-file 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from bdh_scale.data.tokenizer import StreamDecoder
 from bdh_scale.errors import UsageError
 from bdh_scale.rundir import load_run, recipe_of
+from bdh_scale.utils.device import check_device
 
 DEFAULT_PROMPT = "\n"
 
@@ -58,8 +60,11 @@ def parse_args(argv):
 
 
 def check_args(args) -> None:
+    if not math.isfinite(args.temperature):
+        raise UsageError(f"--temperature {args.temperature}: must be a finite number >= 0 (0 = greedy)")
     if args.tokens < 0 or args.temperature < 0 or (args.top_k is not None and args.top_k < 1) or args.num_samples < 1:
         raise UsageError("--tokens and --temperature must be >= 0, --top-k and --num-samples >= 1")
+    check_device(args.device)
     if args.max_context is not None and args.max_context != 0 and args.max_context < 2:
         raise UsageError(f"--max-context must be 0 (no limit) or >= 2, got {args.max_context}")
 

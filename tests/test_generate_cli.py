@@ -125,7 +125,10 @@ def test_a_model_without_tokenizer_is_refused_naming_what_to_pass(tmp_path, caps
 @pytest.mark.parametrize("args,message", [(["--max-context", "1"], "--max-context"), (["--tokens", "-1"], "--tokens"),
                                           (["--num-samples", "0"], "--num-samples"),
                                           (["--prompt", ""], "prompt is empty"),
-                                          (["--prompt-file", "/nonexistent/p.txt"], "--prompt-file")])
+                                          (["--prompt-file", "/nonexistent/p.txt"], "--prompt-file"),
+                                          (["--temperature", "nan"], "--temperature nan"),
+                                          (["--device", "cuda:0" if not torch.cuda.is_available() else "nope"],
+                                           "--device")])
 def test_bad_arguments_are_one_error_line(byte_run, capsys, args, message):
     code, out, err = run_generate(capsys, byte_run, *args)
     assert code == 2 and out == "" and message in one_error_line(err)
@@ -139,3 +142,33 @@ def test_bad_models_are_one_error_line(tmp_path, monkeypatch, capsys):
     for source, message in cases.items():
         code, out, err = run_generate(capsys, source)
         assert code == 2 and out == "" and message in one_error_line(err)
+
+
+def test_damaged_weights_and_weights_of_another_config_are_one_error_line(byte_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    damaged, mismatched = tmp_path / "damaged", tmp_path / "mismatched"
+    for d in (damaged, mismatched):
+        shutil.copytree(byte_run / "final", d)
+    (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:100])
+    config = json.loads((mismatched / "config.json").read_text())
+    (mismatched / "config.json").write_text(json.dumps(dict(config, n_layer=config["n_layer"] + 1)))
+    for source, message in ((damaged, "the weights cannot be read"), (mismatched, "do not match config.json")):
+        code, out, err = run_generate(capsys, source)
+        assert code == 2 and out == "" and message in one_error_line(err)
+
+
+def test_a_hub_id_without_network_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """Without HF_HUB_OFFLINE: one request decides (no retries), then the cache is read."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
+    from bdh_scale.model import pretrained
+
+    def no_network(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(pretrained.HfApi, "model_info", no_network)
+    pretrained.hub_reachable.cache_clear()
+    code, out, err = run_generate(capsys, "someone/bdh-model")
+    assert code == 2 and out == "" and "could not be reached" in one_error_line(err)

@@ -137,6 +137,13 @@ def test_recipes_that_are_empty_or_not_text_and_unwritable_outputs_are_refused(t
     a_file.write_text("not a directory")
     assert "is empty" in refused(tmp_path, capsys, recipe=empty)  # used to build a 151M-parameter default model
     assert "not a text file" in refused(tmp_path, capsys, recipe=binary)
+    no_model = tmp_path / "no_model.yaml"
+    no_model.write_text("train: {max_steps: 1}\n")
+    out = tmp_path / "runs"
+    capsys.readouterr()
+    assert main_in_process(no_model, "train.max_steps=1", f"train.out_dir={out}") == 2  # not the 151M default
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "has no model section" in err[0] and not out.exists()
     line = refused(tmp_path, capsys, f"train.out_dir={a_file / 'runs'}")
     assert "train.out_dir" in line and "is a file" in line
 

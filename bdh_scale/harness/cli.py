@@ -19,6 +19,7 @@ from bdh_scale.errors import UsageError
 from bdh_scale.model.registry import is_stateful
 from bdh_scale.rundir import load_run, recipe_of
 from bdh_scale.utils.atomic import write_text_atomic
+from bdh_scale.utils.device import check_device
 
 INSTALL = "pip install 'bdh-scale[eval]'"
 
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         names = check_args(args)
+        check_device(args.device)
         try:
             from lm_eval import simple_evaluate
             from lm_eval.utils import make_table

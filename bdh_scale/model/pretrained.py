@@ -20,6 +20,7 @@ failure to load is one ModelError saying what was tried and what would work.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import HfApi, ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
 from huggingface_hub import errors as hub
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bdh_scale.data.tokenizer import TOKENIZER_FILE, load_tokenizer
@@ -41,6 +43,7 @@ WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
 RECIPE_NAME = "recipe.yaml"
 HUB_KWARGS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
+HUB_TIMEOUT_S = 10  # one request to learn whether the Hub answers, instead of a download's retries
 
 
 # -- where the files come from: a local directory or a Hub repo --------------------------------------
@@ -49,6 +52,31 @@ def hub_offline() -> bool:
     """HF_HUB_OFFLINE as it is now (huggingface_hub reads it once, when imported)."""
     flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
     return constants.HF_HUB_OFFLINE or flag in {"1", "ON", "YES", "TRUE"}
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(name: str, revision: str | None = None) -> bool:
+    """Whether the Hub answers for model `name`: one request with a timeout and no retries (a
+    download retries for ~25 s with no network). A missing repo or revision raises, as huggingface_hub
+    does (hub_errors turns it into one line); False when the Hub cannot be reached at all, so that
+    only the local cache is read."""
+    try:
+        HfApi().model_info(name, revision=revision, timeout=HUB_TIMEOUT_S)
+    except (hub.HFValidationError, hub.RepositoryNotFoundError, hub.RevisionNotFoundError):
+        raise
+    except hub.HfHubHTTPError:
+        return True  # the Hub answered (e.g. a gated repo): the download will say what it needs
+    except Exception:  # no network, DNS, proxy, timeout
+        return False
+    return True
+
+
+def read_locally(name: str, hub_kwargs: dict) -> bool:
+    """local_files_only for `name`: asked for, HF_HUB_OFFLINE, or a Hub that does not answer."""
+    if hub_kwargs.get("local_files_only") or hub_offline():
+        return True
+    with hub_errors(name):
+        return not hub_reachable(name, hub_kwargs.get("revision"))
 
 
 def looks_local(name: str) -> bool:
@@ -97,7 +125,7 @@ def model_file(name: str, filename: str, required: bool = True, **hub_kwargs) ->
         raise ModelError(f"{name}: no such directory; pass a run directory, its final/ directory or a Hugging Face "
                          "Hub id (owner/name)")
     kwargs = {k: v for k, v in hub_kwargs.items() if k in HUB_KWARGS and v is not None}
-    kwargs["local_files_only"] = bool(kwargs.get("local_files_only")) or hub_offline()
+    kwargs["local_files_only"] = read_locally(name, kwargs)
     with hub_errors(name):
         try:
             return Path(hf_hub_download(repo_id=name, filename=filename, **kwargs))
@@ -139,7 +167,11 @@ def read_config(name: str | Path, **hub_kwargs) -> BDHConfig:
 def read_weights(path: Path) -> dict:
     """The state dict in a safetensors file; a checkpoint written under DDP names every tensor
     `module.<name>`, which is dropped."""
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"{path}: the weights cannot be read ({str(e).splitlines()[0]}); the file is damaged or "
+                         "not a safetensors file") from None
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
     return state
@@ -205,7 +237,7 @@ class Pretrained(PyTorchModelHubMixin, library_name="bdh-scale", paper_url=PAPER
         if Path(name).expanduser().is_dir():
             name = str(Path(name).expanduser())
         model_file(name, CONFIG_NAME, **kwargs)  # a clear error first; then the mixin reads it (cached)
-        kwargs["local_files_only"] = bool(kwargs.get("local_files_only")) or hub_offline()
+        kwargs["local_files_only"] = Path(name).is_dir() or read_locally(name, kwargs)
         with hub_errors(name):
             return super().from_pretrained(name, **kwargs)
 
@@ -220,7 +252,11 @@ class Pretrained(PyTorchModelHubMixin, library_name="bdh-scale", paper_url=PAPER
             raise ModelError(f"{model_id} holds a model.arch={model_config.arch} model, not {cls.arch}; "
                              "load it with bdh_scale.model.load_pretrained")
         model = cls.from_config(model_config)
-        model.load_state_dict(read_weights(model_file(model_id, WEIGHTS_NAME, **hub_kwargs)), strict=strict)
+        try:
+            model.load_state_dict(read_weights(model_file(model_id, WEIGHTS_NAME, **hub_kwargs)), strict=strict)
+        except RuntimeError as e:  # missing, unexpected or mis-shaped tensors
+            raise ModelError(f"{model_id}: the weights do not match {CONFIG_NAME} "
+                             f"({' '.join(str(e).split())[:300]})") from None
         tokenizer = model_file(model_id, TOKENIZER_FILE, required=False, **hub_kwargs)
         model.tokenizer = None if tokenizer is None else load_tokenizer(tokenizer)
         card = model_file(model_id, CARD_NAME, required=False, **hub_kwargs)
