@@ -120,7 +120,7 @@ def test_checkpoint_of_another_recipe_is_refused_saying_what_differs(two_checkpo
         check_compatible(newest, meta, cfg, 2, SimpleNamespace(same_as=lambda other: True), has_scaler=False)
 
 
-def test_resume_auto_without_checkpoints_starts_fresh_and_finished_runs_are_not_touched(tmp_path):
+def test_resume_auto_without_checkpoints_starts_fresh_and_finished_runs_are_not_touched(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to skip, nothing to warn about
         first = train_in_process(tmp_path, "a", "train.max_steps=2", "train.keep_checkpoints=0",
@@ -133,6 +133,10 @@ def test_resume_auto_without_checkpoints_starts_fresh_and_finished_runs_are_not_
                              "train.resume=auto")  # extend the finished run by one step
     assert third.run_dir == second.run_dir and third.steps == 3
     assert [r["step"] for r in metrics(third.run_dir) if "loss" in r] == [1, 2, 3]
+    capsys.readouterr()
+    fourth = train_in_process(tmp_path, "a-1", "train.max_steps=2", "train.batch_size=4", "data.prefetch=0",
+                              "train.resume=auto")  # a lower max_steps than the checkpoint's step: says so
+    assert fourth.run_dir == second.run_dir and "nothing to train: resumed at step 3" in capsys.readouterr().out
     shutil.rmtree(tmp_path / "a")
 
 

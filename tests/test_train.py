@@ -197,5 +197,5 @@ def test_a_corpus_that_is_mostly_not_text_gets_a_warning(tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(random.Random(0).randbytes(100_000))
     result = run(tmp_path, "train.max_steps=1", "train.sample_tokens=0", f"data.source={corpus}")
-    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: data.source")]
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: data.source")]
     assert len(said) == 1 and "decodes to text" in said[0] and result.steps == 1

@@ -54,6 +54,9 @@ def train_run(run) -> TrainResult:
     window, started, final_val = LossWindow(), time.perf_counter(), {}
     stopped_by = None
     run.model.train()
+    if run.step >= tc.max_steps:
+        say(f"nothing to train: resumed at step {run.step}, and train.max_steps={tc.max_steps}; "
+            "raise train.max_steps to train on")
     with StopSignals() as signals:
         while run.step < tc.max_steps:
             T = seq_len_at(run.step, tc.seq_len_schedule, tc.seq_len)

@@ -12,6 +12,7 @@ filesystem is shared).
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,8 +42,9 @@ def check_output(cfg, data, raw_model, accelerator) -> None:
         check_free_disk(directory, checkpoint_bytes(cfg.train, raw_model, accelerator.num_processes))
     share = text_share(data)
     if share is not None and share < MIN_TEXT_SHARE:
-        accelerator.print(f"warning: data.source: only {share:.0%} of a sample of {data.source} decodes to text "
-                          "characters; is it a text corpus? (training on it anyway)")
+        if accelerator.is_main_process:  # a warning goes to stderr, with the errors
+            print(f"warning: data.source: only {share:.0%} of a sample of {data.source} decodes to text "
+                  "characters; is it a text corpus? (training on it anyway)", file=sys.stderr)
 
 
 def check_validation_fits(tc, data, model, accelerator) -> None:
