@@ -57,7 +57,7 @@ def plot(report: dict, title: str = ""):
     ax.set_title(title or f"loss by context, forget_mode={report['forget_mode']}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    windows = report["row_tokens"] // report["T"]
+    windows = report["windows_read"]
     spans = [(1, report["val_loss_window"])] + [(s["windows"], s["val_loss"]) for s in report["spans"]]
     spans.append((windows, report["val_loss_carried"]))
     span_ax.plot([k for k, _ in spans], [v for _, v in spans], "o-", color="C2")

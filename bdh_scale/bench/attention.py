@@ -24,6 +24,7 @@ import time
 import torch
 
 from bdh_scale.model.attention import AttnState, attend_chunked, attend_parallel, pick_backend
+from bdh_scale.utils.host_memory import proc_status_kib
 
 
 def _inputs(B, H, T, N, D, gate, device, seed=0):
@@ -103,16 +104,11 @@ def _memory_here(backend, C, B, H, T, N, D, gate, device) -> tuple[float, float]
         # Linux: "5" to clear_refs resets the peak RSS (VmHWM), so the import's peak does not count.
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-        base = _status_kib("VmRSS") * 1024
+        base = proc_status_kib("VmRSS") * 1024
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         _step(backend, C, q, v, log_g, state)
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else _status_kib("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else proc_status_kib("VmHWM") * 1024
     return sum(saved.values()) / 2**20, (peak - base) / 2**20
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
 
 
 def step_ms(B, H, N, D, window=None, steps=50) -> float:

@@ -26,6 +26,7 @@ import psutil
 from bdh_scale.data.build import build_data
 from bdh_scale.data.catalog import BUNDLED_DIR
 from bdh_scale.data.config import DataConfig
+from bdh_scale.utils.host_memory import proc_status_kib
 
 STREAM_T, STREAM_B = 256, 8   # the seed config's window and lanes per process
 # What one H100 would eat, estimated: a ~100M-parameter BDH at T = 1024, its model FLOPs per token
@@ -124,12 +125,9 @@ class PeakMemory:
 
     def own_peak_bytes(self) -> int:
         try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return self.me.memory_info().rss  # no /proc (macOS): the current figure, a lower bound
+            return proc_status_kib("VmHWM") * 1024
+        except (OSError, StopIteration):
+            return self.me.memory_info().rss  # no /proc (macOS): the current figure, a lower bound
 
 
 def measure_stream(case: dict) -> dict:

@@ -50,11 +50,11 @@ class DataBundle:
     n_tokens: int | None       # tokens in the whole stream (train + val); None for a stream
     doc_reset: bool = False    # data.doc_reset resolved: reset the state at document starts
     held_out: HeldOut | None = None  # stream lanes: the held-out set, to cache in the run dir
-    val_key: str = "data.val_fraction"  # the setting that sizes the held-out data
 
     @property
-    def lanes_kind(self) -> str:
-        return "stream" if self.held_out is not None else "stretch"
+    def val_key(self) -> str:
+        """The setting that sizes the held-out data: stream lanes hold out data.val_tokens."""
+        return "data.val_tokens" if self.held_out is not None else "data.val_fraction"
 
     def save_held_out(self, run_dir) -> None:
         """Stream lanes: keep the held-out set in the run directory (main process), so that a
@@ -268,7 +268,7 @@ def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int
     val = held.stream
     return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=measure_bytes_per_token(tokenizer, val),
                       source=f"{source.describe} (streamed, {world_size} x {batch_size} lanes)", n_tokens=None,
-                      doc_reset=doc_reset, held_out=held, val_key="data.val_tokens")
+                      doc_reset=doc_reset, held_out=held)
 
 
 FILLER_TOKENS = 2_000_000  # more than enough distinct filler for any gap

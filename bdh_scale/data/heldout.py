@@ -119,7 +119,8 @@ def load_held_out(run_dir, cfg: DataConfig, tokenizer) -> HeldOut | None:
     path = Path(run_dir) / HELD_OUT
     try:
         meta = json.loads((path / "meta.json").read_text())
-        if {k: meta.get(k) for k in identity(cfg, tokenizer)} != identity(cfg, tokenizer):
+        want = identity(cfg, tokenizer)  # hashes the tokenizer: once
+        if {k: meta.get(k) for k in want} != want:
             return None
         tokens = np.load(path / "tokens.npy")
         starts = np.load(path / "doc_starts.npy") if meta["documents"] else None

@@ -42,7 +42,7 @@ from bdh_scale.analysis.figures import new_figure
 from bdh_scale.analysis.recall import recall
 from bdh_scale.data.build import passkey_for
 from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
-from bdh_scale.experiments.scaling import as_overrides
+from bdh_scale.experiments.scaling import as_overrides, outputs
 from bdh_scale.experiments.sweep import format_table, write_table
 from bdh_scale.utils.atomic import write_json_atomic
 
@@ -104,7 +104,7 @@ def measure(point: dict, spec: dict, out_dir: str, device) -> dict | None:
                               windows=ctx.get("windows", 16), device=device, run_dir=run)
     row = {"dataset": point["dataset"], "T": point["T"], "variant": point["variant"],
            "state": cfg.train.state, "forget_mode": cfg.model.forget_mode, "attn_window": cfg.model.attn_window,
-           "params": sum(p.numel() for p in model.parameters()), "tokens": metrics[-1]["tokens"],
+           "params": model.num_params(), "tokens": metrics[-1]["tokens"],
            "train_seconds": round(metrics[-1].get("elapsed_s", 0.0)),
            "val_loss_window": context["val_loss_window"], "val_loss_carried": context["val_loss_carried"],
            "trained_val_loss": last_val["val_loss"], "context": context["buckets"]}
@@ -148,7 +148,7 @@ def finish_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.legend(fontsize=7, ncol=2)
 
 
-def plot_context(rows: list[dict], spec: dict):
+def plot_context(rows: list[dict]):
     groups = sorted({(r["dataset"], r["T"]) for r in rows})
     fig, axes = new_figure(len(groups), height=3.8)
     for ax, (dataset, T) in zip(axes, groups):
@@ -197,14 +197,13 @@ def report(spec: dict, out_dir: str, device) -> int:
             continue
         print(f"measured {point['run_name']} in {time.perf_counter() - t0:.0f} s", flush=True)
         rows.append(row)
-    stem = Path(spec["outputs"]) if spec.get("outputs") else Path(out_dir) / "sweeps" / spec["name"]
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem = outputs(spec, out_dir)  # its folder is made by the first atomic write
     flat = table_rows(rows)
     write_table(flat, stem, with_json=False)  # the flat table; the JSON holds every measurement
     write_json_atomic(stem.with_suffix(".json"), {"spec": spec, "runs": rows})
     if rows:
         print(format_table(flat))
-        save_figure(plot_context(rows, spec), f"{stem}_context.png")
+        save_figure(plot_context(rows), f"{stem}_context.png")
         if any("recall" in r for r in rows):
             save_figure(plot_recall(rows), f"{stem}_recall.png")
     print(f"table: {stem}.csv, {stem}.json; plots: {stem}_context.png, {stem}_recall.png")

@@ -38,3 +38,10 @@ def keep_freed_host_memory() -> bool:
         return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
     except (OSError, AttributeError):
         return False
+
+
+def proc_status_kib(key: str) -> int:
+    """A memory figure of this process from /proc/self/status, in KiB (VmRSS: now; VmHWM: its peak,
+    reset by exec). Linux only: OSError or StopIteration elsewhere."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
