@@ -20,7 +20,8 @@ import torch
 
 from bdh_scale.errors import ConfigError, DataError
 from bdh_scale.train.distributed import from_main
-from bdh_scale.train.report import eval_T
+from bdh_scale.train.evaluate import my_rows
+from bdh_scale.train.report import eval_T, val_rows
 from bdh_scale.utils.tree import tensors
 
 DISK_MARGIN = 1.25  # free space wanted per checkpoint: its estimated size x this, plus DISK_SLACK
@@ -53,12 +54,13 @@ def check_validation_fits(tc, data, model, accelerator) -> None:
     if not tc.eval_batches:
         return
     W, r, T = accelerator.num_processes, accelerator.process_index, eval_T(tc)
-    batch = next(iter(data.val_batches(T, tc.batch_size * tc.grad_accum_steps * W, 1)), None)
+    batch = next(iter(data.val_batches(T, val_rows(tc, W), 1)), None)
     if batch is None:
         raise DataError(f"data.val_fraction: the held-out split yields no window of train.eval_seq_len {T}; raise "
                         "data.val_fraction, lower train.eval_seq_len, or set train.eval_batches=0 to train without "
                         "validation")
-    x = batch[0][r::W].to(accelerator.device)
+    rows, _ = my_rows(batch.x.size(0), r, W)  # the rows this rank forwards in every validation
+    x = batch.x[rows].to(accelerator.device)
     was_training = model.training
     model.eval()
     try:

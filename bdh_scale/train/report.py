@@ -55,13 +55,17 @@ def eval_T(tc) -> int:
     return tc.eval_seq_len or tc.seq_len
 
 
+def val_rows(tc, world: int) -> int:
+    """Held-out rows of a validation: as many as the run's lanes, split over the ranks."""
+    return tc.batch_size * tc.grad_accum_steps * world
+
+
 def validate(run) -> dict:
     """Held-out loss of the run's model (every rank takes part): the same windows every time, rows
-    spread over the ranks so the figure does not depend on the process count. A carry run is
+    spread over the ranks, so the figure depends on the run's lanes, not on how processes hold them. A carry run is
     also read carried, as it trains (val_loss is then that reading), with its loss by context."""
     tc = run.cfg.train
-    rows = tc.batch_size * tc.grad_accum_steps * run.accelerator.num_processes
-    return evaluate(run.model, run.data, T=eval_T(tc), batch_size=rows, max_batches=tc.eval_batches,
+    return evaluate(run.model, run.data, T=eval_T(tc), batch_size=val_rows(tc, run.accelerator.num_processes), max_batches=tc.eval_batches,
                     accelerator=run.accelerator, carried=run.carry,
                     doc_reset=run.data.doc_reset).record(run.carry)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bdh_scale.errors import CheckpointError
 from bdh_scale.rundir import FINAL, Claim, claim, claim_new
-from bdh_scale.train.checkpoint import CHECKPOINTS, find_checkpoint, newest_valid
+from bdh_scale.train.checkpoint import CHECKPOINTS, find_checkpoint, global_lanes, newest_valid
 
 AUTO = ("auto", "auto_or_fail")
 
@@ -72,7 +72,7 @@ def relay_lanes(theirs: dict, world_size: int, tc) -> str | None:
     CheckpointError when the run may not or cannot continue that way."""
     if theirs["world_size"] == world_size or theirs["state"] != tc.state:  # (a changed state is refused later)
         return None
-    lanes = theirs["world_size"] * theirs["batch_size"] * theirs["grad_accum_steps"]
+    lanes = global_lanes(theirs)
     change = f"number of processes: checkpoint {theirs['world_size']}, this run {world_size}"
     if tc.world_size_change == "refuse":
         raise CheckpointError(f"{change}; train.world_size_change=refuse. Resume with {theirs['world_size']} "

@@ -213,7 +213,7 @@ def setup(cfg: RunConfig) -> Run:
     accelerator.print(f"run {run_dir} | {cfg.model.arch} {raw_model.num_params() / 1e6:.2f}M params | "
                       f"{accelerator.num_processes} process(es) on {accelerator.device} | precision {precision}"
                       + (f" | resumed from {resume_from} at step {run.step}" if resume_from is not None else ""))
-    if tc.push_to_hub and missing_credentials():
-        accelerator.print(f"train.push_to_hub={tc.push_to_hub}: {missing_credentials()}; final/ will be saved "
+    if tc.push_to_hub and (why := missing_credentials()):
+        accelerator.print(f"train.push_to_hub={tc.push_to_hub}: {why}; final/ will be saved "
                           "but not pushed")
     return run
