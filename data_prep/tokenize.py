@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
         for ids, lengths in pool.imap(units()):
             if writer is None:  # after the first batch: a bad source writes nothing
                 writer = ShardWriter(args.out, tokenizer, args.shard_tokens, source=source.describe,
-                                     fingerprint=source_fingerprint(cfg), documents=source.documents)
+                                     fingerprint=source_fingerprint(cfg, source.revision), documents=source.documents)
             nbytes = sizes.pop(0)
             if cfg.max_tokens is not None and n + len(ids) > cfg.max_tokens:
                 ids, lengths = cut(ids, lengths, cfg.max_tokens - n)

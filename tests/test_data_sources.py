@@ -164,3 +164,18 @@ def test_connection_error_while_streaming_is_the_same_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", refuse)
     with pytest.raises(DataError, match="Hub is unreachable.*offline alternatives"):
         build("x/y")
+
+
+def test_tokenizing_a_hub_dataset_asks_its_commit_once_and_records_the_one_read(tmp_path, monkeypatch):
+    """The commit read and the commit meta.json records are one answer of the Hub, not two."""
+    import bdh_scale.data.hub as hub
+    from data_prep import tokenize
+
+    (tmp_path / "hub.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(20)))
+    calls = hub_redirect(monkeypatch, tmp_path / "hub.jsonl")
+    answers = iter(["a" * 40, "b" * 40])  # the dataset moves on between two questions
+    asked = []
+    monkeypatch.setattr(hub, "hub_commit", lambda cfg: asked.append(1) or next(answers))
+    meta = tokenize.main(["--source", "someone/corpus", "--out", str(tmp_path / "sh")])
+    assert len(asked) == 1 and calls
+    assert meta["source_fingerprint"]["revision"] == "a" * 40

@@ -88,8 +88,3 @@ def hub_rows(cfg: DataConfig, ds, batch_size: int = ROWS_PER_BATCH) -> Iterator[
         except (ConnectionError, OSError) as e:  # streaming opens remote files lazily
             raise _hub_error(cfg, e) from e
         yield batch
-
-
-def hub_batches(cfg: DataConfig) -> Iterator[list[str]]:
-    """Batches of text rows of the whole hub dataset, at the commit the Hub serves now."""
-    yield from hub_rows(cfg, open_hub_dataset(cfg, revision=hub_commit(cfg) if cfg.streaming else None))

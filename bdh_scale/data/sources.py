@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 from bdh_scale.data.catalog import BUNDLED, BUNDLED_DIR, builder_for, local_files, looks_like_path
 from bdh_scale.data.config import DataConfig
 from bdh_scale.data import hub
-from bdh_scale.data.hub import hub_batches, hub_rows, open_hub_dataset
+from bdh_scale.data.hub import hub_rows, open_hub_dataset
 from bdh_scale.data.rows import ROWS_PER_BATCH, rows_of, text_file_dataset
 from bdh_scale.data.translation import format_pairs
 from bdh_scale.errors import DataError
@@ -42,6 +42,7 @@ class TextSource:
     describe: str                                # human-readable origin, used in messages
     batches: Callable[[], Iterator[list]]        # fresh iterator of row batches, corpus order
     documents: bool = False                      # every row is a document (jsonl/parquet/Hub text rows)
+    revision: str | None = None                  # a streamed Hub dataset: the commit every batches() reads
 
 
 @dataclass
@@ -138,7 +139,10 @@ def open_text_source(cfg: DataConfig, raw_bytes: bool = False) -> TextSource:
     if looks_like_path(source):
         local = dataset_source(cfg, raw_bytes)
         return TextSource(local.describe, lambda: local.rows(local.open(None), ROWS_PER_BATCH), local.documents)
-    return TextSource(f"hub dataset '{source}'", lambda: hub_batches(cfg), documents=rows_are_documents(cfg))
+    # one request: every read, and the fingerprint data_prep records, are of the same commit
+    revision = hub.hub_commit(cfg) if cfg.streaming else None
+    return TextSource(f"hub dataset '{source}'", lambda: hub_rows(cfg, open_hub_dataset(cfg, revision=revision)),
+                      documents=rows_are_documents(cfg), revision=revision)
 
 
 def rows_are_documents(cfg: DataConfig) -> bool:
@@ -147,10 +151,11 @@ def rows_are_documents(cfg: DataConfig) -> bool:
     return cfg.translation is None
 
 
-def source_fingerprint(cfg: DataConfig) -> dict:
+def source_fingerprint(cfg: DataConfig, revision: str | None = None) -> dict:
     """What identifies the source's content, for meta.json: bundled files by content, local
     files by name, size and modification time (a changed, added or removed file changes it),
-    a Hub dataset by its commit (None when the Hub cannot say)."""
+    a Hub dataset by its commit (`revision` when the source already resolved it; None when the Hub
+    cannot say)."""
     import hashlib
 
     if cfg.source in BUNDLED:
@@ -169,4 +174,4 @@ def source_fingerprint(cfg: DataConfig) -> dict:
         return {"kind": "local", "files": len(files), "bytes": sum(os.path.getsize(f) for f in files),
                 "sha256": h.hexdigest()}
     return {"kind": "hub", "name": cfg.source, "config": cfg.hub_config, "split": cfg.hub_split,
-            "revision": hub.hub_commit(cfg)}
+            "revision": revision or hub.hub_commit(cfg)}
