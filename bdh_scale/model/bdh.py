@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, reduce, repeat
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -92,9 +91,6 @@ class BDHLayer(nn.Module):
         self.forget = ForgetGate(config.forget_mode, nh, D, config.forget_timescales)
         if config.diff_attn:
             self.diff_lambda = nn.Parameter(torch.full((nh,), diff_lambda_init(layer_index)))
-            # Neuron pairs alternate between the two maps, so both see every RoPE frequency.
-            second = (torch.arange(N) // 2) % 2 == 1
-            self.register_buffer("diff_second", second, persistent=False)
         self.product = SparseProduct()
         self.drop = nn.Dropout(config.dropout)
         self.scale = 1.0 / math.sqrt(N) if config.score_scale == "inv_sqrt_n" else 1.0
@@ -104,7 +100,11 @@ class BDHLayer(nn.Module):
         k is heads-first (H, B, T, N)."""
         if not self.config.diff_attn:
             return k
-        sign = torch.where(self.diff_second, -self.diff_lambda[:, None], torch.ones_like(self.diff_lambda)[:, None])
+        # Neuron pairs alternate between the two maps, so both see every RoPE frequency. Made per
+        # call, not held as a buffer: a model built on the meta device (transformers' loading) has
+        # values only for what model.safetensors holds.
+        second = (torch.arange(k.size(-1), device=k.device) // 2) % 2 == 1
+        sign = torch.where(second, -self.diff_lambda[:, None], torch.ones_like(self.diff_lambda)[:, None])
         return k * sign[:, None, None, :].to(k.dtype)
 
     def attend(self, k, x, state, plan, doc_start=None):
@@ -133,18 +133,18 @@ class BDHLayer(nn.Module):
         """x: (B, T, D) -> (B, T, D) and the new AttnState (None when not needed)."""
         B, T, D = x.shape
         H, N = encoder.size(0), encoder.size(-1)
-        # One (B*T, D) @ (D, N) GEMM per head. x is copied per head (small next to the output): a
-        # broadcast, stride-0 batch would send bmm's backward down a slow path.
-        x_sparse = torch.bmm(repeat(x, "b t d -> h (b t) d", h=H), encoder).relu_()  # in place: bmm keeps no output
-        x_sparse = rearrange(x_sparse, "h (b t) n -> h b t n", b=B)
+        # One (B*T, D) @ (D, N) GEMM per head, x broadcast to every head (a view, no copy). Plain
+        # torch views, no einops: this module is also shipped as a model's transformers code
+        # (model/hf/), which may import nothing but torch.
+        x_sparse = torch.bmm(x.reshape(1, B * T, D).expand(H, -1, -1), encoder).relu_()  # in place: bmm keeps no output
+        x_sparse = x_sparse.unflatten(1, (B, T))  # (H, B, T, N)
         k = rotate(x_sparse, cos, sin)  # q~ = k~: BDH's keys are its queries
         a, new_state = self.attend(k, x, state, plan, doc_start)
-        y_sparse = torch.bmm(rearrange(layer_norm(a), "h b t d -> h (b t) d"), encoder_v).relu_()
-        y_sparse = rearrange(y_sparse, "h (b t) n -> h b t n", b=B)
-        lanes_first = "h b t n -> b h t n"  # the hooks' view (SparseProduct); the memory stays heads-first
-        xy_sparse = self.drop(self.product(rearrange(x_sparse, lanes_first), rearrange(y_sparse, lanes_first)))
-        y = torch.bmm(rearrange(xy_sparse, "b h t n -> h (b t) n"), decoder.view(H, N, D))
-        y = reduce(y, "h (b t) d -> b t d", "sum", b=B)  # the heads' decoders add up
+        y_sparse = torch.bmm(layer_norm(a).flatten(1, 2), encoder_v).relu_().unflatten(1, (B, T))
+        # the hooks' view (SparseProduct) is lanes-first, (B, H, T, N); the memory stays heads-first
+        xy_sparse = self.drop(self.product(x_sparse.transpose(0, 1), y_sparse.transpose(0, 1)))
+        y = torch.bmm(xy_sparse.transpose(0, 1).flatten(1, 2), decoder.view(H, N, D))
+        y = y.sum(0).view(B, T, D)  # the heads' decoders add up
         return layer_norm(x + layer_norm(y)), new_state
 
 

@@ -1,11 +1,15 @@
 """save_pretrained / from_pretrained / push_to_hub: a model directory that travels (a run's final/,
 each checkpoint's weights, a Hugging Face Hub repo):
 
-    config.json          the recipe's model section (model/config.py): architecture and shape
+    config.json          the recipe's model section (model/config.py): architecture and shape, with
+                         transformers' keys beside it
     model.safetensors    the weights
     tokenizer.json       the tokenizer, a `tokenizers` file (data/tokenizer.py)       when known
     README.md            the model card (model/card.py)
     recipe.yaml          the resolved recipe the model was trained with              when known
+    *.py, tokenizer_config.json, generation_config.json
+                         the same model for transformers (AutoModelForCausalLM, trust_remote_code;
+                         model/hf/export.py), code generated from this package
 
 Every model class takes the `Pretrained` mixin: huggingface_hub's PyTorchModelHubMixin with these
 files. `BDH.from_pretrained(dir_or_hub_id)` builds its own class and refuses another's weights;
@@ -34,8 +38,10 @@ from safetensors.torch import load_file, save_file
 
 from bdh_scale.data.tokenizer import TOKENIZER_FILE, load_tokenizer
 from bdh_scale.errors import ModelError
+from bdh_scale.model.base import ModelBase
 from bdh_scale.model.card import PAPER, model_card
 from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.hf.export import MODEL_TYPE, transformers_keys, write_transformers_files
 from bdh_scale.utils.atomic import atomic_path
 
 CONFIG_NAME = "config.json"
@@ -141,14 +147,23 @@ def model_file(name: str, filename: str, required: bool = True, **hub_kwargs) ->
 
 # -- reading ----------------------------------------------------------------------------------
 
-def write_config(directory: Path, config: BDHConfig) -> None:
-    """<directory>/config.json: the model section, as save_pretrained writes it."""
-    (Path(directory) / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+def write_model_config(directory: Path, config: BDHConfig, with_tokenizer: bool) -> None:
+    """<directory>/config.json, the model section with transformers' keys beside it, and the files
+    that make the directory load with transformers too (model/hf/export.py). `with_tokenizer`:
+    the directory holds tokenizer.json."""
+    fields = {**dataclasses.asdict(config), **transformers_keys(config)}
+    (Path(directory) / CONFIG_NAME).write_text(json.dumps(fields, indent=2) + "\n")
+    write_transformers_files(directory, config, with_tokenizer)
 
 
 def config_from(fields: dict, overrides: dict, where: str) -> BDHConfig:
-    """The model section from config.json's fields, with `overrides` applied."""
-    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(BDHConfig)})
+    """The model section from config.json's fields, with `overrides` applied. A config.json for
+    transformers (model_type bdh_scale, also as transformers' save_pretrained rewrites it) holds
+    transformers' own keys beside the section's: those are not the model's."""
+    known = {f.name for f in dataclasses.fields(BDHConfig)}
+    if fields.get("model_type") == MODEL_TYPE:
+        fields = {k: v for k, v in fields.items() if k in known}
+    unknown = sorted(set(fields) - known)
     if unknown:
         raise ModelError(f"{where}/{CONFIG_NAME}: unknown fields {', '.join(unknown)}; not a bdh-scale model config")
     return BDHConfig(**{**fields, **overrides})
@@ -166,36 +181,22 @@ def read_config(name: str | Path, **hub_kwargs) -> BDHConfig:
 
 def read_weights(path: Path) -> dict:
     """The state dict in a safetensors file; a checkpoint written under DDP names every tensor
-    `module.<name>`, which is dropped."""
+    `module.<name>`, and transformers' save_pretrained `model.<name>`: the prefix is dropped."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise ModelError(f"{path}: the weights cannot be read ({str(e).splitlines()[0]}); the file is damaged or "
                          "not a safetensors file") from None
-    if state and all(k.startswith("module.") for k in state):
-        state = {k.removeprefix("module."): v for k, v in state.items()}
+    for prefix in ("module.", "model."):  # DDP's wrapper; transformers' BDHScaleForCausalLM (model/hf/)
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
     return state
 
 
-class Pretrained(PyTorchModelHubMixin, library_name="bdh-scale", paper_url=PAPER, pipeline_tag="text-generation",
-                 tags=["bdh"]):
-    """save_pretrained / from_pretrained / push_to_hub for a model built from the recipe's model section.
-
-    A class names its `arch` and may translate the section into its own config (from_config) and
-    back (model_config), as the GPT baseline does.
-    """
-
-    arch: str = ""
-    tokenizer = None  # ByteTokenizer | BPETokenizer: tokenizer.json
-    card: ModelCard | None = None  # README.md; model_card(self) when None
-    recipe: dict | None = None  # recipe.yaml: the resolved recipe (RunConfig.to_dict())
-
-    def model_config(self) -> BDHConfig:
-        return self.config
-
-    @classmethod
-    def from_config(cls, config: BDHConfig):
-        return cls(config)
+class Pretrained(PyTorchModelHubMixin, ModelBase, library_name="bdh-scale", paper_url=PAPER,
+                 pipeline_tag="text-generation", tags=["bdh"]):
+    """save_pretrained / from_pretrained / push_to_hub for a model built from the recipe's model
+    section (model/base.py: the arch, config translation and the files that travel with it)."""
 
     # -- writing ----------------------------------------------------------------------------
     def save_pretrained(self, save_directory, *, tokenizer=None, card: ModelCard | None = None,
@@ -217,7 +218,7 @@ class Pretrained(PyTorchModelHubMixin, library_name="bdh-scale", paper_url=PAPER
     def _save_pretrained(self, save_directory: Path) -> None:
         """The files other than README.md, which the mixin writes from generate_model_card."""
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        write_config(save_directory, self.model_config())
+        write_model_config(save_directory, self.model_config(), with_tokenizer=self.tokenizer is not None)
         save_file(state, str(save_directory / WEIGHTS_NAME), metadata={"format": "pt"})
         if self.tokenizer is not None:
             self.tokenizer.save(save_directory)

@@ -1,34 +1,12 @@
-"""Every model architecture the trainer builds, in one place: `model.arch` of a recipe -> its class
-and whether it carries a state across windows (train.state: carry, carried validation, generation
-from a state). Everything that depends on the architecture asks here.
+"""Loading a saved model whatever its architecture: config.json names it, archs.py builds it. The
+architectures themselves (ARCHS, build_model, is_stateful) are in archs.py and re-exported here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from bdh_scale.model.bdh import BDH
-from bdh_scale.model.config import BDHConfig
-from bdh_scale.model.gpt import GPT
-from bdh_scale.model.hrm import BDHHRM
+from bdh_scale.model.archs import ARCHS, Arch, build_model, is_stateful
 from bdh_scale.model.pretrained import read_config
 
-
-@dataclass(frozen=True)
-class Arch:
-    model: type  # a Pretrained nn.Module: from_config(BDHConfig), from_pretrained(dir or Hub id)
-    stateful: bool  # carries a synaptic state from one window to the next
-
-
-ARCHS: dict[str, Arch] = {
-    "bdh": Arch(BDH, stateful=True),  # BDH: sparse positive neurons, Hebbian linear attention, state rho
-    "gpt": Arch(GPT, stateful=False),  # GPT-2-style Transformer baseline (softmax attention)
-    "bdh_hrm": Arch(BDHHRM, stateful=False),  # BDH-HRM hybrid: H and L modules of BDH layers
-}
-
-
-def build_model(config: BDHConfig):
-    """The model a recipe asks for (config.arch)."""
-    return ARCHS[config.arch].model.from_config(config)
+__all__ = ["ARCHS", "Arch", "build_model", "is_stateful", "load_pretrained"]
 
 
 def load_pretrained(name, **kwargs):
@@ -37,8 +15,3 @@ def load_pretrained(name, **kwargs):
     from_pretrained (Hub options, model fields that do not change the weights)."""
     config = read_config(name, **kwargs)
     return ARCHS[config.arch].model.from_pretrained(name, **kwargs)
-
-
-def is_stateful(model) -> bool:
-    """Whether a built model carries a state across windows."""
-    return ARCHS[model.arch].stateful

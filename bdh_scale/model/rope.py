@@ -18,8 +18,10 @@ import torch
 
 
 def rope_freqs(n: int, theta: float) -> torch.Tensor:
-    """Per-neuron frequencies in turns per token (the reference's `get_freqs`), float64, shape (n,)."""
-    i = torch.arange(n, dtype=torch.float64)
+    """Per-neuron frequencies in turns per token (the reference's `get_freqs`), float64, shape (n,).
+    On the CPU whatever device a model is built on (transformers builds it on the meta device and
+    then loads the weights; these are not weights), as the tables made from them are."""
+    i = torch.arange(n, dtype=torch.float64, device="cpu")
     paired = torch.floor(i / 2) * 2  # both neurons of a pair share a frequency
     return 1.0 / (theta ** (paired / n)) / (2 * math.pi)
 

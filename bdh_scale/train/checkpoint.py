@@ -12,6 +12,7 @@ crash can never leave one that looks valid, and read without running code from i
         config.json, tokenizer.json             so that the weights load as a model directory
                                                 (model/pretrained.py: load_pretrained, bdh-generate;
                                                 not under FSDP, whose weights are shards)
+        *.py, tokenizer_config.json, ...        and with transformers too (model/hf/export.py)
         manifest.json                           size and sha256 of every file above; written last
 
 Written atomically: every rank writes into one hidden temporary directory (`.step_...tmp`, on the
@@ -43,7 +44,7 @@ from accelerate.utils import broadcast_object_list
 
 from bdh_scale.data.tokenizer import load_tokenizer
 from bdh_scale.errors import CheckpointError, Fault
-from bdh_scale.model.pretrained import write_config
+from bdh_scale.model.pretrained import write_model_config
 from bdh_scale.train import checkpoint_files as files
 from bdh_scale.train.optim import keep_recipe_hyperparameters
 from bdh_scale.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
@@ -270,7 +271,7 @@ class Checkpointer:
                 write_text_atomic(tmp / "config.yaml", yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
                 self.tokenizer.save(tmp / "tokenizer")
                 if not files.is_sharded(acc):  # with tokenizer.json: the weights load as a model directory
-                    write_config(tmp, self.cfg.model)
+                    write_model_config(tmp, self.cfg.model, with_tokenizer=True)
                     self.tokenizer.save(tmp)
             acc.wait_for_everyone()
             if self.inject is not None:

@@ -8,6 +8,7 @@
     scaler.json                fp16 only: the GradScaler's scale and counters
     rank_<r>.pt                rank r's lanes, carried TBPTT states and RNG states (python, numpy, torch, CUDA)
     trainer_state.json, config.yaml, tokenizer/, config.json, tokenizer.json, manifest.json   (checkpoint.py)
+    *.py, tokenizer_config.json, generation_config.json   the model for transformers (model/hf/export.py)
 
 A pickle can run any code when it is loaded, and a checkpoint is a file anyone with write access
 to the run directory (or a shared filesystem) can replace; its sha256 manifest detects damage,
@@ -54,6 +55,7 @@ EXPECTED = [re.compile(p) for p in (
     r"model\.safetensors", r"optimizer\.pt", r"scaler\.json", RANK_FILE.pattern, r"trainer_state\.json",
     r"config\.yaml", r"manifest\.json", r"tokenizer/[^/]+\.json", r"config\.json", r"tokenizer\.json",
     r"sharded/\.metadata", r"sharded/__\d+_\d+\.distcp",
+    r"[a-z_]+\.py", r"tokenizer_config\.json", r"generation_config\.json",  # transformers' files (model/hf/)
 )]
 
 
