@@ -1,5 +1,12 @@
+import os
+import tempfile
+
 import pytest
 import torch
+
+# transformers copies the code of every model directory loaded with trust_remote_code into its
+# modules cache: the suite's go to a temporary one (read when transformers is first imported)
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="bdh-scale-tests-hf-modules-"))
 
 from bdh_scale.utils.host_memory import keep_freed_host_memory
 

@@ -15,6 +15,7 @@ from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer
 from bdh_scale.errors import ModelError
 from bdh_scale.model import BDH, BDHConfig, build_model, load_pretrained
 from bdh_scale.model.gpt import GPT
+from bdh_scale.model.hf.codegen import generate as generate_code
 from bdh_scale.model.hrm import BDHHRM
 from bdh_scale.rundir import load_run
 from bdh_scale.train.checkpoint import list_checkpoints
@@ -23,7 +24,9 @@ from tests.helpers import mock_hub
 from tests.helpers.tiny_runs import metrics, train_in_process
 
 TEXT = "ROMEO: But soft, what light through yonder window breaks?\n  naïve café — 東京 🐉\tend"
-FILES = {"config.json", "model.safetensors", "tokenizer.json", "README.md", "recipe.yaml"}
+# and the same model for transformers: its code (generated from the package) and tokenizer / generation settings
+TRANSFORMERS_FILES = {s.filename for s in generate_code()} | {"tokenizer_config.json", "generation_config.json"}
+FILES = {"config.json", "model.safetensors", "tokenizer.json", "README.md", "recipe.yaml"} | TRANSFORMERS_FILES
 
 
 def logits(model, vocab: int) -> torch.Tensor:
@@ -99,7 +102,7 @@ def test_push_to_hub_and_load_by_hub_id(cls, arch, tmp_path, monkeypatch):
     model.tokenizer = ByteTokenizer()
     model.push_to_hub(f"me/tiny-{arch}")
     assert hub.calls[0] == ("create_repo", f"me/tiny-{arch}", None)
-    assert set(hub.calls[1][2]) == {"config.json", "model.safetensors", "tokenizer.json", "README.md"}
+    assert set(hub.calls[1][2]) == {"config.json", "model.safetensors", "tokenizer.json", "README.md"} | TRANSFORMERS_FILES
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read back from the Hub cache only
     pulled = cls.from_pretrained(f"me/tiny-{arch}")
     assert type(pulled) is cls and isinstance(pulled.tokenizer, ByteTokenizer)
