@@ -5,17 +5,18 @@ bdh-scale nor einops (tests/helpers/remote_env.py), and there compute what bdh-s
 same logits, the same greedy tokens as the model's own generation, the same text as bdh-generate
 for the same seed (greedy and sampled), the same token ids. Every architecture and BDH option is
 covered by a saved untrained model of its own."""
+import contextlib
 import dataclasses
 import hashlib
+import io
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from bdh_scale import generate as bdh_generate
 from bdh_scale.model import BDHConfig, build_model
 from bdh_scale.rundir import load_run
 from bdh_scale.train.checkpoint import list_checkpoints
@@ -48,10 +49,11 @@ def hub_copy(directory: Path, cache: Path, repo_id: str) -> str:
 
 def bdh_generate_text(run_dir, *flags) -> str:
     """What bdh-generate prints for PROMPT, without the final newline (its state unlimited)."""
-    out = subprocess.run([sys.executable, "-m", "bdh_scale.generate", str(run_dir), "--prompt", PROMPT,
-                          "--tokens", str(NEW), "--max-context", "0", *flags], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.removesuffix("\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert bdh_generate.main([str(run_dir), "--prompt", PROMPT, "--tokens", str(NEW), "--max-context", "0",
+                                  *flags]) == 0
+    return out.getvalue().removesuffix("\n")
 
 
 @pytest.fixture(scope="module")
