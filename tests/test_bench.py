@@ -90,3 +90,20 @@ def test_a_worker_reports_its_own_peak_memory_not_its_launchers():
     assert inherited > 1_400_000_000  # what getrusage says in the worker: its launcher's peak
     assert own < 1_000_000_000  # the worker itself: python, torch and the bench imports
     del held
+
+
+def test_transformers_generation_bench_times_both_ways_at_every_context_and_saves_json(tmp_path, capsys):
+    argv = ["--transformers", "--recipe", "recipes/shakespeare_cpu.yaml", "--override", *TINY, "--ctx", "8,32",
+            "--tokens", "3", "--repeats", "1", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    (path,) = tmp_path.glob("transformers-generate-*.json")
+    result = json.loads(path.read_text())
+    assert {(r["generation"], r["context"]) for r in result["rows"]} == {
+        (who, c) for who in ("transformers", "bdh_scale") for c in (8, 32)}
+    assert all(r["ms_per_token"] > 0 for r in result["rows"])
+    assert set(result["ratios"]) == {"transformers ms/token ctx=32 / ctx=8", "bdh_scale ms/token ctx=32 / ctx=8",
+                                     "transformers / bdh_scale ms/token at ctx=8",
+                                     "transformers / bdh_scale ms/token at ctx=32"}
+    assert bench.main(["--transformers", "--recipe", "recipes/shakespeare_cpu.yaml", "--override", "model.arch=gpt",
+                       "--out", str(tmp_path)]) == 2
+    assert "has no state" in capsys.readouterr().err

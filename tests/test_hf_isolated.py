@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import os
 import shutil
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def remote(byte_run, bpe_run, tmp_path_factory):
     models["bpe hub copy"] = (models["bpe final"][0], models["bpe final"][1], {**models["bpe final"][2], "dir": hub,
                                                                                  "logits_out": str(root / "hub.st")})
     cases.append(models["bpe hub copy"][2])
-    python = remote_env.make(root / "env")
+    # another transformers version: the python of an environment made with pip for it (remote_env.OTHER)
+    python = Path(os.environ[remote_env.OTHER]) if os.environ.get(remote_env.OTHER) else remote_env.make(root / "env")
     report = remote_env.run(python, SCRIPT, {"cases": cases}, cwd=root)
     return report, models
 

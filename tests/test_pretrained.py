@@ -89,6 +89,9 @@ def test_model_card_says_what_the_model_is_and_how_it_was_made(byte_run):
                  "tinyshakespeare", "| steps | 3 |", f"| tokens | {last['tokens']:,} |",
                  f"{last['val_loss']:.4f} nats/token", f"{last['val_bpb']:.4f} bits/byte", "```yaml"):
         assert fact in card.text, fact
+    # transformers first (nothing but transformers needed), then bdh-scale
+    assert card.text.index("AutoModelForCausalLM.from_pretrained") < card.text.index("load_pretrained(")
+    assert "prefix_token_id=10" in card.text and "max_length=32" in card.text  # the byte run's newline and window
     recipe = yaml.safe_load(card.text.split("```yaml\n")[1].split("```")[0])
     assert recipe == model.recipe == yaml.safe_load((byte_run / "config.yaml").read_text())
 

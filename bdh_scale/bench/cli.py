@@ -2,6 +2,7 @@
 
     python -m bdh_scale.bench                      # seed config, T sweep 256..2048, all variants
     python -m bdh_scale.bench --recipe recipes/shakespeare_cpu.yaml --T 128 --variants plain,auto
+    python -m bdh_scale.bench --transformers       # generation through transformers against bdh-scale's
 
 Every measurement runs in a fresh worker process (cases.py: what each variant is and how
 it is measured). Step time is the median of several steps after warm-up, AdamW step included.
@@ -125,11 +126,18 @@ def parse_args(argv):
     p.add_argument("--data-tokens", type=int, default=8_000_000, help="tokens served per stream measurement "
                    "(a quarter of it for BPE)")
     p.add_argument("--out", default="runs/bench", help="directory for the JSON results")
+    p.add_argument("--transformers", action="store_true", help="only generation ms/token through transformers' "
+                   "generate against bdh-scale's; its own flags: bdh-bench --transformers --help")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--transformers" in argv:  # its own flags (bench/transformers_generate.py)
+        from bdh_scale.bench import transformers_generate
+
+        return transformers_generate.main([a for a in argv if a != "--transformers"])
     args = parse_args(argv)
     if args.worker:
         case = json.loads(args.worker)

@@ -90,6 +90,8 @@ def measure(model_cfg: dict, contexts: list[int], tokens: int, repeats: int, dev
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="bdh-bench --transformers", description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", help="take the model config from a recipe (default: the seed config)")
+    p.add_argument("--override", nargs="*", default=[], help="section.key=value overrides of the recipe")
     p.add_argument("--ctx", default="256,4096", help="comma-separated context lengths (prompt tokens)")
     p.add_argument("--tokens", type=int, default=64, help="timed generated tokens per measurement")
     p.add_argument("--repeats", type=int, default=3, help="interleaved runs per case; the fastest counts")
@@ -97,18 +99,25 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def main(argv=None, model_cfg: dict | None = None) -> int:
+def main(argv=None) -> int:
     from bdh_scale.bench.cases import device
-    from bdh_scale.bench.cli import SEED
+    from bdh_scale.bench.cli import model_config
 
     args = parse_args(argv)
     contexts = [int(c) for c in args.ctx.split(",") if c]
     if len(contexts) < 1 or min(contexts) < 1 or args.tokens < 2 or args.repeats < 1:
         print("error: --ctx needs context lengths >= 1, --tokens >= 2, --repeats >= 1", file=sys.stderr)
         return 2
-    import transformers
-
-    model_cfg = dict(model_cfg or SEED)
+    try:
+        import transformers
+    except ImportError:
+        print("error: bdh-bench --transformers needs transformers: pip install 'transformers>=5.10.1'", file=sys.stderr)
+        return 2
+    model_cfg = model_config(args)
+    if model_cfg.get("arch", "bdh") != "bdh":
+        print(f"error: --recipe: model.arch={model_cfg['arch']} has no state to generate from; this compares BDH's "
+              "generation", file=sys.stderr)
+        return 2
     dev = device()
     print(f"transformers {transformers.__version__}, torch {torch.__version__}, {dev}, "
           f"{torch.get_num_threads()} threads\nmodel: {model_cfg}\n"

@@ -64,6 +64,50 @@ def training_rows(recipe: dict | None, training: dict | None) -> list[str]:
     return rows
 
 
+def training_window(recipe: dict | None) -> int | None:
+    """The window T the model last trained on (the recipe's train.seq_len, or its curriculum's last)."""
+    train = (recipe or {}).get("train") or {}
+    schedule = train.get("seq_len_schedule") or [[0, train.get("seq_len")]]
+    return schedule[-1][1]
+
+
+def transformers_usage(config, recipe: dict | None, tokenizer, where: str) -> list[str]:
+    """How to load, sample and evaluate the model with transformers alone (model/hf/)."""
+    stateful = config.arch == "bdh"
+    window = training_window(recipe)
+    newline = tokenizer.encode("\n")[-1] if tokenizer is not None else "ID_OF_NEWLINE"
+    reset = recipe and recipe.get("train", {}).get("state") != "carry"
+    lines = [
+        "With transformers (5.10.1 or later; the modeling code is in this repository, generated from bdh-scale, "
+        "and needs nothing but torch):", "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'model = AutoModelForCausalLM.from_pretrained("{where}", trust_remote_code=True)',
+        f'tokenizer = AutoTokenizer.from_pretrained("{where}", trust_remote_code=True)',
+        'inputs = tokenizer("Hello", return_tensors="pt")',
+        "out = model.generate(**inputs, max_new_tokens=200, do_sample=True, temperature=0.8, top_k=40)",
+        "print(tokenizer.decode(out[0]))",
+        "```", "",
+        "The model has no end-of-text token: generation runs to `max_new_tokens`. Pad on the left (the "
+        "tokenizer's default); `<|pad|>` is the pad token.",
+    ]
+    if stateful:
+        lines[-1] += (" `generate` carries the synaptic state as its cache: every new token costs the same "
+                      "whatever the length of the context.")
+        if reset:
+            lines[-1] += (f" This model was trained on independent windows of {window} tokens; `generate` reads "
+                          "the whole text through the state, while `bdh-generate` keeps to one window by default.")
+    lines += ["", "```bash",
+              f"lm_eval --model hf --model_args pretrained={where},trust_remote_code=True,max_length={window or 'T'},"
+              f"prefix_token_id={newline} --tasks wikitext",
+              "```", "",
+              "lm-evaluation-harness reads long texts in windows of `max_length` tokens (the training window here). "
+              + ("To score through the carried state, with memory that does not grow with the text, use `bdh-eval`."
+                 if stateful else "")]
+    return lines
+
+
 def model_card(model, training: dict | None = None, where: str = "PATH_OR_HUB_ID") -> ModelCard:
     """The card of `model` (a Pretrained model, with its tokenizer and recipe when it has them).
     `training`: steps, tokens, val_loss, val_bpb and run_name of the run that made it; `where`: the
@@ -85,18 +129,17 @@ def model_card(model, training: dict | None = None, where: str = "PATH_OR_HUB_ID
     trained = training_rows(recipe, training)
     if trained:
         lines += ["", "## Training", "", "| | |", "|---|---|", *trained]
-    lines += [
-        "", "## Use", "",
-        "```python",
-        "from bdh_scale.model import load_pretrained",
-        "",
-        f'model = load_pretrained("{where}")  # a directory or a Hub id; model.tokenizer is its tokenizer',
-        "```", "",
-        "```bash",
-        f'bdh-generate {where} --prompt "Hello" --tokens 200',
-        f"bdh-eval {where} --tasks wikitext   # pip install 'bdh-scale[eval]'",
-        "```",
-    ]
+    lines += ["", "## Use", "", *transformers_usage(config, recipe, tokenizer, where), "",
+              "With bdh-scale (`pip install bdh-scale`):", "",
+              "```python",
+              "from bdh_scale.model import load_pretrained",
+              "",
+              f'model = load_pretrained("{where}")  # a directory or a Hub id; model.tokenizer is its tokenizer',
+              "```", "",
+              "```bash",
+              f'bdh-generate {where} --prompt "Hello" --tokens 200',
+              f"bdh-eval {where} --tasks wikitext   # pip install 'bdh-scale[eval]'",
+              "```"]
     if recipe:
         lines += ["", "## Recipe", "", "Train it again with `bdh-train recipe.yaml` (the file beside this card):", "",
                   "```yaml", yaml.safe_dump(recipe, sort_keys=False).rstrip(), "```"]

@@ -23,6 +23,11 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 REMOTE = ("torch", "transformers", "safetensors", "tokenizers")
+# The python of another such environment, to run tests/test_hf_isolated.py against another transformers
+# version (the script still checks that bdh_scale and einops are absent), e.g. after
+#   python -m venv /tmp/tf && /tmp/tf/bin/pip install torch==2.13.0 transformers==5.10.1 safetensors tokenizers
+#   BDH_SCALE_REMOTE_PYTHON=/tmp/tf/bin/python pytest tests/test_hf_isolated.py
+OTHER = "BDH_SCALE_REMOTE_PYTHON"
 
 
 def canonical(name: str) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
@@ -32,6 +33,10 @@ from bdh_scale.model.hf.cache import BDHScaleCache
 from bdh_scale.model.hf.configuration_bdh import BDHScaleConfig
 
 IGNORE = -100  # a label that is not scored, as everywhere in transformers
+TESTED = "5.10.1 to 5.25.0 (a Hub copy from 5.0.0)"  # docs/design.md, "Transformers"
+if int(transformers.__version__.split(".")[0]) < 5:
+    raise ImportError(f"this bdh-scale model needs transformers 5 (tested: {TESTED}); this is "
+                      f"{transformers.__version__}: pip install -U transformers")
 # transformers < 5.2x hands the cache around as `past_key_values`, later versions as `cache`
 CACHE_KWARG = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters \
     else "past_key_values"
