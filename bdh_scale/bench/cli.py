@@ -100,10 +100,15 @@ def state_step_floor(model_cfg: dict, dev, tokens: int) -> dict:
     return {"seconds": tokens * bytes_per_token / bw, "bytes_per_token": bytes_per_token, "gb_per_s": bw / 1e9}
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(prog="bdh-bench", description=__doc__.split("\n\n")[0])
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--recipe and --override, which model_config reads."""
     p.add_argument("--recipe", help="take the model config from a recipe (default: the seed config)")
     p.add_argument("--override", nargs="*", default=[], help="section.key=value overrides of the recipe")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="bdh-bench", description=__doc__.split("\n\n")[0])
+    add_model_args(p)
     p.add_argument("--T", default="256,512,1024,2048", help="comma-separated sequence lengths")
     p.add_argument("--batch-tokens", type=int, default=2048, help="B = batch_tokens / T (tokens per step fixed)")
     p.add_argument("--batch-size", type=int, help="fixed B instead of --batch-tokens")

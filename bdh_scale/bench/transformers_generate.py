@@ -6,7 +6,8 @@ Both read the prompt once into the carried state and then step one token at a ti
 be flat in the context length; what transformers adds is its generation loop around the same step
 (input preparation, logits processors, stopping criteria, the cache object). A token's time is the
 gap between two consecutive tokens as they come out (a transformers streamer, the items of
-BDH.stream), so the prompt's forward is not in it. Each measurement is repeated, interleaved, and
+BDH.stream); a run reports its median gap. The prompt is read once per context and side, and every
+run starts from a copy of that state, so runs are short and many, interleaved across the cases, and
 the fastest counts (a shared machine only ever adds time).
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -23,6 +25,7 @@ import torch
 
 from bdh_scale.utils.host_memory import keep_freed_host_memory
 from bdh_scale.utils.perf import synchronize
+from bdh_scale.utils.tree import map_tensors
 
 
 class Clock:
@@ -40,26 +43,39 @@ class Clock:
 
 
 def ms_per_token(times: list[float]) -> float:
-    """Mean gap between consecutive tokens, ms (the first time is the first new token's)."""
-    return 1000 * (times[-1] - times[0]) / (len(times) - 1)
+    """Median gap between consecutive tokens, ms (the first time is the first new token's): a step
+    that another process on the machine delayed does not count."""
+    return 1000 * statistics.median(b - a for a, b in zip(times, times[1:]))
 
 
-def time_transformers(model, prompt: torch.Tensor, tokens: int, device) -> float:
+def copy_state(state):
+    """A copy of a carried state (bdh-scale's BDHState or the shipped one), through its state_dict."""
+    return type(state).from_state_dict(map_tensors(torch.clone, state.state_dict()))
+
+
+def time_transformers(model, prompt: torch.Tensor, cache, tokens: int, device) -> float:
+    """generate after `prompt`, from a copy of `cache` (the state after all of it but its last token)."""
+    name = sys.modules[type(model).__module__].CACHE_KWARG  # the shipped module's: cache or past_key_values
     clock = Clock(device)
     model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens + 1,
-                   min_new_tokens=tokens + 1, do_sample=False, streamer=clock)
-    return ms_per_token(clock.times[1:])  # from the first new token on
+                   min_new_tokens=tokens + 1, do_sample=False, streamer=clock,
+                   **{name: type(cache)(copy_state(cache.state))})
+    return ms_per_token(clock.times[1:])  # from the first new token on (the first put is the prompt)
 
 
-def time_bdh(model, prompt: torch.Tensor, tokens: int, device) -> float:
+def time_bdh(model, prompt: torch.Tensor, state, tokens: int, device) -> float:
+    """BDH.stream after `prompt`, from a copy of `state` (after all of it but its last token)."""
     times = []
-    for _ in model.stream(prompt, tokens + 1, temperature=0):
+    for _ in model.stream(prompt[:, -1:], tokens + 1, temperature=0, state=copy_state(state)):
         synchronize(device)
         times.append(time.perf_counter())
     return ms_per_token(times)
 
 
+@torch.no_grad()
 def measure(model_cfg: dict, contexts: list[int], tokens: int, repeats: int, device: torch.device) -> dict:
+    """Each context's prompt is read once by each side; every timed run then generates from a copy
+    of that state, so the runs are short and many, interleaved across cases."""
     from transformers import AutoModelForCausalLM
 
     from bdh_scale.model import BDH, BDHConfig
@@ -73,28 +89,35 @@ def measure(model_cfg: dict, contexts: list[int], tokens: int, repeats: int, dev
         theirs = AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True).to(device).eval()
     gen = torch.Generator().manual_seed(1)
     prompts = {c: torch.randint(0, ours.config.vocab_size, (1, c), generator=gen).to(device) for c in contexts}
-    time_transformers(theirs, prompts[contexts[0]][:, :8], 4, device)  # warm-up of both paths
-    time_bdh(ours, prompts[contexts[0]][:, :8], 4, device)
-    best = {(who, c): float("inf") for who in ("transformers", "bdh_scale") for c in contexts}
-    for _ in range(repeats):
-        for c in contexts:
-            best["transformers", c] = min(best["transformers", c], time_transformers(theirs, prompts[c], tokens, device))
-            best["bdh_scale", c] = min(best["bdh_scale", c], time_bdh(ours, prompts[c], tokens, device))
+    states = {}
+    for c, prompt in prompts.items():
+        out = theirs(prompt[:, :-1], use_cache=True)
+        states["transformers", c] = out.get("cache") or out.get("past_key_values")
+        states["bdh_scale", c] = ours(prompt[:, :-1], return_state=True).state
+    timers = {"transformers": (time_transformers, theirs), "bdh_scale": (time_bdh, ours)}
+    best = {key: float("inf") for key in states}
+    cases = list(states)
+    for i in range(repeats + 1):  # the first round warms up
+        for who, c in cases[i % len(cases):] + cases[:i % len(cases)]:  # each case takes every place in a round
+            fn, model = timers[who]
+            ms = fn(model, prompts[c], states[who, c], tokens, device)
+            best[who, c] = min(best[who, c], ms) if i else best[who, c]
     rows = [{"generation": who, "context": c, "ms_per_token": ms} for (who, c), ms in best.items()]
     lo, hi = min(contexts), max(contexts)
-    ratios = {f"{who} ms/token ctx={hi} / ctx={lo}": best[who, hi] / best[who, lo] for who in ("transformers", "bdh_scale")}
+    ratios = {f"{who} ms/token ctx={hi} / ctx={lo}": best[who, hi] / best[who, lo] for who in timers}
     ratios.update({f"transformers / bdh_scale ms/token at ctx={c}": best["transformers", c] / best["bdh_scale", c]
                    for c in contexts})
     return {"rows": rows, "ratios": ratios}
 
 
 def parse_args(argv):
+    from bdh_scale.bench.cli import add_model_args
+
     p = argparse.ArgumentParser(prog="bdh-bench --transformers", description=__doc__.split("\n\n")[0])
-    p.add_argument("--recipe", help="take the model config from a recipe (default: the seed config)")
-    p.add_argument("--override", nargs="*", default=[], help="section.key=value overrides of the recipe")
+    add_model_args(p)
     p.add_argument("--ctx", default="256,4096", help="comma-separated context lengths (prompt tokens)")
-    p.add_argument("--tokens", type=int, default=64, help="timed generated tokens per measurement")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved runs per case; the fastest counts")
+    p.add_argument("--tokens", type=int, default=32, help="timed generated tokens per measurement")
+    p.add_argument("--repeats", type=int, default=10, help="interleaved runs per case; the fastest counts")
     p.add_argument("--out", default="runs/bench", help="directory for the JSON results")
     return p.parse_args(argv)
 
