@@ -21,10 +21,11 @@ from torch.utils.checkpoint import checkpoint
 from bdh_scale.model.attention import (AttnState, BDHState, ForgetGate, attend_chunked, attend_parallel,
                                        causal_self_attention, pick_backend)
 from bdh_scale.model.config import BDHConfig
-from bdh_scale.model.output import ModelOutput
+from bdh_scale.model.output import ModelOutput, lm_loss
 from bdh_scale.model.pretrained import Pretrained
 from bdh_scale.model.rope import RopeCache, rotate
 from bdh_scale.model.sampling import sample_next, starts_after
+from bdh_scale.model.token_shift import TokenShift
 
 
 class AttnPlan(NamedTuple):
@@ -53,6 +54,21 @@ def projection_params(nh: int, D: int, N: int) -> dict[str, nn.Parameter]:
 def active_boundaries(doc_start: torch.Tensor | None) -> torch.Tensor | None:
     """doc_start, or None when it marks no token: windows without a boundary keep the fast paths."""
     return doc_start if doc_start is not None and bool(doc_start.any()) else None
+
+
+def token_shifts(config: BDHConfig, n_layers: int) -> nn.ModuleList:
+    """The previous-token path's modules (model/token_shift.py): one for `embed`, one per layer
+    for `layer`, none without it."""
+    n = {"none": 0, "embed": 1, "layer": n_layers}[config.token_shift]
+    return nn.ModuleList(TokenShift(config.n_embd, config.token_shift_kernel) for _ in range(n))
+
+
+def shifted(shift: TokenShift, x: torch.Tensor, prev: list, i: int, doc_start, new: list) -> torch.Tensor:
+    """LN(x + the shift of x): the input with its predecessors mixed in; the module's new state
+    goes to `new`. prev: the carried inputs of every module (empty: a fresh stream)."""
+    out, tail = shift(x, prev[i] if i < len(prev) else None, doc_start)
+    new.append(tail)
+    return layer_norm(out)
 
 
 def diff_lambda_init(layer_index: int) -> float:
@@ -161,6 +177,7 @@ class BDH(Pretrained, nn.Module):
             for name, p in projection_params(nh, D, N).items():
                 self.register_parameter(name, p)
         self.layers = nn.ModuleList(BDHLayer(config, i) for i in range(config.n_layer))
+        self.token_shift = token_shifts(config, config.n_layer)
         self.lm_head = nn.Parameter(torch.randn(D, config.vocab_size) * 0.02)
         self.rope = RopeCache(N, config.rope_theta)
         self.gradient_checkpointing = False
@@ -182,7 +199,9 @@ class BDH(Pretrained, nn.Module):
             AttnState.zeros(batch_size, c.n_head, 1, c.n_neurons, c.n_embd, c.attn_window, device, dtype)
             for _ in range(c.n_layer)
         ]
-        return BDHState(layers, 0)
+        shift = [torch.zeros(batch_size, c.token_shift_kernel - 1, c.n_embd, device=device, dtype=dtype)
+                 for _ in self.token_shift]
+        return BDHState(layers, 0, shift)
 
     def plan(self, T: int, stateful: bool, need_state: bool, in_place: bool = False) -> AttnPlan:
         """Which attention form computes this call."""
@@ -223,11 +242,16 @@ class BDH(Pretrained, nn.Module):
         doc_start = active_boundaries(doc_start)
         need_state = state is not None if return_state is None else return_state
         pos = state.pos if state is not None else 0
-        x = layer_norm(self.embed(idx))
+        prev_shift, new_shift = (state.shift if state is not None else []), []
+        mode = self.config.token_shift
+        x = self.embed(idx)
+        x = shifted(self.token_shift[0], x, prev_shift, 0, doc_start, new_shift) if mode == "embed" else layer_norm(x)
         cos, sin = self.rope.get(pos, T, x.device, x.dtype)
         plan = self.plan(T, state is not None, need_state, update_state_in_place and state is not None)
         new_layers = []
         for i, layer in enumerate(self.layers):
+            if mode == "layer":
+                x = shifted(self.token_shift[i], x, prev_shift, i, doc_start, new_shift)
             layer_state = state.layers[i] if state is not None else None
             args = (x, *self.projections(i), cos, sin, layer_state, plan, doc_start)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -236,10 +260,8 @@ class BDH(Pretrained, nn.Module):
                 x, s = layer(*args)
             new_layers.append(s)
         logits = x @ self.lm_head
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        new_state = BDHState(new_layers, pos + T) if need_state else None
+        loss = None if targets is None else lm_loss(logits, targets)
+        new_state = BDHState(new_layers, pos + T, new_shift) if need_state else None
         return ModelOutput(logits=logits, loss=loss, state=new_state)
 
     # -- generation ---------------------------------------------------------------------------

@@ -31,6 +31,8 @@ class BDHConfig(Section):
     forget_timescales: list[float] | None = None  # [first, last]: heads' initial memory in tokens, geometric; null: all ~400
     attn_window: PosInt | None = None  # local window w: only the last w positions attend (None: all)
     diff_attn: bool = False  # differential attention: second map over half the neurons, subtracted
+    token_shift: Literal["none", "embed", "layer"] = "none"  # previous-token path: none | embed (once, on the embeddings) | layer (before every layer)
+    token_shift_kernel: Annotated[int, Range(2, 16)] = 2  # k: the current input plus its k-1 predecessors (2: a token shift)
     block_size: PosInt = 1024  # position-embedding length of the gpt baseline (unused by bdh)
     hrm_h_layers: PosInt = 2  # bdh_hrm: BDH layers of the high-level module H (n_layer is unused there)
     hrm_l_layers: PosInt = 2  # bdh_hrm: BDH layers of the low-level module L
