@@ -104,7 +104,8 @@ def make_data(cfg: RunConfig, accelerator: Accelerator, resume_from: Path | None
     longest_T = max([tc.seq_len] + [T for _, T in tc.seq_len_schedule or []])
     data = build_data(cfg.data, batch_size=tc.batch_size * tc.grad_accum_steps, world_size=accelerator.num_processes,
                       rank=accelerator.process_index, seed=tc.seed, seq_len=longest_T,
-                      held_out_dir=None if resume_from is None else Path(resume_from).parent.parent)
+                      held_out_dir=None if resume_from is None else Path(resume_from).parent.parent,
+                      windows_per_step=tc.bptt_windows)
     cfg.data.doc_reset = data.doc_reset  # resolved from the source: config.yaml says what the run did
     if cfg.model.vocab_size != data.tokenizer.vocab_size:
         accelerator.print(f"model.vocab_size set to {data.tokenizer.vocab_size} by the tokenizer {data.tokenizer.name}")
