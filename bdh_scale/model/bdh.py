@@ -164,6 +164,7 @@ class BDH(Pretrained, nn.Module):
         self.lm_head = nn.Parameter(torch.randn(D, config.vocab_size) * 0.02)
         self.rope = RopeCache(N, config.rope_theta)
         self.gradient_checkpointing = False
+        self.compiled_body = None  # compile() sets it
 
     # -- parameters -------------------------------------------------------------------------
     def projections(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -226,9 +227,21 @@ class BDH(Pretrained, nn.Module):
         x = layer_norm(self.embed(idx))
         cos, sin = self.rope.get(pos, T, x.device, x.dtype)
         plan = self.plan(T, state is not None, need_state, update_state_in_place and state is not None)
+        body = self.compiled_body or self.body
+        logits, loss, new_layers = body(x, targets, None if state is None else state.layers, cos, sin, plan, doc_start)
+        new_state = BDHState(new_layers, pos + T) if need_state else None
+        return ModelOutput(logits=logits, loss=loss, state=new_state)
+
+    def body(self, x, targets, layer_states, cos, sin, plan: AttnPlan, doc_start):
+        """The tensor work of forward: the layers, the logits and the loss; what `compile` compiles.
+
+        Everything that depends on Python values that change from call to call (the stream
+        position, the RoPE table cache, whether a window holds a boundary, which attention form a
+        length takes) is decided in forward before it, so a compiled body sees tensors and a
+        fixed plan only: one graph per window length and mode, none per step."""
         new_layers = []
         for i, layer in enumerate(self.layers):
-            layer_state = state.layers[i] if state is not None else None
+            layer_state = layer_states[i] if layer_states is not None else None
             args = (x, *self.projections(i), cos, sin, layer_state, plan, doc_start)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x, s = checkpoint(layer, *args, use_reentrant=False)
@@ -239,8 +252,14 @@ class BDH(Pretrained, nn.Module):
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        new_state = BDHState(new_layers, pos + T) if need_state else None
-        return ModelOutput(logits=logits, loss=loss, state=new_state)
+        return logits, loss, new_layers
+
+    def compile(self, *args, **kwargs):
+        """torch.compile the body (`BDH.body`) in place, with torch.compile's arguments: parameter
+        names, state_dict and checkpoints stay those of the eager model. Shapes are static
+        (dynamic=False unless given): a window length compiles once, and the next length is a
+        graph of its own rather than a symbolic one that every chunk count would respecialize."""
+        self.compiled_body = torch.compile(self.body, *args, **{"dynamic": False, **kwargs})
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()
