@@ -92,6 +92,10 @@ class TrainConfig(Section):
                 self.bad("push_to_hub", f"{self.push_to_hub!r} is not a Hub repo id; use owner/name, or null")
         self.check_schedule()
 
+    def lengths(self) -> list[int]:
+        """The distinct training window lengths: train.seq_len, or those of the curriculum."""
+        return sorted({T for _, T in self.seq_len_schedule} if self.seq_len_schedule else {self.seq_len})
+
     def longest_T(self) -> int:
         """The longest window of the run: training (any curriculum step) or validation."""
         return max([self.seq_len, self.eval_seq_len or 0] + [T for _, T in self.seq_len_schedule or []])

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bdh_scale.model.attention import (AttnState, BDHState, ForgetGate, attend_chunked, attend_parallel,
-                                       causal_self_attention, pick_backend)
+                                       causal_self_attention, fla, pick_backend)
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.output import ModelOutput
 from bdh_scale.model.pretrained import Pretrained
@@ -30,7 +30,7 @@ from bdh_scale.model.sampling import sample_next, starts_after
 class AttnPlan(NamedTuple):
     """How every layer's attention computes one forward call (BDH.plan)."""
 
-    kind: str  # parallel | chunked
+    kind: str  # parallel | chunked | fla
     chunk: int  # chunk size of the recurrent form
     need_state: bool  # build the state after the last token
     in_place: bool = False  # update the given state's rho in place (generation, no autograd)
@@ -124,6 +124,12 @@ class BDHLayer(nn.Module):
             return causal_self_attention(k, v, self.scale), None  # the reference model's hot path
         if kind == "parallel" and stateless:
             return attend_parallel(q, k, v, self.scale, log_g, window, doc_start), None
+        if kind == "fla":
+            if (why := fla.unavailable(k.device)) is None:
+                a, rho = fla.attend_fla(q, k, v, self.scale, None if state is None else state.rho,
+                                        log_g, need_state, None if doc_start is None else doc_start[0])
+                return a, (AttnState(rho=rho) if need_state else None)
+            fla.warn_fallback(why)  # a model trained with fla, read where fla cannot run
         state = None if state is None else state.swap_lanes_heads()
         a, new_state = attend_chunked(q, k, v, self.scale, state, log_g, window, chunk, need_state, in_place,
                                       doc_start)
@@ -165,6 +171,7 @@ class BDH(Pretrained, nn.Module):
         self.rope = RopeCache(N, config.rope_theta)
         self.gradient_checkpointing = False
         self.compiled_body = None  # compile() sets it
+        self.fla_lengths: set[int] = set()  # attn_backend auto: window lengths measured faster with fla (fla_tune)
 
     # -- parameters -------------------------------------------------------------------------
     def projections(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -192,8 +199,12 @@ class BDH(Pretrained, nn.Module):
         if c.attn_backend == "chunked" and kind == "parallel":
             # forced chunked below the crossover: the chunk size auto would use past it
             chunk = pick_backend(1 << 30, c.n_neurons, c.n_embd, c.attn_window)[1]
-        if c.attn_backend != "auto":
+        if c.attn_backend not in ("auto", "fla"):
             kind = c.attn_backend
+        if (c.attn_backend == "fla" or T in self.fla_lengths) and not in_place:
+            # one-token generation steps stay the in-place recurrent step: fla's kernels are for
+            # windows, and the step is the same function
+            kind = "fla"
         if c.chunk_size and kind == "chunked":
             chunk = c.chunk_size
         if kind == "parallel" and (stateful or need_state):
