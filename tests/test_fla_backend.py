@@ -24,7 +24,7 @@ from bdh_scale.errors import ConfigError
 from bdh_scale.model import BDH, BDHConfig
 from bdh_scale.model.attention import AttnState, attend_chunked, fla
 from bdh_scale.model.attention.fla_reference import simple_gla_reference
-from bdh_scale.model.attention.fla_tune import tune
+from bdh_scale.model.attention.fla_tune import fla_wins, tune
 
 H, B, T, N, D = 2, 2, 40, 16, 8
 SCALE = 0.37  # not fla's default N^-1/2: the adapter must pass BDH's own
@@ -209,13 +209,16 @@ def test_a_model_saved_with_fla_still_runs_where_fla_cannot_with_a_warning():
 def test_auto_takes_fla_exactly_at_the_lengths_where_it_measured_faster():
     m = model("auto", forget_mode="data")
     with fla.stand_in():
-        found = tune(m, [8, 16], batch_size=2, device=torch.device("cpu"), dtype=torch.float32, stateful=True)
+        found = tune(m.config, [8, 16], batch_size=2, device=torch.device("cpu"), dtype=torch.float32, stateful=True)
         assert set(found) == {8, 16}
         for T, r in found.items():
             others = {k: v for k, v in r.items() if k != "chosen"}
             assert set(others) == {"fla", "parallel"} and r["chosen"] == min(others, key=others.get)
-        assert m.fla_lengths == {T for T, r in found.items() if r["chosen"] == "fla"}
-        for T in (8, 16):
-            assert (m.plan(T, True, True).kind == "fla") == (T in m.fla_lengths)
-    assert tune(model("chunked"), [8], 2, torch.device("cpu"), torch.float32, False) == {}
-    assert tune(model("auto"), [8], 2, torch.device("cpu"), torch.float32, False) == {}  # no fla here
+        m.fla_lengths = fla_wins({8: {"fla": 1.0, "parallel": 2.0, "chosen": "fla"}, **{16: found[16]}})
+        assert m.plan(8, True, True).kind == "fla"
+        assert (m.plan(16, True, True).kind == "fla") == (found[16]["chosen"] == "fla")
+        forced = model("fla")
+        assert forced.plan(1, True, True).kind == "fla"
+        assert forced.plan(1, True, True, in_place=True).kind == "chunked"  # generation steps stay in place
+    assert tune(model("chunked").config, [8], 2, torch.device("cpu"), torch.float32, False) == {}
+    assert tune(model("auto").config, [8], 2, torch.device("cpu"), torch.float32, False) == {}  # no fla here

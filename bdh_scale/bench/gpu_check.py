@@ -132,7 +132,7 @@ def train_case(name: str, args: list, device_type: str, env: dict | None = None)
         with environment(**(env or {})):
             result = train(load_config(RECIPE, args))
     except Exception as e:  # a case that fails is a finding: report it, go on with the others
-        return {"seconds": time.perf_counter() - t0}, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return {"seconds": time.perf_counter() - t0}, gpu_kernels.first_line(e)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     out = {"seconds": time.perf_counter() - t0, "run_dir": str(result.run_dir)}

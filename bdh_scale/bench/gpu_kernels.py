@@ -14,12 +14,10 @@ A dry run uses tiny shapes, fp32 and the stand-in kernel: the code paths, not th
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
 from bdh_scale.model.attention import AttnState, attend_chunked, attend_parallel, fla
-from bdh_scale.utils.perf import synchronize
+from bdh_scale.model.attention.fla_tune import best_time
 
 FORMS = ("parallel", "chunked", "fla")
 
@@ -111,10 +109,15 @@ def parity(device, dtype, Ns, T, D, H=4, B=1) -> list[dict]:
                     row["rel_error"] = rel_errors(forward_backward(form, k, v, log_g, rho, N ** -0.5, dtype, w), ref)
                     row["error"] = None
                 except Exception as e:  # a form that fails is a finding
-                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                    row["error"] = first_line(e)
                 rows.append(row)
             del ref
     return rows
+
+
+def first_line(e: Exception) -> str:
+    """An exception as one line of a table: its type and the first line of its message."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def peak_bytes(device):
@@ -138,21 +141,14 @@ def timing(device, dtype, Ts, tokens, H, N, D, repeats=3) -> list[dict]:
                     a.float().sum().backward()
                     k.grad = v.grad = log_g.grad = None
 
-                step()  # warm-up: kernels compiled and autotuned
+                step()  # warm-up: kernels compiled and autotuned, outside the peak
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 base = peak_bytes(device)
-                best = float("inf")
-                for _ in range(repeats):
-                    synchronize(device)
-                    t0 = time.perf_counter()
-                    step()
-                    synchronize(device)
-                    best = min(best, time.perf_counter() - t0)
-                row["ms"] = 1000 * best
+                row["ms"] = 1000 * best_time(step, device, repeats)
                 row["peak_gb"] = None if base is None else (peak_bytes(device) - base) / 1e9
             except Exception as e:  # out of memory at T = 8192 is a finding too
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                row["error"] = first_line(e)
             finally:
                 k = v = log_g = None
                 if device.type == "cuda":

@@ -14,7 +14,8 @@ import torch
 
 from bdh_scale.errors import ConfigError
 from bdh_scale.model.attention import fla
-from bdh_scale.model.attention.fla_tune import tune
+from bdh_scale.model.attention.fla_tune import fla_wins, tune
+from bdh_scale.train.distributed import from_main
 from bdh_scale.utils.perf import compute_dtype
 
 EVAL_AND_SAMPLE_GRAPHS = 8  # validation (window, carried; each with and without boundaries), diagnostics, samples
@@ -38,14 +39,17 @@ def compile_model(model, tc) -> None:
     model.compile()
 
 
-def tune_attention(model, cfg, device, precision: str, say) -> dict:
+def tune_attention(model, cfg, accelerator, precision: str) -> dict:
     """attn_backend auto with fla usable here: measure it against auto's own choice at every training
-    length (fla_tune.py) and say what was chosen. {} when there is nothing to choose."""
+    length (fla_tune.py) on the main process, so that every rank takes the same forms, and say what
+    was chosen. {} when there is nothing to choose."""
     if not hasattr(model, "fla_lengths"):
         return {}
     tc = cfg.train
-    found = tune(model, tc.lengths(), tc.batch_size, device, compute_dtype(precision), tc.state == "carry")
+    found = from_main(accelerator, lambda: tune(cfg.model, tc.lengths(), tc.batch_size, accelerator.device,
+                                                compute_dtype(precision), tc.state == "carry"))
+    model.fla_lengths = fla_wins(found)
     for T, r in found.items():
         times = ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in r.items() if k != "chosen")
-        say(f"attention at T={T}: {r['chosen']} (one layer's forward and backward: {times})")
+        accelerator.print(f"attention at T={T}: {r['chosen']} (one layer's forward and backward: {times})")
     return found

@@ -119,7 +119,7 @@ def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator, precision
     tc = cfg.train
     model = build_model(cfg.model)
     model.gradient_checkpointing = tc.gradient_checkpointing  # non-reentrant: safe under DDP
-    tune_attention(model, cfg, accelerator.device, precision, accelerator.print)
+    tune_attention(model, cfg, accelerator, precision)
     if tc.compile:
         # In place: parameter names, state_dict and checkpoints stay those of the eager model, and
         # DDP/FSDP wrap it as usual. Each new window length compiles once (train/kernels.py).

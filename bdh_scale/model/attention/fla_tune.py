@@ -57,23 +57,24 @@ def attention_step(kind: str, chunk: int, H, B, T, N, D, gated: bool, stateful: 
     return step
 
 
-def tune(model, lengths, batch_size: int, device, dtype, stateful: bool) -> dict:
-    """Measure fla against auto's own choice at every window length in `lengths`; the lengths fla
-    wins go into model.fla_lengths (BDH.plan reads them). {} when auto cannot use fla here.
-    Returns {T: {"fla": seconds, "<other form>": seconds, "chosen": form}}."""
-    c = model.config
-    if c.attn_backend != "auto" or c.attn_window is not None or fla.unavailable(device) is not None:
+def tune(config, lengths, batch_size: int, device, dtype, stateful: bool) -> dict:
+    """Measure fla against auto's own choice, for a model of `config`, at every window length in
+    `lengths`. Returns {T: {"fla": seconds, "<other form>": seconds, "chosen": form}}; {} when auto
+    cannot use fla here. The lengths fla wins belong in the model's fla_lengths (BDH.plan)."""
+    if config.attn_backend != "auto" or config.attn_window is not None or fla.unavailable(device) is not None:
         return {}
-    H, N, D = c.n_head, c.n_neurons, c.n_embd
+    H, N, D = config.n_head, config.n_neurons, config.n_embd
     found = {}
     for T in sorted(set(lengths)):
         other, chunk = pick_backend(T, N, D)
         times = {}
         for kind in (other, "fla"):
-            times[kind] = best_time(attention_step(kind, chunk, H, batch_size, T, N, D, c.forget_mode != "none",
+            times[kind] = best_time(attention_step(kind, chunk, H, batch_size, T, N, D, config.forget_mode != "none",
                                                    stateful, device, dtype), device)
-        chosen = min(times, key=times.get)
-        if chosen == "fla":
-            model.fla_lengths.add(T)
-        found[T] = {**times, "chosen": chosen}
+        found[T] = {**times, "chosen": min(times, key=times.get)}
     return found
+
+
+def fla_wins(found: dict) -> set[int]:
+    """The window lengths a tune() result gives to fla."""
+    return {T for T, r in found.items() if r["chosen"] == "fla"}
