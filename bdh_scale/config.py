@@ -99,6 +99,10 @@ class TrainConfig(Section):
                                      "train.state=reset carries none; set train.state=carry or train.bptt_windows=1")
         self.check_schedule()
 
+    def lengths(self) -> list[int]:
+        """The distinct training window lengths: train.seq_len, or those of the curriculum."""
+        return sorted({T for _, T in self.seq_len_schedule} if self.seq_len_schedule else {self.seq_len})
+
     def longest_T(self) -> int:
         """The longest window of the run: training (any curriculum step) or validation."""
         return max([self.seq_len, self.eval_seq_len or 0] + [T for _, T in self.seq_len_schedule or []])

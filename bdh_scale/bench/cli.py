@@ -292,6 +292,9 @@ def summarize(rows, mem, gen, session, Ts) -> dict:
                     out[f"{v}/{base} tokens/s at T={T}"] = tps[(v, T)] / tps[(base, T)]
         if (v, hi) in tps and (v, lo) in tps:
             out[f"{v} tokens/s T={hi} / T={lo}"] = tps[(v, hi)] / tps[(v, lo)]
+    for T in sorted({T for _, T in tps}):  # what train.compile buys: the same step, compiled or eager
+        if ("compiled", T) in tps and ("auto", T) in tps:
+            out[f"compiled/eager steps/s at T={T}"] = tps[("compiled", T)] / tps[("auto", T)]
     if ("chunked", hi) in tps and ("parallel", hi) in tps:
         out[f"chunked/parallel tokens/s at T={hi}"] = tps[("chunked", hi)] / tps[("parallel", hi)]
     if ("chunked", hi) in peak and ("parallel", hi) in peak:

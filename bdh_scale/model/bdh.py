@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bdh_scale.model.attention import (AttnState, BDHState, ForgetGate, attend_chunked, attend_parallel,
-                                       causal_self_attention, pick_backend)
+                                       causal_self_attention, fla, pick_backend)
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.output import ModelOutput, lm_loss
 from bdh_scale.model.pretrained import Pretrained
@@ -31,7 +31,7 @@ from bdh_scale.model.token_shift import TokenShift
 class AttnPlan(NamedTuple):
     """How every layer's attention computes one forward call (BDH.plan)."""
 
-    kind: str  # parallel | chunked
+    kind: str  # parallel | chunked | fla
     chunk: int  # chunk size of the recurrent form
     need_state: bool  # build the state after the last token
     in_place: bool = False  # update the given state's rho in place (generation, no autograd)
@@ -140,6 +140,12 @@ class BDHLayer(nn.Module):
             return causal_self_attention(k, v, self.scale), None  # the reference model's hot path
         if kind == "parallel" and stateless:
             return attend_parallel(q, k, v, self.scale, log_g, window, doc_start), None
+        if kind == "fla":
+            if (why := fla.unavailable(k.device)) is None:
+                a, rho = fla.attend_fla(q, k, v, self.scale, None if state is None else state.rho,
+                                        log_g, need_state, None if doc_start is None else doc_start[0])
+                return a, (AttnState(rho=rho) if need_state else None)
+            fla.warn_fallback(why)  # a model trained with fla, read where fla cannot run
         state = None if state is None else state.swap_lanes_heads()
         a, new_state = attend_chunked(q, k, v, self.scale, state, log_g, window, chunk, need_state, in_place,
                                       doc_start)
@@ -181,6 +187,8 @@ class BDH(Pretrained, nn.Module):
         self.lm_head = nn.Parameter(torch.randn(D, config.vocab_size) * 0.02)
         self.rope = RopeCache(N, config.rope_theta)
         self.gradient_checkpointing = False
+        self.compiled_body = None  # compile() sets it
+        self.fla_lengths: set[int] = set()  # attn_backend auto: window lengths measured faster with fla (fla_tune)
 
     # -- parameters -------------------------------------------------------------------------
     def projections(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -210,8 +218,12 @@ class BDH(Pretrained, nn.Module):
         if c.attn_backend == "chunked" and kind == "parallel":
             # forced chunked below the crossover: the chunk size auto would use past it
             chunk = pick_backend(1 << 30, c.n_neurons, c.n_embd, c.attn_window)[1]
-        if c.attn_backend != "auto":
+        if c.attn_backend not in ("auto", "fla"):
             kind = c.attn_backend
+        if (c.attn_backend == "fla" or T in self.fla_lengths) and not in_place:
+            # one-token generation steps stay the in-place recurrent step: fla's kernels are for
+            # windows, and the step is the same function
+            kind = "fla"
         if c.chunk_size and kind == "chunked":
             chunk = c.chunk_size
         if kind == "parallel" and (stateful or need_state):
@@ -248,11 +260,25 @@ class BDH(Pretrained, nn.Module):
         x = shifted(self.token_shift[0], x, prev_shift, 0, doc_start, new_shift) if mode == "embed" else layer_norm(x)
         cos, sin = self.rope.get(pos, T, x.device, x.dtype)
         plan = self.plan(T, state is not None, need_state, update_state_in_place and state is not None)
-        new_layers = []
+        body = self.compiled_body or self.body
+        logits, loss, new_layers, new_shift = body(x, targets, None if state is None else state.layers, cos, sin, plan,
+                                                   doc_start, prev_shift, new_shift)
+        new_state = BDHState(new_layers, pos + T, new_shift) if need_state else None
+        return ModelOutput(logits=logits, loss=loss, state=new_state)
+
+    def body(self, x, targets, layer_states, cos, sin, plan: AttnPlan, doc_start, prev_shift: list, new_shift: list):
+        """The tensor work of forward: the layers, the logits and the loss; what `compile` compiles.
+
+        Everything that depends on Python values that change from call to call (the stream
+        position, the RoPE table cache, whether a window holds a boundary, which attention form a
+        length takes) is decided in forward before it, so a compiled body sees tensors and a
+        fixed plan only: one graph per window length and mode, none per step.
+        new_shift holds the embedding shift's tail, if any; the layers' tails join a copy of it."""
+        new_layers, new_shift = [], list(new_shift)
         for i, layer in enumerate(self.layers):
-            if mode == "layer":
+            if self.config.token_shift == "layer":
                 x = shifted(self.token_shift[i], x, prev_shift, i, doc_start, new_shift)
-            layer_state = state.layers[i] if state is not None else None
+            layer_state = layer_states[i] if layer_states is not None else None
             args = (x, *self.projections(i), cos, sin, layer_state, plan, doc_start)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x, s = checkpoint(layer, *args, use_reentrant=False)
@@ -261,8 +287,14 @@ class BDH(Pretrained, nn.Module):
             new_layers.append(s)
         logits = x @ self.lm_head
         loss = None if targets is None else lm_loss(logits, targets)
-        new_state = BDHState(new_layers, pos + T, new_shift) if need_state else None
-        return ModelOutput(logits=logits, loss=loss, state=new_state)
+        return logits, loss, new_layers, new_shift
+
+    def compile(self, *args, **kwargs):
+        """torch.compile the body (`BDH.body`) in place, with torch.compile's arguments: parameter
+        names, state_dict and checkpoints stay those of the eager model. Shapes are static
+        (dynamic=False unless given): a window length compiles once, and the next length is a
+        graph of its own rather than a symbolic one that every chunk count would respecialize."""
+        self.compiled_body = torch.compile(self.body, *args, **{"dynamic": False, **kwargs})
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()

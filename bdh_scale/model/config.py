@@ -25,7 +25,7 @@ class BDHConfig(Section):
     per_layer_params: bool = True  # each layer its own encoder / encoder_v / decoder (reference: shared)
     score_scale: Literal["none", "inv_sqrt_n"] = "inv_sqrt_n"  # none (reference) | inv_sqrt_n (c = 1/sqrt(N); needed for fp16)
     rope_theta: Annotated[float, Gt(1.0)] = 65536.0  # RoPE base of the reference (2**16)
-    attn_backend: Literal["auto", "parallel", "chunked"] = "auto"  # auto | parallel (quadratic, the oracle) | chunked (linear in T)
+    attn_backend: Literal["auto", "parallel", "chunked", "fla"] = "auto"  # auto | parallel (quadratic, the oracle) | chunked (linear in T) | fla (flash-linear-attention, CUDA)
     chunk_size: NonNegInt = 0  # chunk length C of the chunked backend; 0 picks one from T, N, D
     forget_mode: Literal["none", "scalar", "data"] = "none"  # none | scalar (learned per head) | data (per head and token)
     forget_timescales: list[float] | None = None  # [first, last]: heads' initial memory in tokens, geometric; null: all ~400
@@ -58,6 +58,9 @@ class BDHConfig(Section):
                                "pick n_embd a multiple of n_head")
         if (self.mlp_internal_dim_multiplier * self.n_embd) % self.n_head:
             self.bad("mlp_internal_dim_multiplier", "multiplier * n_embd must be divisible by n_head")
+        if self.attn_backend == "fla" and self.attn_window is not None:
+            self.bad("attn_backend", f"fla has no local window (attn_window={self.attn_window}): its kernel keeps a "
+                                     "state, not the last w keys; use attn_backend=auto or chunked with a window")
         pair = 4 if self.diff_attn else 2
         if self.n_neurons % pair:
             self.bad("mlp_internal_dim_multiplier",

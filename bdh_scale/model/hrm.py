@@ -105,6 +105,7 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
             self.halt_b = nn.Parameter(torch.full((1,), HALT_INIT_BIAS))
         self.rope = RopeCache(config.n_neurons, config.rope_theta)
         self.gradient_checkpointing = False
+        self.fla_lengths: set[int] = set()  # as BDH's (attn_backend auto, fla_tune)
 
     plan = BDH.plan  # the attention form for a window: same rule as BDH (no state here)
 

@@ -9,11 +9,15 @@ synaptic state rho it carries between calls.
     chunked_backward.py  its autograd Function (recomputes chunk-start states)
     window.py            the chunked form of local attention (the state is the last w keys)
     backend.py           which form computes a call (attn_backend: auto)
+    fla.py               the same attention on flash-linear-attention's Triton kernel (attn_backend: fla)
+    fla_reference.py     fla's kernel contract in plain PyTorch: its stand-in on CPUs and in the tests
+    fla_tune.py          auto on CUDA: fla for the window lengths where it measures faster
     state.py             AttnState (one layer) and BDHState (the model)
     gates.py             the forgetting gates (forget_mode: none | scalar | data)
 
 The maths of both forms is in docs/design.md.
 """
+from bdh_scale.model.attention import fla
 from bdh_scale.model.attention.backend import pick_backend
 from bdh_scale.model.attention.causal_self import causal_self_attention
 from bdh_scale.model.attention.chunked import attend_chunked
@@ -21,5 +25,5 @@ from bdh_scale.model.attention.gates import ForgetGate
 from bdh_scale.model.attention.parallel import attend_parallel, decay_mask
 from bdh_scale.model.attention.state import AttnState, BDHState
 
-__all__ = ["AttnState", "BDHState", "ForgetGate", "attend_chunked", "attend_parallel", "causal_self_attention",
+__all__ = ["AttnState", "fla", "BDHState", "ForgetGate", "attend_chunked", "attend_parallel", "causal_self_attention",
            "decay_mask", "pick_backend"]

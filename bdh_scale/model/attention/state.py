@@ -36,7 +36,10 @@ class AttnState:
 
     @classmethod
     def zeros(cls, B, H, Hv, N, D, window=None, device=None, dtype=torch.float32) -> "AttnState":
-        return cls.zeros_for((B, H), (B, Hv), N, D, window, device, dtype)
+        """A fresh lanes-first state laid out as the model's own states are: heads-first tensors
+        seen lanes-first (swap_lanes_heads), so a compiled model sees one layout from the first
+        window on and compiles once, not again at the second window."""
+        return cls.zeros_for((H, B), (Hv, B), N, D, window, device, dtype).swap_lanes_heads()
 
     @classmethod
     def zeros_for(cls, lead, lead_v, N, D, window=None, device=None, dtype=torch.float32) -> "AttnState":
