@@ -33,7 +33,10 @@ bench: $(STAMP)
 	$(PY) -m bdh_scale.bench $(ARGS)
 
 # On a GPU machine (a CUDA build of torch: make gpu-check TORCH=torch); ARGS=--dry-run anywhere.
+# The [gpu] extra (flash-linear-attention and its Triton) is installed for the real check only:
+# a dry run replaces fla's kernel with its plain-PyTorch stand-in.
 gpu-check: $(STAMP)
+	$(if $(findstring --dry-run,$(ARGS)),,$(PY) -m pip install -q -e ".[gpu]")
 	$(PY) -m bdh_scale.bench.gpu_check $(ARGS)
 
 clean:

@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 import yaml
 
 from bdh_scale.data.config import DataConfig
+from bdh_scale.data.mqar import SOURCE as MQAR_SOURCE
 from bdh_scale.data.passkey import SOURCE as PASSKEY_SOURCE
 from bdh_scale.errors import ConfigError
 from bdh_scale.model.config import BDHConfig
@@ -38,6 +39,9 @@ class TrainConfig(Section):
     seq_len: PosInt = 256  # T: tokens per lane per step
     seq_len_schedule: list | None = None  # curriculum [[step, T], ...]: from that step on use T
     state: Literal["reset", "carry"] = "reset"  # reset (windows independent) | carry (TBPTT: state carried, detached)
+    # windows per lane in one step, backpropagated through the carried state before it is detached
+    # (carry only; a step reads bptt_windows x T tokens per lane; docs/design.md)
+    bptt_windows: PosInt = 1
     max_steps: PosInt = 3000  # optimizer steps
     max_time_s: PosFloat | None = None  # stop after this many seconds of training (then eval + save)
     grad_accum_steps: PosInt = 1  # micro-batches per optimizer step
@@ -90,7 +94,14 @@ class TrainConfig(Section):
                 validate_repo_id(self.push_to_hub)
             except HFValidationError:
                 self.bad("push_to_hub", f"{self.push_to_hub!r} is not a Hub repo id; use owner/name, or null")
+        if self.bptt_windows > 1 and self.state != "carry":
+            self.bad("bptt_windows", f"{self.bptt_windows} windows are backpropagated through the carried state, and "
+                                     "train.state=reset carries none; set train.state=carry or train.bptt_windows=1")
         self.check_schedule()
+
+    def lengths(self) -> list[int]:
+        """The distinct training window lengths: train.seq_len, or those of the curriculum."""
+        return sorted({T for _, T in self.seq_len_schedule} if self.seq_len_schedule else {self.seq_len})
 
     def longest_T(self) -> int:
         """The longest window of the run: training (any curriculum step) or validation."""
@@ -158,6 +169,7 @@ class RunConfig(Section):
 
     def check(self) -> None:
         self.check_passkey()
+        self.check_mqar()
         arch = ARCHS[self.model.arch]
         if self.train.state == "carry" and not arch.stateful:
             stateful = words([name for name, a in ARCHS.items() if a.stateful])
@@ -180,6 +192,17 @@ class RunConfig(Section):
                               f"validation rows (train.eval_batches x T = {self.train.eval_batches} x {T} = {row} "
                               "tokens), so no held-out row holds a fact and its question; raise train.eval_batches "
                               "or lower data.passkey.max_gap")
+
+    def check_mqar(self) -> None:
+        """MQAR episodes are laid out in windows of one T: the run must read exactly those."""
+        if self.data.source != MQAR_SOURCE:
+            return
+        tc, window = self.train, self.data.mqar.window or self.train.seq_len
+        if tc.seq_len_schedule or tc.seq_len != window or (tc.eval_seq_len or window) != window:
+            raise ConfigError(f"data.mqar.window: {MQAR_SOURCE} lays its episodes out in windows of {window} tokens, "
+                              f"and the run reads train.seq_len={tc.seq_len}, eval_seq_len={tc.eval_seq_len}, "
+                              f"seq_len_schedule={tc.seq_len_schedule}; use one T (seq_len = data.mqar.window, "
+                              "no schedule)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -62,6 +62,41 @@ def test_mfu_is_model_flops_over_the_given_peak():
     assert row["model_tflops"] == pytest.approx(flops_per_token(cfg, 64) * 1000.0 / 1e12)
 
 
+def test_a_peak_measured_on_a_busy_start_up_is_measured_again_before_mfu_reads_above_one(monkeypatch):
+    """The start-up GEMMs were slowed 10^5-fold (another job): the first step that would log more
+    than 100% re-measures the peak instead, and logs a utilisation below 1."""
+    import bdh_scale.train.diagnostics as diagnostics
+
+    monkeypatch.setattr(diagnostics, "device_peak_flops", lambda device, dtype: 1e6)  # 1 MFLOP/s: far too low
+    cfg = BDHConfig(**SMALL)
+    mfu = MFU(cfg, torch.device("cpu"), "no", num_processes=1, peak_tflops=None)
+    tokens_per_s = 1e9 / flops_per_token(cfg, 64)  # 1 GFLOP/s of model FLOPs: below any real CPU's peak
+    row = mfu(T=64, tokens_per_s=tokens_per_s)
+    assert mfu.per_device > 1e9 and 0 < row["mfu"] < 1
+    assert row["mfu"] == pytest.approx(1e9 / mfu.per_device)
+
+
+def test_an_mfu_above_one_is_never_logged(capsys):
+    """Against a given peak no measurement can fix, an impossible utilisation is null, said once."""
+    cfg = BDHConfig(**SMALL)
+    mfu = MFU(cfg, torch.device("cpu"), "no", num_processes=1, peak_tflops=1e-6)  # 1 MFLOP/s
+    rows = [mfu(T=64, tokens_per_s=1000.0) for _ in range(3)]
+    assert [r["mfu"] for r in rows] == [None] * 3 and rows[0]["model_tflops"] > 1e-6
+    err = capsys.readouterr().err
+    assert err.count("warning: mfu:") == 1 and "tracking.peak_tflops" in err
+
+
+def test_a_known_gpu_gets_its_datasheet_dense_peak_in_half_precision():
+    from bdh_scale.utils.perf import datasheet_peak_flops
+
+    assert datasheet_peak_flops("NVIDIA H100 80GB HBM3", torch.bfloat16) == 989e12
+    assert datasheet_peak_flops("NVIDIA H100 PCIe", torch.float16) == 756e12
+    assert datasheet_peak_flops("NVIDIA H200", torch.bfloat16) == 989e12
+    assert datasheet_peak_flops("NVIDIA L40S", torch.bfloat16) == 362e12  # not the L4's
+    assert datasheet_peak_flops("NVIDIA H100 80GB HBM3", torch.float32) is None  # fp32: measured
+    assert datasheet_peak_flops("Some Future GPU", torch.bfloat16) is None
+
+
 def test_activation_and_state_reads_the_real_codes_and_state():
     torch.manual_seed(0)
     model = BDH(BDHConfig(**SMALL))

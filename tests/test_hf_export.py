@@ -3,9 +3,11 @@ shipped file is its package module with only the bdh_scale imports made relative
 shipped are exactly those the wrappers reach through the package's import graph, a saved directory
 holds exactly the generated files, and that code imports nothing a transformers environment lacks.
 What cannot be shipped is refused with one line. config.json serves both readers, also after
-transformers rewrote it (its save_pretrained and push_to_hub carry the code along)."""
+transformers rewrote it (its save_pretrained and push_to_hub carry the code along). A model
+trained with the fla backend runs in plain torch there and is saved again as an fla model."""
 import ast
 import json
+import warnings
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from bdh_scale.model.hf.export import MODEL_TYPE
 from bdh_scale.train.checkpoint import list_checkpoints
 from tests.helpers import mock_hub
 from tests.helpers.imports import import_graph
+from tests.helpers.tiny_models import tiny_model
 
 TINY = dict(n_layer=2, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)
 
@@ -132,3 +135,25 @@ def test_transformers_save_and_push_carry_the_code_and_bdh_scale_reads_what_they
     pulled = AutoModelForCausalLM.from_pretrained(f"me/{arch}", trust_remote_code=True, cache_dir=hub.cache).eval()
     with torch.no_grad():
         torch.testing.assert_close(pulled(ids).logits, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_trained_with_fla_runs_in_plain_torch_and_is_saved_again_as_one(tmp_path):
+    """fla's kernels need CUDA and flash-linear-attention: the export computes the same function in
+    the form auto picks (parallel or chunked) and never asks for fla, so nothing warns of a fallback;
+    the config it saves still says fla, for bdh-scale on a GPU."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_model(attn_backend="fla", forget_mode="data")
+    model.save_pretrained(tmp_path / "ours")
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "ours", trust_remote_code=True).eval()
+    assert (theirs.config.attn_backend, theirs.model.config.attn_backend) == ("fla", "auto")
+    ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = theirs(ids).logits
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # bdh-scale on a CPU: the chunked form, with a warning
+        want = model(ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    theirs.save_pretrained(tmp_path / "theirs")
+    assert json.loads((tmp_path / "theirs" / "config.json").read_text())["attn_backend"] == "fla"

@@ -1,18 +1,19 @@
 """transformers' generate on a bdh-scale model (model/hf/modeling_bdh.py): its cache is the carried
 BDH state, so after the prompt every step reads one token; a batch of prompts, padded on the left
-to one length, generates and scores row by row exactly as each prompt alone (BDH, GPT, BDH-HRM);
+to one length, generates and scores row by row exactly as each prompt alone (BDH, with the
+previous-token path too, whose last inputs the cache carries; GPT, BDH-HRM);
 padding the state would read is refused in one line; the loss of labels is bdh-scale's; a cache
 reordered for beam search continues each row as that row's own state does."""
 import pytest
 import torch
 
-from bdh_scale.model import BDHConfig, build_model
 from bdh_scale.utils.tree import tensors
+from tests.helpers.tiny_models import tiny_model
 
-TINY = dict(n_layer=2, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)
 OPTIONS = {"bdh": dict(forget_mode="data", diff_attn=True), "bdh_window": dict(attn_window=4),
-           "gpt": dict(arch="gpt", block_size=64), "bdh_hrm": dict(arch="bdh_hrm")}
-STATEFUL = ["bdh", "bdh_window"]
+           "bdh_shift": dict(token_shift="layer", token_shift_kernel=3, forget_mode="scalar"),
+           "gpt": dict(arch="gpt", block_size=64), "bdh_hrm": dict(arch="bdh_hrm", token_shift="embed")}
+STATEFUL = ["bdh", "bdh_window", "bdh_shift"]
 PROMPTS = ["ROMEO:", "KING RICHARD III:"]
 
 
@@ -25,8 +26,7 @@ def load(tmp_path_factory):
 
     def get(name):
         if name not in made:
-            torch.manual_seed(0)
-            model = build_model(BDHConfig(**TINY, **OPTIONS[name])).eval()
+            model = tiny_model(**OPTIONS[name])
             d = tmp_path_factory.mktemp(name)
             model.save_pretrained(d, tokenizer="bytes")
             made[name] = (model, AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True).eval(),

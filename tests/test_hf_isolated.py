@@ -4,9 +4,10 @@ in an environment that has torch, transformers, safetensors and tokenizers and p
 bdh-scale nor einops (tests/helpers/remote_env.py), and there compute what bdh-scale computes: the
 same logits, the same greedy tokens as the model's own generation, the same text as bdh-generate
 for the same seed (greedy and sampled), the same token ids. Every architecture and BDH option is
-covered by a saved untrained model of its own."""
+covered by a saved untrained model of its own: the previous-token path (embed and layer, its weights
+made non-zero, its last inputs carried in the state generate steps), and a model trained with the
+fla backend, which the export runs in plain torch without fla or CUDA."""
 import contextlib
-import dataclasses
 import hashlib
 import io
 import os
@@ -18,24 +19,24 @@ import torch
 from safetensors.torch import load_file
 
 from bdh_scale import generate as bdh_generate
-from bdh_scale.model import BDHConfig, build_model
 from bdh_scale.rundir import load_run
 from bdh_scale.train.checkpoint import list_checkpoints
 from tests.helpers import remote_env
+from tests.helpers.tiny_models import tiny_model
 
 SCRIPT = Path(__file__).parent / "helpers" / "hf_remote.py"
 TEXT = "ROMEO: But soft, what light through yonder window breaks?\n  naïve café — 東京 🐉\tend"
 PROMPT, NEW, SEED = "ROMEO:", 24, 5
-TINY = dict(n_layer=2, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)
 VARIANTS = {
     "bdh_data_gate_diff": dict(forget_mode="data", forget_timescales=[4.0, 64.0], diff_attn=True),
     "bdh_window_scalar_shared": dict(attn_window=4, forget_mode="scalar", per_layer_params=False, score_scale="none"),
     "bdh_chunked": dict(attn_backend="chunked", chunk_size=4),
+    "bdh_shift_layer": dict(token_shift="layer", token_shift_kernel=3, forget_mode="scalar"),
+    # fla's kernels need CUDA and flash-linear-attention: the export runs the same function in plain torch
+    "bdh_shift_embed_fla": dict(token_shift="embed", token_shift_kernel=2, attn_backend="fla", diff_attn=True),
     "gpt": dict(arch="gpt", block_size=64),
-    "bdh_hrm_act": dict(arch="bdh_hrm", hrm_h_layers=1, hrm_l_layers=1, hrm_act=True),
+    "bdh_hrm_act_shift": dict(arch="bdh_hrm", hrm_h_layers=1, hrm_l_layers=1, hrm_act=True, token_shift="layer"),
 }
-if "token_shift" in {f.name for f in dataclasses.fields(BDHConfig)}:  # the previous-token path, where it exists
-    VARIANTS["bdh_token_shift"] = dict(token_shift="layer", token_shift_kernel=3)
 
 
 def hub_copy(directory: Path, cache: Path, repo_id: str) -> str:
@@ -64,9 +65,7 @@ def remote(byte_run, bpe_run, tmp_path_factory):
     dirs = {"byte final": byte_run / "final", "byte checkpoint": list_checkpoints(byte_run)[-1],
             "bpe final": bpe_run / "final"}
     for name, options in VARIANTS.items():
-        torch.manual_seed(0)
-        model = build_model(BDHConfig(**{**TINY, **options}))
-        model.save_pretrained(root / name, tokenizer="bytes")
+        tiny_model(**options).save_pretrained(root / name, tokenizer="bytes")
         dirs[name] = root / name
     models, cases = {}, []
     for name, d in dirs.items():

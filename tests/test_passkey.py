@@ -25,13 +25,14 @@ def test_the_same_seed_gives_the_same_stream_and_another_seed_another():
 
 def test_every_episode_is_a_document_that_asks_for_its_own_key():
     tok = ByteTokenizer()
-    tokens, starts = passkey().stream()
-    docs = np.split(tokens, starts[1:])
-    assert len(docs) == 20
-    for doc in docs:
+    tokens, starts, answers = passkey().stream()
+    docs, marks = np.split(tokens, starts[1:]), np.split(answers, starts[1:])
+    assert len(docs) == 20 and len(answers) == len(tokens)
+    for doc, mark in zip(docs, marks):
         text = tok.decode(doc.tolist())
         key = text.split(FACT[0])[1][:5]
         assert key.isdigit() and text.endswith(f"{QUESTION}{key}.\n\n")
+        assert tok.decode(doc[mark].tolist()) == key  # data.score=answers scores the key after the question, only
 
 
 @pytest.mark.parametrize("gap", [16, 100, 256])

@@ -16,10 +16,12 @@ import sys
 
 import torch
 
-from bdh_scale.data.build import passkey_for
+from bdh_scale.data.build import mqar_for, passkey_for
+from bdh_scale.data.mqar import SOURCE as MQAR_SOURCE
 
 from bdh_scale.analysis import context, heads, recall, selectivity, sparsity, state
 from bdh_scale.analysis.figures import save
+from bdh_scale.analysis.trackers import log_to_run_trackers
 from bdh_scale.analysis.inputs import labelled_files, load_model, out_dir, run_config, val_tokens
 
 
@@ -64,15 +66,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, default=8, help="held-out rows read from their start (default 8)")
     p.add_argument("--windows", type=int, default=32, help="windows of T per row: the longest context (default 32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p = sub.add_parser("recall", help="passkey recall against the distance of the fact: carried state vs windows")
+    p = sub.add_parser("recall", help="recall against distance (passkey, or MQAR for an MQAR run): carried state vs windows")
     p.add_argument("run", help="run directory (runs/<name>, with final/, tokenizer/ and config.yaml)")
     p.add_argument("--out", default=None, help="output directory (default: <run>/analysis)")
     p.add_argument("--seq-len", type=int, default=None, help="window T (default: the run's training window)")
-    p.add_argument("--distances", default="1,2,4,8,16,32,64",
-                   help="distances between fact and question, in windows of T (default 1,2,4,8,16,32,64)")
-    p.add_argument("--episodes", type=int, default=32, help="episodes per distance (default 32)")
+    p.add_argument("--distances", default=None,
+                   help="distances between fact and question (MQAR: pairs and queries), in windows of T "
+                        "(default 1,2,4,8,16,32,64; MQAR: 0,1,2,4,8,16,32)")
+    p.add_argument("--episodes", type=int, default=None, help="episodes per distance (default 32; MQAR: 128)")
     p.add_argument("--lead", type=int, default=32, help="filler tokens before the fact (default 32)")
     p.add_argument("--seed", type=int, default=1, help="seed of the episodes (not the training stream's)")
+    p.add_argument("--no-trackers", action="store_true",
+                   help="do not send the figure and numbers to the run's trackers (tracking.backend)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p = sub.add_parser("heads", help="val loss change when each head is zeroed; prunable heads")
     common(p, 8192)
@@ -111,13 +116,24 @@ def run(args) -> tuple:
         return save(context.plot(report, title), report, out, "context")
     if args.command == "recall":
         cfg = run_config(args.run)
-        distances = parse_distances(args.distances)
-        report = recall.recall(model, passkey_for(cfg.data, tokenizer), T=args.seq_len or cfg.train.seq_len,
-                               distances=distances, episodes=args.episodes, lead=args.lead, seed=args.seed,
-                               device=args.device)
+        T = args.seq_len or cfg.train.seq_len
+        if cfg.data.source == MQAR_SOURCE:
+            distances = parse_distances(args.distances or "0,1,2,4,8,16,32")
+            report = recall.mqar_recall(model, mqar_for(cfg.data, tokenizer, T), distances=distances,
+                                        episodes=args.episodes or 128, seed=args.seed, device=args.device)
+        else:
+            distances = parse_distances(args.distances or "1,2,4,8,16,32,64")
+            report = recall.recall(model, passkey_for(cfg.data, tokenizer), T=T, distances=distances,
+                                   episodes=args.episodes or 32, lead=args.lead, seed=args.seed, device=args.device)
         report.update(run=str(args.run), trained_state=cfg.train.state)
-        title = f"{args.run}: trained with state={cfg.train.state}, forget_mode={cfg.model.forget_mode}"
-        return save(recall.plot(report, title), report, out, "recall")
+        title = (f"{args.run}: trained with state={cfg.train.state}, token_shift={cfg.model.token_shift}, "
+                 f"forget_mode={cfg.model.forget_mode}")
+        paths = save(recall.plot(report, title), report, out, "recall")
+        if not args.no_trackers:
+            logged = log_to_run_trackers(args.run, cfg, "recall", recall.recall_metrics(report), paths[1])
+            if logged:
+                print(f"logged to the run's trackers: {', '.join(logged)}")
+        return paths
     if args.command == "selectivity":
         report = selectivity.neuron_selectivity(
             model, tokenizer, labelled_files(args.label), max_tokens=args.max_tokens, seq_len=args.seq_len,

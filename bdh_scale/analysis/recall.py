@@ -1,12 +1,19 @@
-"""Long-range recall: can the model answer a passkey question from a fact d windows back?
+"""Long-range recall: can the model answer from what it read d windows back?
 
-For each distance d (in windows of the run's T), episodes of the passkey source
+Two sources, one reading. Passkey (`recall`): for each distance d (in windows of the run's T),
+episodes of the passkey source
 (data/passkey.py) are built with exactly d*T tokens of filler between the fact and the
 question, and read twice, window by window from the episode's start: with the state carried,
 and with every window from an empty state (what a model trained on independent windows does).
 The key's tokens after the question are scored: their mean loss, the fraction of key tokens
 predicted right (argmax), and exact match (every key token right: what greedy decoding would
 write). Distances are counted from the end of the fact to the start of the question.
+
+MQAR (`mqar_recall`, data/mqar.py): episodes whose queries fill the window d windows after the
+pairs' window (d = 0: the same window), read the same two ways; the score is the fraction of
+queries answered with their value (argmax at the query position) and the loss on the values. A
+model without a state (the GPT baseline) has only the window reading: its "carried" reading is
+its windows, at chance once the pairs are out of its window.
 """
 from __future__ import annotations
 
@@ -21,7 +28,9 @@ from bdh_scale.model.registry import is_stateful
 
 @torch.no_grad()
 def read_windows(model, x: torch.Tensor, T: int, carried: bool) -> torch.Tensor:
-    """Logits (B, L, V) of x (B, L) read in windows of T, the state carried or not."""
+    """Logits (B, L, V) of x (B, L) read in windows of T, the state carried or not (a model
+    without a state reads windows either way)."""
+    carried = carried and is_stateful(model)
     state, out = None, []
     for a in range(0, x.size(1), T):
         if carried:
@@ -77,21 +86,70 @@ def recall(model, passkey, *, T: int, distances: list[int], episodes: int, lead:
                           "writes the key); answer_loss: mean nats per key token"}
 
 
+@torch.no_grad()
+def mqar_recall(model, mqar, *, distances: list[int], episodes: int, seed: int, device, batch: int = 64) -> dict:
+    """Report: per distance, the carried and independent-window readings of `episodes` MQAR probes."""
+    T, rows = mqar.T, []
+    for d in distances:
+        probes = mqar.probes(d, episodes, seed)
+        totals = {r: {"right": 0.0, "loss": 0.0, "queries": 0.0} for r in ("carried", "window")}
+        for a in range(0, episodes, batch):
+            group = probes[a:a + batch]
+            x = torch.as_tensor(np.stack([e.tokens for e in group]), device=device)
+            answers = torch.as_tensor(np.stack([e.answers for e in group]), device=device)
+            at_query = torch.zeros_like(answers)
+            at_query[:, :-1] = answers[:, 1:]  # the logits at a query predict its value
+            values = x[answers]
+            for reading, t in totals.items():
+                logits = read_windows(model, x, T, reading == "carried")[at_query]
+                t["right"] += (logits.argmax(-1) == values).sum().item()
+                t["loss"] += F.cross_entropy(logits, values, reduction="sum").item()
+                t["queries"] += len(values)
+        row = {"distance_windows": d, "episodes": len(probes)}
+        for reading, t in totals.items():
+            row[reading] = {"accuracy": t["right"] / t["queries"], "answer_loss": t["loss"] / t["queries"]}
+        rows.append(row)
+    c = model.config
+    return {"source": "synthetic:mqar", "T": T, "pairs": mqar.cfg.pairs, "vocab_size": mqar.V, "seed": seed,
+            "chance_accuracy": 1 / mqar.cfg.pairs, "chance_without_pairs": 1 / (mqar.V - mqar.V // 2), "arch": c.arch, "stateful": is_stateful(model),
+            "token_shift": c.token_shift, "forget_mode": c.forget_mode, "distances": rows,
+            "definition": "episodes whose queries fill the window d windows after the pairs' window (0: the same "
+                          "window), read window by window from the episode start; accuracy: queries whose argmax is "
+                          "their value; chance_accuracy: one of the episode's values guessed; chance_without_pairs: "
+                          "one of all V/2 values guessed, the level of a reading that cannot see the pairs (the "
+                          "independent windows past distance 0); answer_loss: nats per value"}
+
+
+def recall_metrics(report: dict) -> dict:
+    """The report as flat metrics for the trackers: recall/<reading>_d<distance>."""
+    metric = "accuracy" if "chance_accuracy" in report else "exact_match"
+    return {f"recall/{reading}_d{r['distance_windows']}": r[reading][metric]
+            for r in report["distances"] for reading in ("carried", "window")}
+
+
 def plot(report: dict, title: str = ""):
+    """Recall and answer loss against the distance, both readings (passkey or MQAR report)."""
+    mqar = "chance_accuracy" in report
+    metric, chance = ("accuracy", report["chance_accuracy"]) if mqar else ("exact_match", report["chance_exact_match"])
     fig, (acc, loss) = new_figure(2, height=3.6)
     ds = [r["distance_windows"] for r in report["distances"]]
     for reading, style in (("carried", "o-"), ("window", "s--")):
         label = "carried state" if reading == "carried" else "independent windows"
-        acc.plot(ds, [r[reading]["exact_match"] for r in report["distances"]], style, label=label)
+        acc.plot(ds, [r[reading][metric] for r in report["distances"]], style, label=label)
         loss.plot(ds, [r[reading]["answer_loss"] for r in report["distances"]], style, label=label)
-    acc.axhline(report["chance_exact_match"], color="k", lw=0.8, ls=":", label="chance")
+    acc.axhline(chance, color="k", lw=0.8, ls=":", label="chance, pairs in view" if mqar else "chance")
+    if mqar:
+        acc.axhline(report["chance_without_pairs"], color="k", lw=0.8, ls="-.", label="chance, pairs out of view")
     for ax in (acc, loss):
-        ax.set_xscale("log", base=2)
+        ax.set_xscale("symlog", base=2, linthresh=1)  # log from 1 on, and room for a distance of 0
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    acc.set_ylabel("exact match")
+    acc.set_ylabel("accuracy on the values" if mqar else "exact match")
     acc.set_ylim(-0.02, 1.02)
-    loss.set_ylabel("loss on the key (nats/token)")
-    loss.set_xlabel(f"distance between fact and question (windows of T = {report['T']})")
-    acc.set_title(title or f"passkey recall, forget_mode={report['forget_mode']}")
+    loss.set_ylabel(f"loss on the {'value' if mqar else 'key'} (nats/token)")
+    what = "pairs and queries" if mqar else "fact and question"
+    loss.set_xlabel(f"distance between {what} (windows of T = {report['T']})")
+    default = (f"MQAR recall, {report['pairs']} pairs, token_shift={report['token_shift']}" if mqar
+               else f"passkey recall, forget_mode={report['forget_mode']}")
+    acc.set_title(title or default)
     return fig

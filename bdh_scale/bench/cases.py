@@ -1,7 +1,7 @@
 """The measurements behind `bdh-bench`, each run in a fresh worker process (bench.py starts them),
 so that its peak memory, its allocator setting and its compiled code are its own.
 
-A case is a JSON dict: kind (train | memory | generate | session), the model config, the variant
+A case is a JSON dict: kind (train | memory | generate | session | bptt), the model config, the variant
 and its sizes; or kind stream, a data-pipeline measurement (bench/data.py). Variants:
 
   plain        the reference formulation (model/plain.py), trained as the reference code trains:
@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from bdh_scale.bench.bptt import measure_bptt
 from bdh_scale.bench.data import measure_stream
 from bdh_scale.utils.host_memory import keep_freed_host_memory
 from bdh_scale.model.flops import flops_per_token
@@ -166,4 +167,5 @@ def measure_session(case: dict) -> dict:
 
 
 MEASURES = {"train": measure_train, "memory": measure_memory, "generate": measure_generate,
-            "session": measure_session, "stream": measure_stream}
+            "session": measure_session, "stream": measure_stream,
+            "bptt": measure_bptt}

@@ -46,9 +46,9 @@ def worker(recipe: str, overrides: list[str], out: Path) -> None:
     from bdh_scale.utils.tree import tensors
 
     cfg = load_config(recipe, overrides)
-    acc, _ = make_accelerator(cfg)
+    acc, precision = make_accelerator(cfg)
     torch.manual_seed(cfg.train.seed)  # the same init everywhere (setup.py)
-    model, opt = make_model_and_optimizer(cfg, acc)
+    model, opt = make_model_and_optimizer(cfg, acc, precision)
     B, T = cfg.train.batch_size, cfg.train.seq_len
     g = torch.Generator().manual_seed(acc.process_index)
     x, y = (torch.randint(0, cfg.model.vocab_size, (B, T), generator=g).to(acc.device) for _ in range(2))

@@ -5,6 +5,10 @@
     batch.restarted         BoolTensor (B,): the lane (re)starts here, so its carried state is stale
     batch.doc_start         BoolTensor (B, T): x[:, t] is the first token of a document
 
+Targets that are not scored (data.score: answers, where a source marks its answers: MQAR's
+values at the query positions, the passkey's key) are IGNORE (-100) in y: the loss, validation
+and the metrics count only the others.
+
 A document is a row of a jsonl/parquet/Hub dataset (for stream lanes: a document dealt to the
 lane). Sources without documents (text files, the bundled corpora) give all-False doc_start.
 A document that begins exactly at a window's first token is flagged there too, so a loop that
@@ -19,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from bdh_scale.model.output import IGNORE
+
 
 class Batch(NamedTuple):
     x: torch.Tensor          # (B, T) int64 inputs
@@ -28,12 +34,14 @@ class Batch(NamedTuple):
 
 
 def make_batch(window: np.ndarray, restarted, doc_start: np.ndarray | None,
-               pin_memory: bool = False) -> Batch:
+               pin_memory: bool = False, scored: np.ndarray | None = None) -> Batch:
     """A Batch from windows of T+1 tokens per lane (B, T+1); doc_start (B, T+1) or None (no
-    documents: all False). restarted: a bool or (B,) bools."""
+    documents: all False). restarted: a bool or (B,) bools. scored (B, T+1) bools or None (every
+    target scored): the tokens whose prediction counts; the others become IGNORE targets."""
     B, n = window.shape
     x = torch.from_numpy(np.ascontiguousarray(window[:, :-1], dtype=np.int64))
-    y = torch.from_numpy(np.ascontiguousarray(window[:, 1:], dtype=np.int64))
+    targets = window[:, 1:] if scored is None else np.where(scored[:, 1:], window[:, 1:], IGNORE)
+    y = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64))
     starts = (torch.zeros(B, n - 1, dtype=torch.bool) if doc_start is None
               else torch.from_numpy(np.ascontiguousarray(doc_start[:, :-1], dtype=np.bool_)))
     flags = torch.as_tensor(np.broadcast_to(np.asarray(restarted, dtype=np.bool_), (B,)).copy())

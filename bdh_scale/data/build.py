@@ -30,6 +30,7 @@ from bdh_scale.data.config import DataConfig
 from bdh_scale.data.encode import encode_documents
 from bdh_scale.data.heldout import HeldOut, save_held_out
 from bdh_scale.data.lanes import Lanes
+from bdh_scale.data.mqar import SOURCE as MQAR_SOURCE
 from bdh_scale.data.shards import is_shard_dir
 from bdh_scale.data.stream import TokenStream
 from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer, token_dtype
@@ -50,6 +51,8 @@ class DataBundle:
     n_tokens: int | None       # tokens in the whole stream (train + val); None for a stream
     doc_reset: bool = False    # data.doc_reset resolved: reset the state at document starts
     held_out: HeldOut | None = None  # stream lanes: the held-out set, to cache in the run dir
+    score_answers: bool = False  # data.score: answers: only the answers the source marks are targets
+    align: int = 1             # held-out rows begin at multiples of this (synthetic:mqar: one episode)
 
     @property
     def val_key(self) -> str:
@@ -69,9 +72,14 @@ class DataBundle:
         if n < T + 1:
             raise DataError(f"{self.val_key}: the held-out data has {n:,} tokens, fewer than one "
                             f"window of T+1 = {T + 1}; raise {self.val_key} or lower T")
-        rows = max(1, min(rows, n // (T + 1)))
-        stretch = n // rows
-        n_batches = (stretch - 1) // T
+        if self.align == 1:
+            rows = max(1, min(rows, n // (T + 1)))
+            stretch = n // rows
+            n_batches = (stretch - 1) // T
+        else:  # rows of whole episodes: a row's last window reads the next row's first token as its last target
+            rows = max(1, min(rows, (n - 1) // self.align))
+            stretch = (n - 1) // rows // self.align * self.align
+            n_batches = stretch // T
         if max_batches is not None:
             n_batches = min(n_batches, max_batches)
         return rows, n_batches, stretch
@@ -91,7 +99,8 @@ class DataBundle:
         for k in range(n_batches):
             starts = row_starts + k * T
             w = np.stack([self.val.read(s, s + T + 1) for s in starts])
-            yield make_batch(w, k == 0, self.val.doc_mask(starts, T + 1))
+            scored = self.val.scored_mask(starts, T + 1) if self.score_answers else None
+            yield make_batch(w, k == 0, self.val.doc_mask(starts, T + 1), scored=scored)
 
     def close(self) -> None:
         """Stop the prefetch or reader thread and the tokenizer processes, if any."""
@@ -192,7 +201,8 @@ def lanes_kind(cfg: DataConfig) -> str:
 
 
 def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: int = 0,
-               seed: int = 0, seq_len: int | None = None, held_out_dir=None) -> DataBundle:
+               seed: int = 0, seq_len: int | None = None, held_out_dir=None,
+               windows_per_step: int = 1) -> DataBundle:
     """Build this rank's data pipeline.
 
     batch_size: lanes per rank (B). world_size/rank: this process's place among W processes
@@ -202,11 +212,16 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
     documents in corpus order whatever the seed). seq_len: if given, the corpus is checked to
     hold one window of seq_len+1 tokens per lane now rather than at the first batch (stream
     lanes: every lane is dealt its first document now). held_out_dir: a run directory whose
-    cached held-out set a stream reuses (the run being resumed).
+    cached held-out set a stream reuses (the run being resumed). windows_per_step: windows every
+    lane reads per optimizer step (train.bptt_windows), for a curriculum counted in steps
+    (data.mqar.gap_schedule).
     """
     if lanes_kind(cfg) == "stream":
         return build_stream(cfg, batch_size=batch_size, world_size=world_size, rank=rank, seq_len=seq_len,
                             held_out_dir=held_out_dir)
+    if cfg.source == MQAR_SOURCE:
+        return build_mqar(cfg, batch_size=batch_size, world_size=world_size, rank=rank, seq_len=seq_len,
+                          windows_per_step=windows_per_step)
     tokenizer, stream, describe = load_stream(cfg)
     if len(stream) == 0:
         raise DataError(f"data.source: {describe} is empty (0 tokens); point data.source at a "
@@ -216,7 +231,7 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
     train, val = stream.view(0, n_train), stream.view(n_train, len(stream))
     lanes = Lanes(train, batch_size, world_size, rank, seed=seed, pin_memory=cfg.pin_memory,
                   describe=f"the train split of {describe} ({1 - cfg.val_fraction:.0%} of "
-                           f"{len(stream):,} tokens)")
+                           f"{len(stream):,} tokens)", score_answers=cfg.score == "answers")
     if seq_len is not None:
         lanes.check_fits(seq_len)
     if cfg.prefetch > 0:
@@ -226,7 +241,8 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
     bpt = measure_bytes_per_token(tokenizer, val if len(val) else train)
     return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=bpt,
                       source=describe, n_tokens=len(stream),
-                      doc_reset=resolve_doc_reset(cfg, stream.has_documents, describe))
+                      doc_reset=resolve_doc_reset(cfg, stream.has_documents, describe),
+                      score_answers=cfg.score == "answers")
 
 
 def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int, seq_len: int | None,
@@ -274,24 +290,65 @@ def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int
 FILLER_TOKENS = 2_000_000  # more than enough distinct filler for any gap
 
 
+def filler_tokens(corpus: str, tokenizer) -> np.ndarray:
+    """The first FILLER_TOKENS of a corpus tokenized with `tokenizer`: what synthetic episodes cut
+    their filler from."""
+    stream, _ = tokenize_source(DataConfig(source=corpus, max_tokens=FILLER_TOKENS, prefetch=0), tokenizer)
+    return stream.read(0, len(stream))
+
+
 def passkey_for(cfg: DataConfig, tokenizer):
     """The passkey episode builder of a data section (data/passkey.py): its settings, and filler
-    cut from data.passkey.filler tokenized with `tokenizer` (the first FILLER_TOKENS of it)."""
+    cut from data.passkey.filler tokenized with `tokenizer`."""
     from bdh_scale.data.passkey import Passkey
 
-    filler_cfg = DataConfig(source=cfg.passkey.filler, max_tokens=FILLER_TOKENS, prefetch=0)
-    stream, _ = tokenize_source(filler_cfg, tokenizer)
-    return Passkey(cfg.passkey, tokenizer, stream.read(0, len(stream)))
+    return Passkey(cfg.passkey, tokenizer, filler_tokens(cfg.passkey.filler, tokenizer))
+
+
+def mqar_for(cfg: DataConfig, tokenizer, window: int | None):
+    """The MQAR episode builder of a data section (data/mqar.py) for windows of data.mqar.window
+    (or `window`, the run's T, when that is null)."""
+    from bdh_scale.data.mqar import MQAR
+
+    m = cfg.mqar
+    T = m.window or window
+    if T is None:
+        raise DataError("data.mqar.window: null takes the run's train.seq_len, and none was given; set data.mqar.window")
+    corpus = None if m.filler in ("constant", "random") else filler_tokens(m.filler, tokenizer)
+    return MQAR(m, tokenizer.vocab_size, T, corpus)
+
+
+def build_mqar(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int, seq_len: int | None,
+               windows_per_step: int) -> DataBundle:
+    """MQAR lanes, generated as they are read, and a held-out set of episodes from their own seed."""
+    from bdh_scale.data.mqar import SOURCE, MQARLanes
+
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    mqar = mqar_for(cfg, tokenizer, seq_len)
+    lanes = MQARLanes(mqar, batch_size, world_size, rank, windows_per_step=windows_per_step,
+                      score_answers=cfg.score == "answers", pin_memory=cfg.pin_memory)
+    if seq_len is not None:
+        lanes.check_fits(seq_len)
+    val = mqar.held_out()
+    m = cfg.mqar
+    gaps = (f"distances {m.gap[0]}-{m.gap[1]}" if not m.gap_schedule
+            else f"distances by step {[list(e) for e in m.ranges()]}")
+    return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=measure_bytes_per_token(tokenizer, val),
+                      source=f"'{SOURCE}' ({m.pairs} pairs, windows of {mqar.T}, {gaps} windows, filler {m.filler})",
+                      n_tokens=None, doc_reset=resolve_doc_reset(cfg, True, SOURCE),
+                      score_answers=cfg.score == "answers", align=(len(val) - 1) // m.val_episodes)
 
 
 def synthetic_stream(cfg: DataConfig):
-    """(tokenizer, stream, description) of a synthetic source: every passkey episode, each a document."""
+    """(tokenizer, stream, description) of a synthetic source held whole: every passkey episode,
+    each a document, its answers marked."""
     from bdh_scale.data.passkey import SOURCE
 
     if cfg.source != SOURCE:
-        raise DataError(f"data.source: '{cfg.source}' is not a synthetic source; the one there is: {SOURCE}")
+        raise DataError(f"data.source: '{cfg.source}' is not a synthetic source; the ones there are: "
+                        f"{SOURCE}, synthetic:mqar")
     tokenizer = load_tokenizer(cfg.tokenizer)
-    tokens, doc_starts = passkey_for(cfg, tokenizer).stream()
+    tokens, doc_starts, answers = passkey_for(cfg, tokenizer).stream()
     pk = cfg.passkey
-    return (tokenizer, TokenStream([tokens.astype(token_dtype(tokenizer.vocab_size))], doc_starts),
+    return (tokenizer, TokenStream([tokens.astype(token_dtype(tokenizer.vocab_size))], doc_starts, scored=answers),
             f"'{SOURCE}' ({pk.episodes} episodes, gaps {pk.min_gap}-{pk.max_gap} tokens, filler {pk.filler})")

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from bdh_scale.data.mqar import MQARConfig
 from bdh_scale.data.passkey import PasskeyConfig
 from bdh_scale.utils.schema import NonEmpty, NonNegInt, PosFloat, PosInt, Range, Section
 
+ANSWERING = ("synthetic:mqar", "synthetic:passkey")  # the sources that mark their answers (data.score)
 SOURCE_HINT = ("give a bundled name ('tinyshakespeare', 'europarl_en_fr'), a local path, a shard dir or a hub "
                "dataset name")
 
@@ -23,7 +25,8 @@ class DataConfig(Section):
     section = "data"
 
     # where text/tokens come from: a bundled sample ("tinyshakespeare", "europarl_en_fr"), the
-    # synthetic recall source "synthetic:passkey" (data.passkey below), a local
+    # synthetic recall sources "synthetic:passkey" and "synthetic:mqar" (data.passkey and
+    # data.mqar below), a local
     # .txt/.jsonl/.json/.parquet file, directory or glob, a data_prep shard dir (has meta.json),
     # or a Hugging Face Hub dataset name (e.g. "Helsinki-NLP/europarl")
     source: Annotated[str, NonEmpty(SOURCE_HINT)] = "tinyshakespeare"
@@ -79,12 +82,22 @@ class DataConfig(Section):
     # extra keyword arguments for datasets.load_dataset of jsonl/parquet/hub sources (e.g.
     # {"revision": "main"}); an empty dict passes nothing
     load_kwargs: dict = field(default_factory=dict)
+    # which targets the loss, validation and the metrics score: all (next-token language
+    # modelling) or answers (the answers a synthetic source marks: synthetic:mqar's values at
+    # the query positions, synthetic:passkey's key after the question)
+    score: Literal["all", "answers"] = "all"
     # settings of the synthetic long-range recall source `synthetic:passkey` (data/passkey.py);
     # unused by other sources
     passkey: PasskeyConfig = field(default_factory=PasskeyConfig)
+    # settings of the synthetic associative-recall source `synthetic:mqar` (data/mqar.py);
+    # unused by other sources
+    mqar: MQARConfig = field(default_factory=MQARConfig)
 
     def check(self) -> None:
         t = self.translation
         if t is not None and (len(t) != 2 or not all(isinstance(x, str) and x for x in t) or t[0] == t[1]):
             self.bad("translation", f"{t!r} is not two distinct language codes; use e.g. ['fr', 'en'] "
                                     "(source first) or null")
+        if self.score == "answers" and self.source not in ANSWERING:
+            self.bad("score", f"'answers' scores the answers a synthetic source marks, and '{self.source}' marks none; "
+                              f"use data.score=all, or data.source={' or '.join(ANSWERING)}")

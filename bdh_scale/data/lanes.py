@@ -38,7 +38,8 @@ class Lanes:
     """This rank's B lanes over the train stream; next_batch(T) -> Batch(x, y, restarted, doc_start)."""
 
     def __init__(self, stream: TokenStream, batch_size: int, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, pin_memory: bool = False, describe: str = "the train split"):
+                 seed: int = 0, pin_memory: bool = False, describe: str = "the train split",
+                 score_answers: bool = False):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"data: bad lane layout batch_size={batch_size}, "
                             f"world_size={world_size}, rank={rank}; need B >= 1, 0 <= rank < W")
@@ -47,6 +48,7 @@ class Lanes:
         self.n_lanes = world_size * batch_size
         self.stretch_len = len(stream) // self.n_lanes
         self.describe = describe
+        self.score_answers = score_answers  # data.score: answers (the stream marks them: stream.scored)
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.seed = seed
         self.lane_ids = np.arange(rank * batch_size, (rank + 1) * batch_size)
@@ -84,11 +86,12 @@ class Lanes:
             self.offset, self.epoch, restarted = 0, self.epoch + 1, True
         window = self._read(self.offset, T + 1)
         doc_start = self.stream.doc_mask(self.lane_starts + self.offset, T + 1)
+        scored = self.stream.scored_mask(self.lane_starts + self.offset, T + 1) if self.score_answers else None
         self.offset += T
         self.fresh = False
         self.tokens_served += self.batch_size * T
         self.batches_served += 1
-        return make_batch(window, restarted, doc_start, self.pin_memory)
+        return make_batch(window, restarted, doc_start, self.pin_memory, scored)
 
     def _read(self, offset: int, n: int) -> np.ndarray:
         starts = self.lane_starts + offset

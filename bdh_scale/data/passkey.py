@@ -99,14 +99,18 @@ class Passkey:
         tokens = np.concatenate(head + [key, self.end])
         return Episode(tokens, slice(start, start + len(key)), gap)
 
-    def stream(self) -> tuple[np.ndarray, np.ndarray]:
-        """(tokens, doc_starts): every episode of the training stream, and where each begins."""
+    def stream(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens, doc_starts, answers): every episode of the training stream, where each begins,
+        and which tokens are the key after a question (the targets data.score=answers scores)."""
         rng = np.random.default_rng(self.cfg.seed)
         lo, hi = math.log(self.cfg.min_gap), math.log(self.cfg.max_gap)
         episodes = [self.episode(rng, int(round(math.exp(rng.uniform(lo, hi)))), int(rng.integers(0, self.cfg.max_lead)))
                     for _ in range(self.cfg.episodes)]
         starts = np.cumsum([0] + [len(e.tokens) for e in episodes[:-1]])
-        return np.concatenate([e.tokens for e in episodes]), starts
+        answers = np.zeros(int(starts[-1]) + len(episodes[-1].tokens), dtype=np.bool_)
+        for s, e in zip(starts, episodes):
+            answers[s + e.answer.start:s + e.answer.stop] = True
+        return np.concatenate([e.tokens for e in episodes]), starts, answers
 
     def probes(self, gap: int, n: int, lead: int, seed: int) -> list[list[Episode]]:
         """n episodes with the same gap and lead, for measurement, from their own seed (apart from

@@ -10,6 +10,9 @@ dir's document index) are kept for sources made of documents (rows of jsonl/parq
 None means the source has no document boundaries (text files, the bundled corpora). A view
 keeps the same index and only shifts it, so cutting a 100M-document stream into train and val
 copies nothing.
+
+`scored` (synthetic sources: one in-memory bool per token, or None) marks the tokens that are
+answers, the only targets scored with data.score: answers (batch.py).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class TokenStream:
     """Concatenation of 1-D integer arrays, addressed by global token index."""
 
     def __init__(self, pieces: list[np.ndarray], doc_starts: np.ndarray | None = None,
-                 doc_shift: int = 0):
+                 doc_shift: int = 0, scored: np.ndarray | None = None):
         self.pieces = [p for p in pieces if len(p) > 0]
         self.starts = [0]
         for p in self.pieces:
@@ -33,6 +36,7 @@ class TokenStream:
         # past the end: a view keeps its parent's index; queries only look inside [0, len))
         self.doc_starts = doc_starts
         self.doc_shift = doc_shift
+        self.scored = scored
 
     def __len__(self) -> int:
         return self.starts[-1]
@@ -83,4 +87,11 @@ class TokenStream:
             a, b = max(start, p0), min(stop, p0 + len(piece))
             if a < b:
                 pieces.append(piece[a - p0: b - p0])
-        return TokenStream(pieces, self.doc_starts, self.doc_shift + start)
+        scored = None if self.scored is None else self.scored[start:stop]
+        return TokenStream(pieces, self.doc_starts, self.doc_shift + start, scored)
+
+    def scored_mask(self, starts, n: int) -> np.ndarray | None:
+        """(len(starts), n) bools: token starts[i] + j is scored; None when every token is."""
+        if self.scored is None:
+            return None
+        return self.scored[np.asarray(starts, dtype=np.int64)[:, None] + np.arange(n)]

@@ -19,17 +19,20 @@ from torch.utils.checkpoint import checkpoint
 
 from bdh_scale.model.attention import (AttnState, BDHState, ForgetGate, attend_chunked, attend_parallel,
                                        causal_self_attention, pick_backend)
+from bdh_scale.model.attention.fla import attend_fla, warn_fallback
+from bdh_scale.model.attention.fla import unavailable as fla_unavailable
 from bdh_scale.model.config import BDHConfig
-from bdh_scale.model.output import ModelOutput
+from bdh_scale.model.output import ModelOutput, lm_loss
 from bdh_scale.model.pretrained import Pretrained
 from bdh_scale.model.rope import RopeCache, rotate
 from bdh_scale.model.sampling import sample_next, starts_after
+from bdh_scale.model.token_shift import TokenShift
 
 
 class AttnPlan(NamedTuple):
     """How every layer's attention computes one forward call (BDH.plan)."""
 
-    kind: str  # parallel | chunked
+    kind: str  # parallel | chunked | fla
     chunk: int  # chunk size of the recurrent form
     need_state: bool  # build the state after the last token
     in_place: bool = False  # update the given state's rho in place (generation, no autograd)
@@ -52,6 +55,21 @@ def projection_params(nh: int, D: int, N: int) -> dict[str, nn.Parameter]:
 def active_boundaries(doc_start: torch.Tensor | None) -> torch.Tensor | None:
     """doc_start, or None when it marks no token: windows without a boundary keep the fast paths."""
     return doc_start if doc_start is not None and bool(doc_start.any()) else None
+
+
+def token_shifts(config: BDHConfig, n_layers: int) -> nn.ModuleList:
+    """The previous-token path's modules (model/token_shift.py): one for `embed`, one per layer
+    for `layer`, none without it."""
+    n = {"none": 0, "embed": 1, "layer": n_layers}[config.token_shift]
+    return nn.ModuleList(TokenShift(config.n_embd, config.token_shift_kernel) for _ in range(n))
+
+
+def shifted(shift: TokenShift, x: torch.Tensor, prev: list, i: int, doc_start, new: list) -> torch.Tensor:
+    """LN(x + the shift of x): the input with its predecessors mixed in; the module's new state
+    goes to `new`. prev: the carried inputs of every module (empty: a fresh stream)."""
+    out, tail = shift(x, prev[i] if i < len(prev) else None, doc_start)
+    new.append(tail)
+    return layer_norm(out)
 
 
 def diff_lambda_init(layer_index: int) -> float:
@@ -124,6 +142,12 @@ class BDHLayer(nn.Module):
             return causal_self_attention(k, v, self.scale), None  # the reference model's hot path
         if kind == "parallel" and stateless:
             return attend_parallel(q, k, v, self.scale, log_g, window, doc_start), None
+        if kind == "fla":
+            if (why := fla_unavailable(k.device)) is None:
+                a, rho = attend_fla(q, k, v, self.scale, None if state is None else state.rho,
+                                    log_g, need_state, None if doc_start is None else doc_start[0])
+                return a, (AttnState(rho=rho) if need_state else None)
+            warn_fallback(why)  # a model trained with fla, read where fla cannot run
         state = None if state is None else state.swap_lanes_heads()
         a, new_state = attend_chunked(q, k, v, self.scale, state, log_g, window, chunk, need_state, in_place,
                                       doc_start)
@@ -133,10 +157,11 @@ class BDHLayer(nn.Module):
         """x: (B, T, D) -> (B, T, D) and the new AttnState (None when not needed)."""
         B, T, D = x.shape
         H, N = encoder.size(0), encoder.size(-1)
-        # One (B*T, D) @ (D, N) GEMM per head, x broadcast to every head (a view, no copy). Plain
-        # torch views, no einops: this module is also shipped as a model's transformers code
-        # (model/hf/), which may import nothing but torch.
-        x_sparse = torch.bmm(x.reshape(1, B * T, D).expand(H, -1, -1), encoder).relu_()  # in place: bmm keeps no output
+        # One (B*T, D) @ (D, N) GEMM per head. x is copied per head (small next to the output): a
+        # broadcast, stride-0 batch would send bmm's backward down a slow path. Plain torch, no
+        # einops: this module is also shipped as a model's transformers code (model/hf/), which
+        # may import nothing but torch.
+        x_sparse = torch.bmm(x.reshape(1, B * T, D).repeat(H, 1, 1), encoder).relu_()  # in place: bmm keeps no output
         x_sparse = x_sparse.unflatten(1, (B, T))  # (H, B, T, N)
         k = rotate(x_sparse, cos, sin)  # q~ = k~: BDH's keys are its queries
         a, new_state = self.attend(k, x, state, plan, doc_start)
@@ -161,9 +186,12 @@ class BDH(Pretrained, nn.Module):
             for name, p in projection_params(nh, D, N).items():
                 self.register_parameter(name, p)
         self.layers = nn.ModuleList(BDHLayer(config, i) for i in range(config.n_layer))
+        self.token_shift = token_shifts(config, config.n_layer)
         self.lm_head = nn.Parameter(torch.randn(D, config.vocab_size) * 0.02)
         self.rope = RopeCache(N, config.rope_theta)
         self.gradient_checkpointing = False
+        self.compiled_body = None  # compile() sets it
+        self.fla_lengths: set[int] = set()  # attn_backend auto: window lengths measured faster with fla (fla_tune)
 
     # -- parameters -------------------------------------------------------------------------
     def projections(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -182,7 +210,9 @@ class BDH(Pretrained, nn.Module):
             AttnState.zeros(batch_size, c.n_head, 1, c.n_neurons, c.n_embd, c.attn_window, device, dtype)
             for _ in range(c.n_layer)
         ]
-        return BDHState(layers, 0)
+        shift = [torch.zeros(batch_size, c.token_shift_kernel - 1, c.n_embd, device=device, dtype=dtype)
+                 for _ in self.token_shift]
+        return BDHState(layers, 0, shift)
 
     def plan(self, T: int, stateful: bool, need_state: bool, in_place: bool = False) -> AttnPlan:
         """Which attention form computes this call."""
@@ -191,8 +221,12 @@ class BDH(Pretrained, nn.Module):
         if c.attn_backend == "chunked" and kind == "parallel":
             # forced chunked below the crossover: the chunk size auto would use past it
             chunk = pick_backend(1 << 30, c.n_neurons, c.n_embd, c.attn_window)[1]
-        if c.attn_backend != "auto":
+        if c.attn_backend not in ("auto", "fla"):
             kind = c.attn_backend
+        if (c.attn_backend == "fla" or T in self.fla_lengths) and not in_place:
+            # one-token generation steps stay the in-place recurrent step: fla's kernels are for
+            # windows, and the step is the same function
+            kind = "fla"
         if c.chunk_size and kind == "chunked":
             chunk = c.chunk_size
         if kind == "parallel" and (stateful or need_state):
@@ -223,12 +257,31 @@ class BDH(Pretrained, nn.Module):
         doc_start = active_boundaries(doc_start)
         need_state = state is not None if return_state is None else return_state
         pos = state.pos if state is not None else 0
-        x = layer_norm(self.embed(idx))
+        prev_shift, new_shift = (state.shift if state is not None else []), []
+        mode = self.config.token_shift
+        x = self.embed(idx)
+        x = shifted(self.token_shift[0], x, prev_shift, 0, doc_start, new_shift) if mode == "embed" else layer_norm(x)
         cos, sin = self.rope.get(pos, T, x.device, x.dtype)
         plan = self.plan(T, state is not None, need_state, update_state_in_place and state is not None)
-        new_layers = []
+        body = self.compiled_body or self.body
+        logits, loss, new_layers, new_shift = body(x, targets, None if state is None else state.layers, cos, sin, plan,
+                                                   doc_start, prev_shift, new_shift)
+        new_state = BDHState(new_layers, pos + T, new_shift) if need_state else None
+        return ModelOutput(logits=logits, loss=loss, state=new_state)
+
+    def body(self, x, targets, layer_states, cos, sin, plan: AttnPlan, doc_start, prev_shift: list, new_shift: list):
+        """The tensor work of forward: the layers, the logits and the loss; what `compile` compiles.
+
+        Everything that depends on Python values that change from call to call (the stream
+        position, the RoPE table cache, whether a window holds a boundary, which attention form a
+        length takes) is decided in forward before it, so a compiled body sees tensors and a
+        fixed plan only: one graph per window length and mode, none per step.
+        new_shift holds the embedding shift's tail, if any; the layers' tails join a copy of it."""
+        new_layers, new_shift = [], list(new_shift)
         for i, layer in enumerate(self.layers):
-            layer_state = state.layers[i] if state is not None else None
+            if self.config.token_shift == "layer":
+                x = shifted(self.token_shift[i], x, prev_shift, i, doc_start, new_shift)
+            layer_state = layer_states[i] if layer_states is not None else None
             args = (x, *self.projections(i), cos, sin, layer_state, plan, doc_start)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x, s = checkpoint(layer, *args, use_reentrant=False)
@@ -236,11 +289,15 @@ class BDH(Pretrained, nn.Module):
                 x, s = layer(*args)
             new_layers.append(s)
         logits = x @ self.lm_head
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        new_state = BDHState(new_layers, pos + T) if need_state else None
-        return ModelOutput(logits=logits, loss=loss, state=new_state)
+        loss = None if targets is None else lm_loss(logits, targets)
+        return logits, loss, new_layers, new_shift
+
+    def compile(self, *args, **kwargs):
+        """torch.compile the body (`BDH.body`) in place, with torch.compile's arguments: parameter
+        names, state_dict and checkpoints stay those of the eager model. Shapes are static
+        (dynamic=False unless given): a window length compiles once, and the next length is a
+        graph of its own rather than a symbolic one that every chunk count would respecialize."""
+        self.compiled_body = torch.compile(self.body, *args, **{"dynamic": False, **kwargs})
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -25,12 +25,14 @@ class BDHConfig(Section):
     per_layer_params: bool = True  # each layer its own encoder / encoder_v / decoder (reference: shared)
     score_scale: Literal["none", "inv_sqrt_n"] = "inv_sqrt_n"  # none (reference) | inv_sqrt_n (c = 1/sqrt(N); needed for fp16)
     rope_theta: Annotated[float, Gt(1.0)] = 65536.0  # RoPE base of the reference (2**16)
-    attn_backend: Literal["auto", "parallel", "chunked"] = "auto"  # auto | parallel (quadratic, the oracle) | chunked (linear in T)
+    attn_backend: Literal["auto", "parallel", "chunked", "fla"] = "auto"  # auto | parallel (quadratic, the oracle) | chunked (linear in T) | fla (flash-linear-attention, CUDA)
     chunk_size: NonNegInt = 0  # chunk length C of the chunked backend; 0 picks one from T, N, D
     forget_mode: Literal["none", "scalar", "data"] = "none"  # none | scalar (learned per head) | data (per head and token)
     forget_timescales: list[float] | None = None  # [first, last]: heads' initial memory in tokens, geometric; null: all ~400
     attn_window: PosInt | None = None  # local window w: only the last w positions attend (None: all)
     diff_attn: bool = False  # differential attention: second map over half the neurons, subtracted
+    token_shift: Literal["none", "embed", "layer"] = "none"  # previous-token path: none | embed (once, on the embeddings) | layer (before every layer)
+    token_shift_kernel: Annotated[int, Range(2, 16)] = 2  # k: the current input plus its k-1 predecessors (2: a token shift)
     block_size: PosInt = 1024  # position-embedding length of the gpt baseline (unused by bdh)
     hrm_h_layers: PosInt = 2  # bdh_hrm: BDH layers of the high-level module H (n_layer is unused there)
     hrm_l_layers: PosInt = 2  # bdh_hrm: BDH layers of the low-level module L
@@ -56,6 +58,12 @@ class BDHConfig(Section):
                                "pick n_embd a multiple of n_head")
         if (self.mlp_internal_dim_multiplier * self.n_embd) % self.n_head:
             self.bad("mlp_internal_dim_multiplier", "multiplier * n_embd must be divisible by n_head")
+        if self.attn_backend == "fla" and self.attn_window is not None:
+            self.bad("attn_backend", f"fla has no local window (attn_window={self.attn_window}): its kernel keeps a "
+                                     "state, not the last w keys; use attn_backend=auto or chunked with a window")
+        if self.arch == "gpt" and self.token_shift != "none":
+            self.bad("token_shift", f"{self.token_shift} is BDH's previous-token path; the gpt baseline has its own "
+                                    "(softmax attention learns it); set model.token_shift=none with arch=gpt")
         pair = 4 if self.diff_attn else 2
         if self.n_neurons % pair:
             self.bad("mlp_internal_dim_multiplier",

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bdh_scale.model.config import BDHConfig
-from bdh_scale.model.output import ModelOutput
+from bdh_scale.model.output import ModelOutput, lm_loss
 from bdh_scale.model.pretrained import Pretrained
 from bdh_scale.model.sampling import RerunGeneration
 
@@ -140,9 +140,7 @@ class GPT(RerunGeneration, Pretrained, nn.Module):
             else:
                 x = block(x, mask)
         logits = F.linear(self.ln_f(x), self.embed.weight)  # head tied to the embedding
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        loss = None if targets is None else lm_loss(logits, targets)
         return ModelOutput(logits=logits, loss=loss)
 
     stateless = STATELESS

@@ -42,13 +42,12 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bdh_scale.model.bdh import BDH, BDHLayer, active_boundaries, layer_norm, projection_params
+from bdh_scale.model.bdh import BDH, BDHLayer, active_boundaries, layer_norm, projection_params, shifted, token_shifts
 from bdh_scale.model.config import BDHConfig
-from bdh_scale.model.output import ModelOutput
+from bdh_scale.model.output import ModelOutput, lm_loss, scored_mean, token_ce
 from bdh_scale.model.pretrained import Pretrained
 from bdh_scale.model.sampling import RerunGeneration
 from bdh_scale.model.rope import RopeCache
@@ -69,11 +68,14 @@ class BDHStack(nn.Module):
             for name, p in projection_params(config.n_head, config.n_embd, config.n_neurons).items():
                 self.register_parameter(name, p)
         self.layers = nn.ModuleList(BDHLayer(config, i) for i in range(n_layers))
+        self.token_shift = token_shifts(config, n_layers) if config.token_shift == "layer" else nn.ModuleList()
 
     projections = BDH.projections  # (encoder, encoder_v, decoder) of layer i: own or shared
 
     def forward(self, x, cos, sin, plan, checkpointing: bool = False, doc_start=None) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
+            if self.token_shift:  # model.token_shift: layer, within the window (the hybrid carries no state)
+                x = shifted(self.token_shift[i], x, [], i, doc_start, [])
             args = (x, *self.projections(i), cos, sin, None, plan, doc_start)
             if checkpointing and torch.is_grad_enabled():
                 x, _ = checkpoint(layer, *args, use_reentrant=False)
@@ -93,6 +95,7 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
         D = config.n_embd
         self.embed = nn.Embedding(config.vocab_size, D)
         nn.init.normal_(self.embed.weight, std=0.02)
+        self.token_shift = token_shifts(config, 1) if config.token_shift == "embed" else nn.ModuleList()
         self.L = BDHStack(config, config.hrm_l_layers)
         self.H = BDHStack(config, config.hrm_h_layers)
         self.lm_head = nn.Parameter(torch.randn(D, config.vocab_size) * 0.02)
@@ -102,6 +105,7 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
             self.halt_b = nn.Parameter(torch.full((1,), HALT_INIT_BIAS))
         self.rope = RopeCache(config.n_neurons, config.rope_theta)
         self.gradient_checkpointing = False
+        self.fla_lengths: set[int] = set()  # as BDH's (attn_backend auto, fla_tune)
 
     plan = BDH.plan  # the attention form for a window: same rule as BDH (no state here)
 
@@ -150,13 +154,14 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
             raise ValueError(STATELESS)
         B, T = idx.shape
         doc_start = active_boundaries(doc_start)
-        x_emb = layer_norm(self.embed(idx))
+        x_emb = self.embed(idx)
+        x_emb = shifted(self.token_shift[0], x_emb, [], 0, doc_start, []) if self.token_shift else layer_norm(x_emb)
         cos, sin = self.rope.get(0, T, x_emb.device, x_emb.dtype)
         plan = self.plan(T, False, False)
         if not self.config.hrm_act:
             _, z_H = self.segment(x_emb, x_emb, x_emb, cos, sin, plan, doc_start)
             logits = z_H @ self.lm_head
-            loss = None if targets is None else token_ce(logits, targets).mean()
+            loss = None if targets is None else lm_loss(logits, targets)
             return ModelOutput(logits=logits, loss=loss), torch.ones(B, T, dtype=torch.long, device=idx.device)
         return self._act(x_emb, targets, cos, sin, plan, doc_start)
 
@@ -195,9 +200,9 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
         loss = aux = None
         if targets is not None and self.training:
             aux = self.config.hrm_act_ponder_cost * expected_steps.mean()
-            loss = expected_ce.mean() + aux
+            loss = scored_mean(expected_ce, targets) + aux
         elif targets is not None:
-            loss = token_ce(chosen, targets).mean()
+            loss = lm_loss(chosen, targets)
         return ModelOutput(logits=chosen, loss=loss, aux_loss=aux), steps
 
     @torch.no_grad()
@@ -217,7 +222,3 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
         """Generation predicts each token from the last hrm_gen_context tokens, or max_context if fewer."""
         return min(self.config.hrm_gen_context, max_context or self.config.hrm_gen_context)
 
-
-def token_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy per token in float32: (B, T, V), (B, T) -> (B, T)."""
-    return F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")

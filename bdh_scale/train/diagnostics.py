@@ -7,28 +7,51 @@ Keys use W&B's section/name convention so they group into panels: mfu, act/*, st
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from bdh_scale.model.flops import flops_per_token
 from bdh_scale.model.probes import bdh_layers, capture_codes
 from bdh_scale.model.registry import is_stateful
-from bdh_scale.utils.perf import compute_dtype, device_peak_flops
+from bdh_scale.utils.perf import compute_dtype, device_peak_flops, matmul_peak_flops
 
 
 class MFU:
-    """Model FLOPs utilisation: model FLOP/s over the processes' summed achievable matmul peak.
+    """Model FLOPs utilisation: model FLOP/s over the processes' summed matmul peak.
 
-    The peak is tracking.peak_tflops per device when given (a datasheet figure), else measured
-    once at start on this device in the run's compute dtype (perf.matmul_peak_flops)."""
+    The peak is tracking.peak_tflops per device when given (a datasheet figure), else
+    perf.device_peak_flops (a known GPU's datasheet peak, or the fastest of several timed GEMMs).
+    A utilisation above 1 cannot be: the first time one appears against a measured peak, the
+    peak is measured again, longer, and the higher of the two kept (the start-up measurement was
+    slowed by something else). One still above 1 is logged as null, with one warning: the FLOP
+    count or the given peak is wrong, and no number is better than an impossible one."""
 
     def __init__(self, model_cfg, device, mixed_precision: str, num_processes: int, peak_tflops: float | None):
-        self.model_cfg = model_cfg
-        per_device = peak_tflops * 1e12 if peak_tflops else device_peak_flops(str(device), compute_dtype(mixed_precision))
-        self.peak = per_device * num_processes
+        self.model_cfg, self.device, self.num_processes = model_cfg, device, num_processes
+        self.dtype = compute_dtype(mixed_precision)
+        self.given = bool(peak_tflops)
+        self.per_device = peak_tflops * 1e12 if peak_tflops else device_peak_flops(str(device), self.dtype)
+        self.remeasured = self.warned = False
+
+    @property
+    def peak(self) -> float:
+        return self.per_device * self.num_processes
 
     def __call__(self, T: int, tokens_per_s: float) -> dict:
         flops = flops_per_token(self.model_cfg, T) * tokens_per_s
-        return {"model_tflops": flops / 1e12, "mfu": flops / self.peak}
+        if flops > self.peak and not self.given and not self.remeasured:
+            self.remeasured = True
+            self.per_device = max(self.per_device, matmul_peak_flops(self.device, self.dtype))
+        mfu = flops / self.peak
+        if mfu > 1:
+            if not self.warned:
+                self.warned = True
+                print(f"warning: mfu: {mfu:.2f} of the peak {self.per_device / 1e12:.3g} TFLOP/s per device "
+                      f"({'tracking.peak_tflops' if self.given else 'measured twice'}) is impossible; logged as "
+                      "null (set tracking.peak_tflops to the device's dense peak)", file=sys.stderr)
+            mfu = None
+        return {"model_tflops": flops / 1e12, "mfu": mfu}
 
 
 @torch.no_grad()

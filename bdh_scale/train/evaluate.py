@@ -23,7 +23,8 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+
+from bdh_scale.model.output import IGNORE, token_ce
 
 
 def context_edges(T: int, row_len: int) -> list[int]:
@@ -40,23 +41,27 @@ class LossSums:
     """Summed per-token losses of one reading, overall and per context bucket."""
 
     edges: list[int]
-    total: torch.Tensor = None  # (2,) float64: sum of losses, tokens
+    total: torch.Tensor = None  # (3,) float64: sum of losses, tokens, tokens predicted right (argmax)
     buckets: torch.Tensor = None  # (n_buckets, 2)
     device: object = None
 
     def __post_init__(self):
-        self.total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self.total = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.buckets = torch.zeros(len(self.edges) - 1, 2, dtype=torch.float64, device=self.device)
 
-    def add(self, losses: torch.Tensor, weights: torch.Tensor, offset: int) -> None:
-        """losses (rows, T) of tokens at row positions offset .. offset+T-1; weights (rows,) 0 or 1."""
-        per_pos = (losses.double() * weights[:, None]).sum(0)  # (T,)
-        n_rows = weights.sum().double()
-        self.total += torch.stack([per_pos.sum(), n_rows * losses.size(1)])
+    def add(self, losses: torch.Tensor, weights: torch.Tensor, offset: int, y: torch.Tensor,
+            right: torch.Tensor) -> None:
+        """losses (rows, T) of tokens at row positions offset .. offset+T-1; weights (rows,) 0 or 1;
+        y (rows, T) the targets: IGNORE ones (data.score: answers) count neither loss nor tokens;
+        right (rows, T) bool: the argmax is the target."""
+        counted = weights[:, None].double() * (y != IGNORE)
+        per_pos = (losses.double() * counted).sum(0)  # (T,)
+        n_pos = counted.sum(0)
+        self.total += torch.stack([per_pos.sum(), n_pos.sum(), (counted * right).sum()])
         pos = torch.arange(offset, offset + losses.size(1), device=losses.device)
         bucket = torch.bucketize(pos, torch.tensor(self.edges[1:-1], device=losses.device), right=True)
         self.buckets[:, 0].index_add_(0, bucket, per_pos)
-        self.buckets[:, 1].index_add_(0, bucket, n_rows.expand(losses.size(1)))
+        self.buckets[:, 1].index_add_(0, bucket, n_pos)
 
     def reduce(self, accelerator) -> None:
         if accelerator.num_processes > 1:
@@ -64,7 +69,11 @@ class LossSums:
             self.buckets = accelerator.reduce(self.buckets, reduction="sum")
 
     def mean(self) -> float:
-        return (self.total[0] / self.total[1]).item()
+        return (self.total[0] / self.total[1]).item() if self.total[1] > 0 else float("nan")
+
+    def accuracy(self) -> float:
+        """The share of scored targets that are the argmax."""
+        return (self.total[2] / self.total[1]).item() if self.total[1] > 0 else float("nan")
 
     def bucket_means(self) -> list[float | None]:
         return [s / n if n > 0 else None for s, n in self.buckets.tolist()]
@@ -82,6 +91,7 @@ class Validation:
     rows: int = 0
     row_len: int = 0
     extra: dict = field(default_factory=dict)
+    answers: bool = False  # only the answers were scored (data.score: answers): their accuracy is reported
 
     def record(self, carry: bool) -> dict:
         """The metrics row: val_loss (carried for a carry run), val_bpb, both readings, the buckets."""
@@ -89,6 +99,11 @@ class Validation:
         carried = self.carried.mean() if self.carried is not None else None
         loss = carried if carry and carried is not None else window
         row = {"val_loss": loss, "val_bpb": loss / math.log(2) / self.bytes_per_token, "val_loss_window": window}
+        if self.answers:  # recall: the share of answers predicted right, by the reading val_loss follows
+            reading = self.carried if carry and self.carried is not None else self.window
+            row["val_answer_accuracy"] = reading.accuracy()
+            if self.carried is not None:
+                row["val_answer_accuracy_window"] = self.window.accuracy()
         if carried is not None:
             row["val_loss_carried"] = carried
             edges = self.window.edges
@@ -126,9 +141,10 @@ class OneProcess:
 
 
 def token_losses(model, x, y, **kwargs):
-    """(per-token cross-entropy (B, T) in float32, the model output)."""
+    """(per-token cross-entropy (B, T) in float32, 0 at IGNORE targets; the argmax is the target
+    (B, T); the model output)."""
     out = model(x, **kwargs)
-    return F.cross_entropy(out.logits.float().transpose(1, 2), y, reduction="none"), out
+    return token_ce(out.logits, y), out.logits.argmax(-1) == y, out
 
 
 def my_rows(n_rows: int, rank: int, world: int) -> tuple[list[int], torch.Tensor]:
@@ -167,16 +183,16 @@ def evaluate(model, data, *, T: int, batch_size: int, max_batches: int, accelera
         for k, batch in enumerate(batches):
             x, y = batch.x[rows].to(device), batch.y[rows].to(device)
             doc_start = batch.doc_start[rows].to(device) if doc_reset else None
-            losses, _ = token_losses(model, x, y, doc_start=doc_start)
-            window.add(losses, weights, k * T)
+            losses, right, _ = token_losses(model, x, y, doc_start=doc_start)
+            window.add(losses, weights, k * T, y, right)
             for span, sums in readings.items():
                 state = fresh() if states[span] is None or (span and k % span == 0) else states[span]
-                losses, out = token_losses(model, x, y, state=state, return_state=True, doc_start=doc_start)
-                sums.add(losses, weights, k * T)
+                losses, right, out = token_losses(model, x, y, state=state, return_state=True, doc_start=doc_start)
+                sums.add(losses, weights, k * T, y, right)
                 states[span] = out.state
     finally:
         model.train(was_training)
     for sums in [window, *readings.values()]:
         sums.reduce(accelerator)
     return Validation(window, readings.get(None), {k: v for k, v in readings.items() if k is not None},
-                      data.bytes_per_token, T, n_rows, T * len(batches))
+                      data.bytes_per_token, T, n_rows, T * len(batches), answers=data.score_answers)

@@ -41,7 +41,7 @@ def check_output(cfg, data, raw_model, accelerator) -> None:
     directory = writable_ancestor(cfg.train.out_dir)
     if cfg.train.keep_checkpoints:
         check_free_disk(directory, checkpoint_bytes(cfg.train, raw_model, accelerator.num_processes))
-    share = text_share(data)
+    share = None if cfg.data.source.startswith("synthetic:") else text_share(data)  # token ids, not text by design
     if share is not None and share < MIN_TEXT_SHARE:
         if accelerator.is_main_process:  # a warning goes to stderr, with the errors
             print(f"warning: data.source: only {share:.0%} of a sample of {data.source} decodes to text "

@@ -75,6 +75,8 @@ def val_line(step: int, val: dict) -> str:
     line = f"step {step}: val loss {val['val_loss']:.4f} nats/token, {val['val_bpb']:.4f} bits/byte"
     if "val_loss_carried" in val:
         line += f" (carried {val['val_loss_carried']:.4f}, windows {val['val_loss_window']:.4f})"
+    if "val_answer_accuracy" in val:
+        line += f"; answers right {val['val_answer_accuracy']:.1%}"
     return line
 
 

@@ -30,6 +30,7 @@ from bdh_scale.train.diagnostics import MFU
 from bdh_scale.train.distributed import (check_parallel_plan, describe_plan, from_main, fsdp_requested,
                                          shard_cpu_processes, use_cpu_processes)
 from bdh_scale.train.faults import BadStepGuard, FaultInjection, watch_launcher
+from bdh_scale.train.kernels import check_backend, compile_model, tune_attention
 from bdh_scale.train.optim import build_optimizer
 from bdh_scale.train.precision import resolve_mixed_precision
 from bdh_scale.train.preflight import preflight, writable_ancestor
@@ -104,7 +105,8 @@ def make_data(cfg: RunConfig, accelerator: Accelerator, resume_from: Path | None
     longest_T = max([tc.seq_len] + [T for _, T in tc.seq_len_schedule or []])
     data = build_data(cfg.data, batch_size=tc.batch_size * tc.grad_accum_steps, world_size=accelerator.num_processes,
                       rank=accelerator.process_index, seed=tc.seed, seq_len=longest_T,
-                      held_out_dir=None if resume_from is None else Path(resume_from).parent.parent)
+                      held_out_dir=None if resume_from is None else Path(resume_from).parent.parent,
+                      windows_per_step=tc.bptt_windows)
     cfg.data.doc_reset = data.doc_reset  # resolved from the source: config.yaml says what the run did
     if cfg.model.vocab_size != data.tokenizer.vocab_size:
         accelerator.print(f"model.vocab_size set to {data.tokenizer.vocab_size} by the tokenizer {data.tokenizer.name}")
@@ -112,15 +114,17 @@ def make_data(cfg: RunConfig, accelerator: Accelerator, resume_from: Path | None
     return data
 
 
-def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator):
-    """(prepared model, optimizer): the model compiled in place if asked, fused AdamW where it exists."""
+def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator, precision: str):
+    """(prepared model, optimizer): the attention forms chosen, the model compiled in place if asked,
+    fused AdamW where it exists."""
     tc = cfg.train
     model = build_model(cfg.model)
     model.gradient_checkpointing = tc.gradient_checkpointing  # non-reentrant: safe under DDP
+    tune_attention(model, cfg, accelerator, precision)
     if tc.compile:
-        # In place (nn.Module.compile): parameter names, state_dict and checkpoints stay those of
-        # the eager model, and DDP/FSDP wrap it as usual. Each new window length compiles once.
-        model.compile()
+        # In place: parameter names, state_dict and checkpoints stay those of the eager model, and
+        # DDP/FSDP wrap it as usual. Each new window length compiles once (train/kernels.py).
+        compile_model(model, tc)
     # Fused AdamW (one kernel for all parameters) exists for CPU and CUDA. Not with fp16: the loss
     # scaler then always calls the fused step (which skips inside), and Accelerate could no longer
     # tell a skipped step (optimizer_step_was_skipped) from a taken one.
@@ -167,6 +171,7 @@ def setup(cfg: RunConfig) -> Run:
     tc = cfg.train
     watch_launcher()  # a worker whose launcher dies saves and stops instead of training on
     accelerator, precision = make_accelerator(cfg)
+    check_backend(cfg.model, accelerator.device)
     from_main(accelerator, lambda: writable_ancestor(tc.out_dir))  # before a directory is claimed in it
     run_dir, resume_from, layout, claim = claim_run_dir(cfg, accelerator)
     try:  # until the run directory is written, a refusal leaves it as it was
@@ -176,7 +181,7 @@ def setup(cfg: RunConfig) -> Run:
         # Every rank initializes the same weights: FSDP keeps each rank's own shard of its own init
         # (DDP would broadcast rank 0's). Dropout then differs across ranks; data order never does.
         set_seed(tc.seed)
-        model, optimizer = make_model_and_optimizer(cfg, accelerator)
+        model, optimizer = make_model_and_optimizer(cfg, accelerator, precision)
         set_seed(tc.seed, device_specific=True)
         raw_model = accelerator.unwrap_model(model)
         preflight(cfg, data, model, accelerator)

@@ -1,6 +1,7 @@
-"""One optimizer step: forward and backward over the micro-batches of this rank's lanes, the carried
-states detached (truncated BPTT), then one agreed decision across ranks: step, or skip a
-non-finite step (faults.py), and whether to stop.
+"""One optimizer step: forward and backward over the micro-batches of this rank's lanes and
+train.bptt_windows windows of each, the carried states detached after the last (truncated BPTT),
+then one agreed decision across ranks: step, or skip a non-finite step (faults.py), and whether
+to stop.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bdh_scale.model.output import IGNORE
 from bdh_scale.train.distributed import any_rank, full_value
 from bdh_scale.train.faults import reset_nonfinite_lanes
 
@@ -26,30 +28,52 @@ class StepResult:
     time_up: bool  # train.max_time_s reached (on any rank)
 
 
+def pooled(losses: list, counts: list) -> torch.Tensor:
+    """The mean over the scored targets of several windows, from each window's mean and count;
+    one window's loss as it is."""
+    if len(losses) == 1:
+        return losses[0]
+    total = torch.stack(counts).sum()
+    return sum(l * n for l, n in zip(losses, counts)) / total.clamp(min=1)
+
+
 def train_step(run, T: int, signals, started: float) -> StepResult:
-    """Advance `run` by one optimizer step of windows of T tokens."""
+    """Advance `run` by one optimizer step: train.bptt_windows consecutive windows of T tokens per lane.
+
+    With k = train.bptt_windows > 1 the graph runs through the carried state over the k windows
+    and the loss is the mean over all their scored targets, so the gradient is that of one
+    forward over the k windows; the state is detached after the last (docs/design.md, "Backprop
+    through several windows"). Under DDP only the last forward of the step's last micro-batch
+    arms the gradient all-reduce: every parameter's gradient is then reduced once, in the one
+    backward that follows.
+    """
     tc, acc = run.cfg.train, run.accelerator
-    batch = run.data.train.next_batch(T)
-    x_all, y_all, restarted_all = batch.x, batch.y, batch.restarted
+    batches = [run.data.train.next_batch(T) for _ in range(tc.bptt_windows)]
     step_loss = 0.0
     for micro in range(tc.grad_accum_steps):
         rows = slice(micro * tc.batch_size, (micro + 1) * tc.batch_size)
-        x = x_all[rows].to(acc.device, non_blocking=True)  # pinned when data.pin_memory
-        y = y_all[rows].to(acc.device, non_blocking=True)
-        # a document's first token reads a fresh state (data.doc_reset; docs/design.md)
-        doc_start = batch.doc_start[rows].to(acc.device) if run.data.doc_reset else None
-        carried = None
-        if run.carry:
-            carried = run.carried[micro] or run.raw_model.init_state(tc.batch_size, acc.device)
-            carried.reset_(restarted_all[rows].to(acc.device))  # lanes that (re)started their stretch
         # Sync gradients across ranks only on the last micro-batch of the step.
         sync = micro == tc.grad_accum_steps - 1
+        carried = run.carried[micro] if run.carry else None
+        losses, counts = [], []
+        for w, batch in enumerate(batches):
+            x = batch.x[rows].to(acc.device, non_blocking=True)  # pinned when data.pin_memory
+            y = batch.y[rows].to(acc.device, non_blocking=True)
+            # a document's first token reads a fresh state (data.doc_reset; docs/design.md)
+            doc_start = batch.doc_start[rows].to(acc.device) if run.data.doc_reset else None
+            if run.carry:
+                carried = carried or run.raw_model.init_state(tc.batch_size, acc.device)
+                carried.reset_(batch.restarted[rows].to(acc.device))  # lanes that (re)started their stretch
+            with nullcontext() if sync and w == len(batches) - 1 else acc.no_sync(run.model):
+                out = run.model(x, y, state=carried, return_state=run.carry, doc_start=doc_start)
+            carried = out.state  # with its graph: the next window of this step backpropagates into it
+            losses.append(out.loss)
+            counts.append((y != IGNORE).sum())
+        loss = run.inject.poison(pooled(losses, counts), run.step + 1)
         with nullcontext() if sync else acc.no_sync(run.model):
-            out = run.model(x, y, state=carried, return_state=run.carry, doc_start=doc_start)
-            loss = run.inject.poison(out.loss, run.step + 1)
             acc.backward(loss / tc.grad_accum_steps)
         if run.carry:
-            run.carried[micro] = out.state.detach()  # truncated BPTT: the next window sees values, not graph
+            run.carried[micro] = carried.detach()  # truncated BPTT: the next step sees values, not graph
         step_loss += loss.detach().float() / tc.grad_accum_steps
 
     # The norm is always measured (max_norm inf when clipping is off): it is the check. Ranks agree
@@ -68,7 +92,7 @@ def train_step(run, T: int, signals, started: float) -> StepResult:
     if bad and run.carry:
         run.carried = [reset_nonfinite_lanes(s) for s in run.carried]
     run.step += 1
-    tokens = x_all.numel() * acc.num_processes
+    tokens = sum(b.x.numel() for b in batches) * acc.num_processes
     run.tokens += tokens
     stop = "SIGINT" if sigint else "SIGTERM" if sigterm else None
     return StepResult(step_loss, lr, grad_norm, bad, tokens, stop, time_up)

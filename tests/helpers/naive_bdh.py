@@ -4,6 +4,9 @@ Token by token and head by head, with the attention as an explicit sum over earl
 
     a_t = c * sum_{s<t, t-s<=w} (prod_{u=s+1}^{t-1} g_u) (q~_t . k~_s) x_s
 
+and the previous-token path (model.token_shift) as an explicit sum over earlier inputs,
+x_t + sum_{j=1}^{k-1} x_{t-j} W_j, before LayerNorm.
+
 It shares nothing with the model's kernels, RoPE tables or einsums; it only reads its weights.
 """
 import math
@@ -27,6 +30,17 @@ def _rotate(v, t, theta):
     return out
 
 
+def _shift(module, v):
+    """v (B, T, D) -> v_t + sum_{j>=1, t-j>=0} v_{t-j} W_j, one token and one tap at a time."""
+    W = module.weight.double()
+    out = v.clone()
+    for t in range(v.shape[1]):
+        for j in range(1, W.shape[0] + 1):
+            if t - j >= 0:
+                out[:, t] += v[:, t - j] @ W[j - 1]
+    return out
+
+
 def _gate(layer, x_t, h):
     mode = layer.forget.mode
     if mode == "scalar":
@@ -42,8 +56,11 @@ def naive_logits(model, idx, start_pos=0):
     H, D, N = c.n_head, c.n_embd, c.n_neurons
     scale = 1 / math.sqrt(N) if c.score_scale == "inv_sqrt_n" else 1.0
     B, T = idx.shape
-    x = _ln(model.embed.weight[idx].double())
+    x = model.embed.weight[idx].double()
+    x = _ln(_shift(model.token_shift[0], x) if c.token_shift == "embed" else x)
     for i, layer in enumerate(model.layers):
+        if c.token_shift == "layer":
+            x = _ln(_shift(model.token_shift[i], x))
         enc, enc_v, dec = (p.double() for p in model.projections(i))
         out = torch.zeros_like(x)
         for b in range(B):

@@ -9,6 +9,9 @@ synaptic state rho it carries between calls.
     chunked_backward.py  its autograd Function (recomputes chunk-start states)
     window.py            the chunked form of local attention (the state is the last w keys)
     backend.py           which form computes a call (attn_backend: auto)
+    fla.py               the same attention on flash-linear-attention's Triton kernel (attn_backend: fla)
+    fla_reference.py     fla's kernel contract in plain PyTorch: its stand-in on CPUs and in the tests
+    fla_tune.py          auto on CUDA: fla for the window lengths where it measures faster
     state.py             AttnState (one layer) and BDHState (the model)
     gates.py             the forgetting gates (forget_mode: none | scalar | data)
 

@@ -83,7 +83,9 @@ def attend_chunked(
                     raise ValueError("in_place state updates are for inference: run under torch.no_grad()")
                 a, rho = rho_forward(q, k, v, log_g, rho, scale, chunk_size, need_state, in_place=True, seg=seg)
             else:
-                a, rho = RhoChunks.apply(q, k, v, log_g, rho, scale, chunk_size, need_state, seg)
+                # k goes in as None when it is q: torch.compile cannot trace a Function given the
+                # same tensor twice, and the backward then keeps one buffer for both gradients.
+                a, rho = RhoChunks.apply(q, None if k is q else k, v, log_g, rho, scale, chunk_size, need_state, seg)
             return a, (AttnState(rho=rho) if need_state else None)
         if state is None:
             state = AttnState.zeros_for(lead, v.shape[:-2], N, D, window, q.device, acc)

@@ -21,15 +21,17 @@ class RhoChunks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, log_g, rho0, scale, C, need_state, seg):
+        """k None: the keys are the queries (BDH's q = k)."""
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(q, k, v, log_g, rho0, seg)
-        ctx.scale, ctx.C, ctx.q_is_k = scale, C, q is k
-        return rho_forward(q, k, v, log_g, rho0, scale, C, need_state, seg=seg)
+        ctx.scale, ctx.C, ctx.q_is_k = scale, C, k is None
+        return rho_forward(q, q if k is None else k, v, log_g, rho0, scale, C, need_state, seg=seg)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, da, drho):
         q, k, v, log_g, rho0, seg = ctx.saved_tensors
+        k = q if ctx.q_is_k else k
         scale, C = ctx.scale, ctx.C
         acc = torch.promote_types(q.dtype, torch.float32)
         want_dl = log_g is not None and ctx.needs_input_grad[3]

@@ -5,7 +5,7 @@ docs/design.md ("The synaptic state") gives the recurrence these tensors hold.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -36,7 +36,10 @@ class AttnState:
 
     @classmethod
     def zeros(cls, B, H, Hv, N, D, window=None, device=None, dtype=torch.float32) -> "AttnState":
-        return cls.zeros_for((B, H), (B, Hv), N, D, window, device, dtype)
+        """A fresh lanes-first state laid out as the model's own states are: heads-first tensors
+        seen lanes-first (swap_lanes_heads), so a compiled model sees one layout from the first
+        window on and compiles once, not again at the second window."""
+        return cls.zeros_for((H, B), (Hv, B), N, D, window, device, dtype).swap_lanes_heads()
 
     @classmethod
     def zeros_for(cls, lead, lead_v, N, D, window=None, device=None, dtype=torch.float32) -> "AttnState":
@@ -90,32 +93,45 @@ class AttnState:
 
 @dataclass
 class BDHState:
-    """Everything a BDH model needs to continue a stream: one AttnState per layer and the position.
+    """Everything a BDH model needs to continue a stream: one AttnState per layer, the position,
+    and the previous-token path's last inputs (model.token_shift; model/token_shift.py).
 
     The position is shared by all lanes of a batch. Scores depend only on t - s, so a lane whose
     state was reset (rho zeroed) may go on at any absolute position: only queries and the keys
     stored in rho must agree, and a zero rho holds no keys.
+
+    shift: per token-shift module (one for `embed`, one per layer for `layer`, none without it)
+    the last k-1 inputs it read, (B, k-1, D) lanes-first; zeros are a fresh stream. A state
+    without them (older checkpoints, or a model without the path) reads as zeros.
     """
 
     layers: list[AttnState]
     pos: int = 0
+    shift: list[torch.Tensor] = field(default_factory=list)
+
+    def _map(self, fn) -> "BDHState":
+        return BDHState([s._map(fn) for s in self.layers], self.pos, [fn(x) for x in self.shift])
 
     def detach(self) -> "BDHState":
         """Cut the graph here: truncated backpropagation through time."""
-        return BDHState([s.detach() for s in self.layers], self.pos)
+        return self._map(torch.Tensor.detach)
 
     def to(self, device=None, dtype=None) -> "BDHState":
-        return BDHState([s.to(device=device, dtype=dtype) for s in self.layers], self.pos)
+        return self._map(lambda x: x.to(device=device, dtype=dtype))
 
     def reset_(self, mask: torch.Tensor) -> "BDHState":
         """Zero, in place, the state of the lanes where mask is True (their stream restarted)."""
         for s in self.layers:
             s.reset_(mask)
+        self.shift = [x.masked_fill(mask.to(device=x.device, dtype=torch.bool).view(-1, 1, 1), 0) for x in self.shift]
         return self
 
     def state_dict(self) -> dict:
-        return {"pos": self.pos, "layers": [s.state_dict() for s in self.layers]}
+        d = {"pos": self.pos, "layers": [s.state_dict() for s in self.layers]}
+        if self.shift:
+            d["shift"] = list(self.shift)
+        return d
 
     @classmethod
     def from_state_dict(cls, d: dict) -> "BDHState":
-        return cls([AttnState.from_state_dict(x) for x in d["layers"]], int(d["pos"]))
+        return cls([AttnState.from_state_dict(x) for x in d["layers"]], int(d["pos"]), list(d.get("shift", [])))

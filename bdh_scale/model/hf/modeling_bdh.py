@@ -19,6 +19,7 @@ the `model.` prefix) and its logits are bdh-scale's. This module only speaks tra
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass
 
@@ -50,6 +51,15 @@ class BDHScaleOutput(ModelOutput):
     past_key_values: BDHScaleCache | None = None
 
 
+def runnable(config: BDHScaleConfig):
+    """The model section the network is built from: the saved one, except that a model trained
+    with attn_backend fla (flash-linear-attention's Triton kernels, CUDA only) runs in the form
+    auto picks by length, parallel or chunked: the same function, computed in plain torch on any
+    device, with no dependency on fla (its adapter is in the shipped code, never called)."""
+    section = config.model_section()
+    return dataclasses.replace(section, attn_backend="auto") if section.attn_backend == "fla" else section
+
+
 class BDHScalePreTrainedModel(PreTrainedModel):
     config_class = BDHScaleConfig
     base_model_prefix = "model"
@@ -63,7 +73,7 @@ class BDHScalePreTrainedModel(PreTrainedModel):
 class BDHScaleForCausalLM(BDHScalePreTrainedModel, GenerationMixin):
     def __init__(self, config: BDHScaleConfig):
         super().__init__(config)
-        section = config.model_section()
+        section = runnable(config)
         self.model = ARCHS[section.arch].model.from_config(section)
         self.stateful = ARCHS[section.arch].stateful
         self.post_init()
