@@ -69,7 +69,7 @@ def test_the_experiment_trains_every_run_and_writes_its_table_and_figures(tmp_pa
         assert [d["distance_windows"] for d in r["recall"]] == [1, 2]
         assert r["context"][0]["context_from"] == 0 and r["val_loss_window"] > 0
     (mq,) = [r for r in result["runs"] if r["dataset"] == "mqar"]
-    assert mq["pairs"] == 4 and mq["token_shift"] == "embed" and mq["tokens"] == 2 * 128 and "context" not in mq
+    assert mq["pairs"] == 4 and mq["token_shift"] == "layer" and mq["tokens"] == 2 * 128 and "context" not in mq
     assert [d["distance_windows"] for d in mq["mqar_recall"]] == [0, 3] and mq["chance_without_pairs"] == 1 / 128
     assert 0 <= mq["mqar_recall"][1]["window"]["accuracy"] <= 1
     for suffix in (".csv", "_context.png", "_recall.png", "_mqar.png"):
