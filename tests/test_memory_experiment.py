@@ -47,7 +47,7 @@ def test_a_dataset_runs_its_own_window_lengths_and_variants_and_mqar_windows_fol
     assert mqar["mqar"] and "data.mqar.window=16" in mqar["overrides"] and "train.batch_size=8" in mqar["overrides"]
     spec["datasets"]["mqar"]["variants"] = ["shift"]
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))  # the variants in the order written
     with pytest.raises(SystemExit, match=r"datasets.mqar.variants names shift, not among the spec's variants "
                                          r"\(reset, carry_data\)"):
         memory.load_spec(str(path))
@@ -69,7 +69,7 @@ def test_the_experiment_trains_every_run_and_writes_its_table_and_figures(tmp_pa
         assert [d["distance_windows"] for d in r["recall"]] == [1, 2]
         assert r["context"][0]["context_from"] == 0 and r["val_loss_window"] > 0
     (mq,) = [r for r in result["runs"] if r["dataset"] == "mqar"]
-    assert mq["pairs"] == 4 and mq["token_shift"] == "embed" and mq["tokens"] == 2 * 128 and "context" not in mq
+    assert mq["pairs"] == 4 and mq["token_shift"] == "layer" and mq["tokens"] == 2 * 128 and "context" not in mq
     assert [d["distance_windows"] for d in mq["mqar_recall"]] == [0, 3] and mq["chance_without_pairs"] == 1 / 128
     assert 0 <= mq["mqar_recall"][1]["window"]["accuracy"] <= 1
     for suffix in (".csv", "_context.png", "_recall.png", "_mqar.png"):

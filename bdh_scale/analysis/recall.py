@@ -111,8 +111,9 @@ def mqar_recall(model, mqar, *, distances: list[int], episodes: int, seed: int, 
         rows.append(row)
     c = model.config
     return {"source": "synthetic:mqar", "T": T, "pairs": mqar.cfg.pairs, "vocab_size": mqar.V, "seed": seed,
-            "chance_accuracy": 1 / mqar.cfg.pairs, "chance_without_pairs": 1 / (mqar.V - mqar.V // 2), "arch": c.arch, "stateful": is_stateful(model),
-            "token_shift": c.token_shift, "forget_mode": c.forget_mode, "distances": rows,
+            "chance_accuracy": 1 / mqar.cfg.pairs, "chance_without_pairs": 1 / (mqar.V - mqar.V // 2),
+            "arch": model.arch, "stateful": is_stateful(model), "token_shift": getattr(c, "token_shift", "none"),
+            "forget_mode": getattr(c, "forget_mode", "none"), "distances": rows,
             "definition": "episodes whose queries fill the window d windows after the pairs' window (0: the same "
                           "window), read window by window from the episode start; accuracy: queries whose argmax is "
                           "their value; chance_accuracy: one of the episode's values guessed; chance_without_pairs: "

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from bdh_scale.bench.workload import build, device, median_time, optimizer
 
 
 def _bptt_setup(case: dict):
     """(model, optimizer, step): the model's chunked, stateful path with the case's k windows."""
-    from bdh_scale.bench.cases import build, device, optimizer  # cases registers this module's measure
-
     dev = device()
     model, cfg = build(case["model"], "auto", dev)
     model.train()
@@ -65,8 +64,6 @@ def saved_bytes(step, model) -> int:
 def measure_bptt(case: dict) -> dict:
     """Step time (median after warm-up), the bytes saved for the backward of one step over k
     windows, and the fixed bytes of parameters + gradients + AdamW moments."""
-    from bdh_scale.bench.cases import median_time
-
     dev, model, opt, step = _bptt_setup(case)
     secs = median_time(step, case.get("warmup", 1), case.get("steps", 3), dev)
     saved = saved_bytes(step, model)

@@ -118,7 +118,7 @@ def measure(point: dict, spec: dict, out_dir: str, device) -> dict | None:
     metrics = rundir.read_metrics(run)
     last_val = [r for r in metrics if "val_loss" in r][-1]
     c = model.config
-    row = {"dataset": point["dataset"], "T": point["T"], "variant": point["variant"], "arch": c.arch,
+    row = {"dataset": point["dataset"], "T": point["T"], "variant": point["variant"], "arch": model.arch,
            "state": cfg.train.state, "bptt_windows": cfg.train.bptt_windows,
            "forget_mode": getattr(c, "forget_mode", None), "attn_window": getattr(c, "attn_window", None),
            "token_shift": getattr(c, "token_shift", None), "params": model.num_params(),
