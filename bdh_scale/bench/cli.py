@@ -36,12 +36,10 @@ import torch
 
 from bdh_scale.bench.bptt import bptt_sweep
 from bdh_scale.bench.cases import MEASURES, PLAIN, VARIANTS, device
+from bdh_scale.bench.workload import SEED, add_model_args, model_config
 from bdh_scale.utils.perf import matmul_peak_flops, memory_bandwidth
 
 # The seed work's M1 config (issue: state and performance targets are stated for it).
-SEED = dict(n_layer=2, n_embd=256, n_head=4, mlp_internal_dim_multiplier=32, dropout=0.0)
-
-
 def run_worker(case: dict) -> dict:
     proc = subprocess.run([sys.executable, "-m", "bdh_scale.bench", "--worker", json.dumps(case)],
                           capture_output=True, text=True)
@@ -72,18 +70,6 @@ def machine() -> dict:
     return info
 
 
-def model_config(args) -> dict:
-    if args.recipe:
-        import dataclasses
-
-        from bdh_scale.config import load_config
-
-        cfg = dataclasses.asdict(load_config(args.recipe, args.override).model)
-        cfg["dropout"] = 0.0
-        return cfg
-    return dict(SEED)
-
-
 def state_step_floor(model_cfg: dict, dev, tokens: int) -> dict:
     """Least time for `tokens` one-token steps on the state: each step must read every weight
     matrix once, and read rho twice (query, update) and write it once, per layer. The bandwidth
@@ -99,12 +85,6 @@ def state_step_floor(model_cfg: dict, dev, tokens: int) -> dict:
     bytes_per_token = 4 * (weights + 3 * rho)
     bw = memory_bandwidth(dev, mbytes=max(8, bytes_per_token >> 20))
     return {"seconds": tokens * bytes_per_token / bw, "bytes_per_token": bytes_per_token, "gb_per_s": bw / 1e9}
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--recipe and --override, which model_config reads."""
-    p.add_argument("--recipe", help="take the model config from a recipe (default: the seed config)")
-    p.add_argument("--override", nargs="*", default=[], help="section.key=value overrides of the recipe")
 
 
 def parse_args(argv):

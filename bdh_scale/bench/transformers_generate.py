@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from bdh_scale.bench.workload import add_model_args, device, model_config
+from bdh_scale.errors import UsageError
 from bdh_scale.utils.host_memory import keep_freed_host_memory
 from bdh_scale.utils.perf import synchronize
 from bdh_scale.utils.tree import map_tensors
@@ -111,7 +113,6 @@ def measure(model_cfg: dict, contexts: list[int], tokens: int, repeats: int, dev
 
 
 def parse_args(argv):
-    from bdh_scale.bench.cli import add_model_args
 
     p = argparse.ArgumentParser(prog="bdh-bench --transformers", description=__doc__.split("\n\n")[0])
     add_model_args(p)
@@ -123,9 +124,6 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    from bdh_scale.bench.cases import device
-    from bdh_scale.bench.cli import model_config
-
     args = parse_args(argv)
     contexts = [int(c) for c in args.ctx.split(",") if c]
     if len(contexts) < 1 or min(contexts) < 1 or args.tokens < 2 or args.repeats < 1:
@@ -136,7 +134,11 @@ def main(argv=None) -> int:
     except ImportError:
         print("error: bdh-bench --transformers needs transformers: pip install 'transformers>=5.10.1'", file=sys.stderr)
         return 2
-    model_cfg = model_config(args)
+    try:
+        model_cfg = model_config(args)
+    except UsageError as e:  # a bad --recipe or --override: one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if model_cfg.get("arch", "bdh") != "bdh":
         print(f"error: --recipe: model.arch={model_cfg['arch']} has no state to generate from; this compares BDH's "
               "generation", file=sys.stderr)

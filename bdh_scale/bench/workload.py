@@ -3,6 +3,7 @@ the median timer. Its own module so that the measures (cases.py, bptt.py) share 
 importing each other."""
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -12,6 +13,29 @@ from bdh_scale.utils.host_memory import keep_freed_host_memory
 from bdh_scale.utils.perf import synchronize
 
 PLAIN = ("plain", "plain+reuse")
+
+
+# The seed config: the model every sweep measures unless --recipe names another.
+SEED = dict(n_layer=2, n_embd=256, n_head=4, mlp_internal_dim_multiplier=32, dropout=0.0)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--recipe and --override, which model_config reads."""
+    p.add_argument("--recipe", help="take the model config from a recipe (default: the seed config)")
+    p.add_argument("--override", nargs="*", default=[], help="section.key=value overrides of the recipe")
+
+
+def model_config(args) -> dict:
+    """The model section to measure: the recipe's (dropout off), or the seed config."""
+    if args.recipe:
+        import dataclasses
+
+        from bdh_scale.config import load_config
+
+        cfg = dataclasses.asdict(load_config(args.recipe, args.override).model)
+        cfg["dropout"] = 0.0
+        return cfg
+    return dict(SEED)
 
 
 def device() -> torch.device:
