@@ -7,7 +7,7 @@ own (json.loads of each line; pyarrow's Parquet reader, row group by row group, 
 column only), and each comes out as one example of a `datasets` IterableDataset
 (`IterableDataset.from_generator`, one shard per file):
 
-    {"text": the record's text or None, "bad": why it is not text or None, "file": path, "row": n}
+    {"text": the record's text or None, "bad": why it is not text, "where": "'<file>' line 400"}
 
 so the stream keeps what the lanes rely on: `split_dataset_by_node` (whole files per rank),
 `state_dict()` / `load_state_dict()` (exact resume; a resume re-parses the file up to its record),
@@ -15,8 +15,9 @@ and, for remote files (http://, https://, hf://), datasets' own `xopen`: the sam
 and the same retries of a dropped read or open (datasets.config.STREAMING_READ_MAX_RETRIES,
 STREAMING_OPEN_MAX_RETRIES and their intervals) as its builders use when they stream.
 
-`row` is the line number in a JSON Lines file (blank lines count, so an editor goes straight to
-it), the item number in a file holding one JSON array, the row number in a Parquet file. A
+`where` (of a bad record only) names the file and the line number in a JSON Lines file (blank
+lines count, so an editor goes straight to it), the item number in a file holding one JSON
+array, the row number in a Parquet file. A
 translation dict (data.translation) is rendered as pair text here; a pair with an empty side is
 left out quietly, as the bundled Europarl does (its release keeps empty lines for alignment).
 A file that cannot be read at all (gone, not Parquet, a JSON array that does not parse) is a
@@ -90,25 +91,26 @@ def _value(record, column: str, translation) -> tuple[str | None, str | None]:
     return value, None
 
 
-def _json_records(f) -> Iterator[tuple[int, object, str | None]]:
-    """(row, record, None) or (row, None, why) of a JSON Lines file, or of a file holding one array."""
+def _json_records(f) -> Iterator[tuple[str, object, str | None]]:
+    """(place, record, None) or (place, None, why) of a JSON Lines file, or of a file holding one
+    array; the place is "line 7" or "item 7"."""
     first = f.read(CHUNK)
     if first.lstrip()[:1] == b"[":
         try:
             items = json.loads(first + f.read())
         except ValueError as e:
             raise ValueError(f"is not a JSON array ({str(e)[:200]})") from None
-        yield from ((n, item, None) for n, item in enumerate(items, 1))
+        yield from ((f"item {n}", item, None) for n, item in enumerate(items, 1))
         return
     for n, line in enumerate(_lines(first, f), 1):
         if not line.strip():
             continue  # blank lines are no records
         try:
-            yield n, json.loads(line), None
+            yield f"line {n}", json.loads(line), None
         except UnicodeDecodeError as e:
-            yield n, None, f"not UTF-8 (byte {e.start} of the line)"
+            yield f"line {n}", None, f"not UTF-8 (byte {e.start} of the line)"
         except ValueError as e:
-            yield n, None, f"not JSON ({str(e)[:200]})"
+            yield f"line {n}", None, f"not JSON ({str(e)[:200]})"
 
 
 def _lines(first: bytes, f) -> Iterator[bytes]:
@@ -124,7 +126,7 @@ def _lines(first: bytes, f) -> Iterator[bytes]:
         yield rest
 
 
-def _parquet_records(f, column: str) -> Iterator[tuple[int, object, str | None]]:
+def _parquet_records(f, column: str) -> Iterator[tuple[str, object, str | None]]:
     import pyarrow.parquet as pq
 
     try:
@@ -134,13 +136,13 @@ def _parquet_records(f, column: str) -> Iterator[tuple[int, object, str | None]]
     if column not in table.schema_arrow.names:
         fields = ", ".join(table.schema_arrow.names[:8])
         for n in range(1, table.metadata.num_rows + 1):
-            yield n, None, f"no '{column}' (the file's columns: {fields})"
+            yield f"row {n}", None, f"no '{column}' (the file's columns: {fields})"
         return
     n = 0
     for batch in table.iter_batches(batch_size=PARQUET_BATCH, columns=[column]):
         for value in batch.column(0).to_pylist():
             n += 1
-            yield n, {column: value}, None
+            yield f"row {n}", {column: value}, None
 
 
 def _generate(files: list[str], column: str, translation: tuple | None) -> Iterator[dict]:
@@ -149,13 +151,15 @@ def _generate(files: list[str], column: str, translation: tuple | None) -> Itera
         try:
             with _open(path) as f:
                 records = _json_records(f) if record_kind(path) == "json" else _parquet_records(f, column)
-                for row, record, bad in records:
+                for place, record, bad in records:
                     text = None
                     if bad is None:
                         text, bad = _value(record, column, translation)
                     if text is not None or bad is not None:
-                        yield {"text": text, "bad": bad, "file": path, "row": row}
-        except FileNotFoundError:
+                        yield {"text": text, "bad": bad, "where": None if bad is None else f"'{path}' {place}"}
+        except FileNotFoundError as e:
+            if is_network_error(e):
+                raise HostError(path, e.__cause__) from e
             raise RecordFileError(path, "vanished (no such file)") from None
         except PermissionError:
             raise RecordFileError(path, "cannot be read (permission denied)") from None
@@ -172,8 +176,7 @@ def record_dataset(files: list[str], column: str, translation=None):
     """The records of `files` as a streaming `datasets` IterableDataset, one shard per file."""
     from datasets import Features, IterableDataset, Value
 
-    features = Features({"text": Value("string"), "bad": Value("string"), "file": Value("string"),
-                         "row": Value("int64")})
+    features = Features({"text": Value("string"), "bad": Value("string"), "where": Value("string")})
     return IterableDataset.from_generator(_generate, features=features, gen_kwargs={
         "files": list(files), "column": column, "translation": tuple(translation) if translation else None})
 
@@ -191,20 +194,18 @@ def check_first_records(path: str, column: str, translation, describe: str, n: i
         return
     if all(r["bad"].startswith(f"no '{column}'") for r in first):
         with _open(path) as f:
-            records = _json_records(f) if record_kind(path) == "json" else _parquet_records(f, column)
-            fields = next((sorted(r) for _, r, bad in records if isinstance(r, dict)), [])
+            if record_kind(path) == "json":
+                fields = next((sorted(r) for _, r, _ in _json_records(f) if isinstance(r, dict)), [])
+            else:
+                import pyarrow.parquet as pq
+
+                fields = pq.ParquetFile(f).schema_arrow.names
         raise DataError(f"data.text_column: '{column}' is not a column of {describe} (none of its first "
                         f"{len(first)} records has it); available columns: {fields}")
     fix = "data.translation" if translation else "data.text_column"
     raise DataError(f"{fix}: the first {len(first)} records of {describe} hold no text, e.g. "
-                    f"{where(first[0]['file'], first[0]['row'])}: {first[0]['bad']}; name the field that holds "
+                    f"{first[0]['where']}: {first[0]['bad']}; name the field that holds "
                     "the text" + (" and the pair's languages" if translation else ""))
-
-
-def where(path: str, row: int) -> str:
-    """A record's place, as messages name it."""
-    unit = "line" if record_kind(path) == "json" else "row"
-    return f"'{path}' {unit} {row}"
 
 
 def record_rows(dataset, separator: str, batch_size: int) -> Iterator[tuple[list[str], list[BadRecord]]]:
@@ -212,6 +213,5 @@ def record_rows(dataset, separator: str, batch_size: int) -> Iterator[tuple[list
     after a batch is the position after it); the separator appended to every text."""
     for batch in dataset.iter(batch_size=batch_size):
         texts = [t + separator for t in batch["text"] if t is not None]
-        bad = [BadRecord(where(f, r), why) for f, r, why in zip(batch["file"], batch["row"], batch["bad"])
-               if why is not None]
+        bad = [BadRecord(at, why) for at, why in zip(batch["where"], batch["bad"]) if why is not None]
         yield texts, bad

@@ -37,7 +37,11 @@ def use_recipe_retries(read_retries: int, retry_wait_s: float) -> None:
 
 
 def is_network_error(e: BaseException) -> bool:
-    """A connection that failed or dropped, a timeout, or a host answering 5xx / 429: worth retrying."""
+    """A connection that failed or dropped, a timeout, or a host answering 5xx / 429: worth retrying.
+    fsspec's HTTP file system says "not found" for a file whose size it could not ask (its
+    FileNotFoundError then comes from the network error)."""
+    if isinstance(e, FileNotFoundError) and e.__cause__ is not None:
+        return is_network_error(e.__cause__)
     if isinstance(e, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
         return True
     kinds = []

@@ -78,6 +78,7 @@ class StreamLanes:
         self._next_doc = 0
         self._feeder = None
         self._failed: DataFault | None = None  # the fault that stopped the lanes (they only save from then on)
+        self._before: dict | None = None       # the lanes before the last next_batches (_mark)
         self._start_reader(self.position)
 
     # --- the lanes interface ------------------------------------------------------------------
@@ -111,15 +112,21 @@ class StreamLanes:
         mid-run too). The reader is stopped then: the lanes can still be saved, not read."""
         if self._failed is not None:
             raise self._failed
-        before = self._mark()
+        self._before = self._mark()
         try:
             return [self.next_batch(T) for _ in range(k)]
         except (DataFault, DataError) as e:
             fault = e if isinstance(e, DataFault) else DataFault(str(e), "fix the data or the recipe")
-            self._stop_reader()
-            self._restore(before)
-            self._failed = fault
+            self.fail(fault)
             raise fault from None
+
+    def fail(self, fault: DataFault) -> None:
+        """Stop on `fault` (this rank's, another's, or too many bad records in all): the lanes go back
+        to where they were before the last next_batches, and the reader stops."""
+        self._stop_reader()
+        if self._failed is None and self._before is not None:
+            self._restore(self._before)
+        self._failed = fault
 
     _MARKED = ("pending", "pending_starts", "position", "fresh", "tokens_served", "batches_served", "docs_dealt")
 

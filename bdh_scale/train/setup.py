@@ -64,6 +64,7 @@ class Run:
     claim: Claim | None = None  # the run directory's lock, held by the main process until the run ends
     step: int = 0  # optimizer steps taken (skipped non-finite steps included)
     tokens: int = 0  # tokens trained on, all ranks
+    bad_records: int = 0  # bad records skipped, all ranks (data.on_bad_record=skip; step.take_windows)
     carried: list = field(default_factory=list)  # per micro-batch group of lanes: its TBPTT state or None
 
     @property
@@ -214,7 +215,7 @@ def setup(cfg: RunConfig) -> Run:
               inject=inject, log=MetricsLog(run_dir / METRICS, accelerator.is_main_process), trackers=trackers,
               samples=SampleTable(trackers), claim=claim,
               mfu=MFU(cfg.model, accelerator.device, precision, accelerator.num_processes, cfg.tracking.peak_tflops),
-              step=resumed.step, tokens=resumed.tokens, carried=resumed.states)
+              step=resumed.step, tokens=resumed.tokens, carried=resumed.states, bad_records=data.bad_records)
     accelerator.print(f"run {run_dir} | {cfg.model.arch} {raw_model.num_params() / 1e6:.2f}M params | "
                       f"{accelerator.num_processes} process(es) on {accelerator.device} | precision {precision}"
                       + (f" | resumed from {resume_from} at step {run.step}" if resume_from is not None else ""))

@@ -4,12 +4,15 @@ server that can be stopped and started again on the same port while a run reads 
 
     server = FileServer(root)           # serving root/ at server.url
     server.stop(); server.start()       # the port refuses connections in between
+    server.go_down_at("part-016", for_s=1.5)   # the first request for it drops, and the host is
+                                               # gone for 1.5 s (None: for good)
 """
 from __future__ import annotations
 
 import os
 import re
 import threading
+import time
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +27,9 @@ class RangeHandler(SimpleHTTPRequestHandler):
         pass
 
     def send_head(self):
+        if self.server.owner.drop(self.path):
+            self.close_connection = True  # no answer at all: the client sees the connection drop
+            return None
         path = self.translate_path(self.path)
         wanted = RANGE.match(self.headers.get("Range", "").strip())
         if os.path.isdir(path) or not wanted:
@@ -72,6 +78,10 @@ class FileServer:
         self.root = Path(root)
         self._server = None
         self.port = port
+        self._trigger: tuple[str, float | None] | None = None
+        self.went_down: float | None = None  # time.monotonic() of the outage
+        self.came_back: float | None = None
+        self._lock = threading.Lock()
         self.start()
 
     @property
@@ -83,6 +93,7 @@ class FileServer:
         handler = partial(RangeHandler, directory=str(self.root))
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
+        self._server.owner = self
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name="file-server", daemon=True).start()
 
@@ -92,6 +103,29 @@ class FileServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def go_down_at(self, name: str, for_s: float | None) -> None:
+        """At the first request whose path holds `name`: drop it, stop, and start again `for_s`
+        seconds later (None: stay down)."""
+        self._trigger = (name, for_s)
+
+    def drop(self, path: str) -> bool:
+        """Called by the handler for every request: True when this one is the trigger."""
+        with self._lock:
+            if self._trigger is None or self._trigger[0] not in path:
+                return False
+            _, for_s = self._trigger
+            self._trigger = None
+        self.went_down = time.monotonic()
+        threading.Thread(target=self._outage, args=(for_s,), daemon=True).start()
+        return True
+
+    def _outage(self, for_s: float | None) -> None:
+        self.stop()
+        if for_s is not None:
+            time.sleep(for_s)
+            self.start()
+            self.came_back = time.monotonic()
 
     def __enter__(self) -> "FileServer":
         return self
