@@ -90,3 +90,21 @@ def test_a_worker_reports_its_own_peak_memory_not_its_launchers():
     assert inherited > 1_400_000_000  # what getrusage says in the worker: its launcher's peak
     assert own < 1_000_000_000  # the worker itself: python, torch and the bench imports
     del held
+
+
+def test_bptt_bench_counts_the_graph_of_every_window_it_keeps(in_process, tmp_path):
+    """The bytes saved for the backward of a step through k windows grow with k (every window's
+    activations wait for the one backward); the fixed bytes (weights, grads, moments) do not."""
+    argv = ["--recipe", "recipes/mqar_cpu.yaml", "--override", *TINY, "--T", "16", "--batch-size", "2",
+            "--bptt", "1,2,4", "--bptt-only", "--steps", "1", "--warmup", "0", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    (path,) = tmp_path.glob("bench-*.json")
+    rows = {r["k"]: r for r in json.loads(path.read_text())["bptt"]["rows"]}
+    assert rows[1]["fixed_mb"] == rows[2]["fixed_mb"] == rows[4]["fixed_mb"] > 0
+    assert rows[2]["saved_mb"] == pytest.approx(2 * rows[1]["saved_mb"], rel=0.1)
+    assert rows[4]["saved_mb"] == pytest.approx(4 * rows[1]["saved_mb"], rel=0.1)
+
+
+def test_bptt_only_without_k_is_one_clear_error(capsys):
+    assert bench.main(["--bptt-only"]) == 2
+    assert "--bptt-only needs --bptt" in capsys.readouterr().err

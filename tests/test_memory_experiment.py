@@ -18,12 +18,15 @@ def tiny_spec(tmp_path) -> dict:
         "set": {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.mlp_internal_dim_multiplier": 8,
                 "train.max_steps": 2, "train.eval_batches": 8, "train.sample_tokens": 0, "train.progress": False,
                 "data.prefetch": 0, "data.passkey.episodes": 60, "data.passkey.max_gap": 200},
-        "datasets": {"passkey": {"recipe": "recipes/passkey_cpu.yaml", "recall": True}},
+        "datasets": {"passkey": {"recipe": "recipes/passkey_cpu.yaml", "recall": True},
+                     "mqar": {"recipe": "recipes/mqar_cpu.yaml", "mqar": True, "seq_len": [16], "variants": ["reset"],
+                              "set": {"data.mqar.pairs": 4, "data.mqar.val_episodes": 15}}},
         "seq_len": [32],
         "variants": {"reset": {"train.state": "reset", "model.forget_mode": "none"},
                      "carry_data": {"train.state": "carry", "model.forget_mode": "data"}},
         "context": {"rows": 2, "windows": 4},
         "recall": {"distances": [1, 2], "episodes": 2, "lead": 4},
+        "mqar_recall": {"distances": [0, 3], "episodes": 4},
     }
 
 
@@ -36,6 +39,20 @@ def test_points_keep_tokens_per_step_equal_across_window_lengths(tmp_path):
         memory.points(dict(spec, seq_len=[48]))
 
 
+def test_a_dataset_runs_its_own_window_lengths_and_variants_and_mqar_windows_follow_T(tmp_path):
+    spec = tiny_spec(tmp_path)
+    runs = {(p["dataset"], p["T"], p["variant"]): p for p in memory.points(spec)}
+    assert set(runs) == {("passkey", 32, "reset"), ("passkey", 32, "carry_data"), ("mqar", 16, "reset")}
+    mqar = runs[("mqar", 16, "reset")]
+    assert mqar["mqar"] and "data.mqar.window=16" in mqar["overrides"] and "train.batch_size=8" in mqar["overrides"]
+    spec["datasets"]["mqar"]["variants"] = ["shift"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))  # the variants in the order written
+    with pytest.raises(SystemExit, match=r"datasets.mqar.variants names shift, not among the spec's variants "
+                                         r"\(reset, carry_data\)"):
+        memory.load_spec(str(path))
+
+
 def test_the_experiment_trains_every_run_and_writes_its_table_and_figures(tmp_path):
     spec_path = tmp_path / "m.yaml"
     spec_path.write_text(yaml.safe_dump(tiny_spec(tmp_path)))
@@ -44,13 +61,17 @@ def test_the_experiment_trains_every_run_and_writes_its_table_and_figures(tmp_pa
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "docs/m.json").read_text())
-    runs = {r["variant"]: r for r in result["runs"]}
+    runs = {r["variant"]: r for r in result["runs"] if r["dataset"] == "passkey"}
     assert set(runs) == {"reset", "carry_data"}
     assert runs["carry_data"]["state"] == "carry" and runs["carry_data"]["forget_mode"] == "data"
     for r in runs.values():
         assert r["tokens"] == 2 * 128  # 2 steps x 4 lanes x 32 tokens
         assert [d["distance_windows"] for d in r["recall"]] == [1, 2]
         assert r["context"][0]["context_from"] == 0 and r["val_loss_window"] > 0
-    for suffix in (".csv", "_context.png", "_recall.png"):
+    (mq,) = [r for r in result["runs"] if r["dataset"] == "mqar"]
+    assert mq["pairs"] == 4 and mq["token_shift"] == "layer" and mq["tokens"] == 2 * 128 and "context" not in mq
+    assert [d["distance_windows"] for d in mq["mqar_recall"]] == [0, 3] and mq["chance_without_pairs"] == 1 / 128
+    assert 0 <= mq["mqar_recall"][1]["window"]["accuracy"] <= 1
+    for suffix in (".csv", "_context.png", "_recall.png", "_mqar.png"):
         assert (tmp_path / f"docs/m{suffix}").stat().st_size > 0
     assert (tmp_path / "docs/m.csv").read_text().startswith("dataset,T,variant")

@@ -69,16 +69,22 @@ def test_two_halves_with_carried_state_equal_one_pass(tiny_config, forget, windo
 
 @pytest.mark.parametrize("forget,window,diff", COMBOS, ids=IDS)
 def test_chunked_gradients_equal_parallel(tiny_config, forget, window, diff):
-    model = make_model(tiny_config, forget, window, diff)
+    grads = assert_chunked_gradients_equal_parallel(make_model(tiny_config, forget, window, diff))
+    assert len(grads) > 0
+
+
+def assert_chunked_gradients_equal_parallel(model) -> dict:
+    """The parameters' gradients of one loss in the parallel and the chunked form agree; returns them."""
     idx = torch.randint(0, 256, (2, 17))
     grads = []
     for backend, chunk in (("parallel", 0), ("chunked", 5)):
         model.zero_grad()
         logits(model, idx[:, :-1], backend, chunk, targets=idx[:, 1:]).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert_close(grads[1][name], grads[0][name], rtol=1e-4)
+    return grads[0]
 
 
 @pytest.mark.parametrize("window", [None, 3])

@@ -119,7 +119,7 @@ def test_passkey_source_trains_with_document_resets_and_bdh_analyze_recall_write
     assert [d["gap_tokens"] for d in report["distances"]] == [0, 32, 64]
     assert (result.run_dir / "analysis/recall.png").stat().st_size > 1000
     gpt = train_in_process(tmp_path, "pkgpt", "data.source=synthetic:passkey", "data.passkey.episodes=120",
-                           "data.passkey.max_gap=200", "train.max_steps=2", "model.arch=gpt", "train.eval_batches=8",
+                           "data.passkey.max_gap=200", "train.max_steps=2", "model.arch=gpt", "model.token_shift=none", "train.eval_batches=8",
                            "train.batch_size=2")
     capsys.readouterr()
     assert cli.main(["recall", str(gpt.run_dir)]) == 2

@@ -12,7 +12,7 @@ from bdh_scale.experiments.fit import fit_power_law, predict
 SPEC = {
     "name": "sc",
     "recipe": "recipes/europarl_small.yaml",
-    "set": {"train.state": "reset", "train.seq_len": 64, "train.max_steps": 10},
+    "set": {"train.state": "reset", "train.seq_len": 64, "train.max_steps": 10, "model.token_shift": "none"},
     "arches": {
         "bdh": {"set": {"model.arch": "bdh", "model.n_layer": 1}, "sizes": [{"model.n_embd": e} for e in (16, 32, 48)]},
         "gpt": {"set": {"model.arch": "gpt", "model.n_layer": 1, "model.block_size": 64},

@@ -30,7 +30,7 @@ def loss_by_context(model, data_cfg, *, T: int, rows: int, windows: int, device,
         raise AnalysisError(f"model.arch={model.arch} is stateless across windows: there is no carried "
                             "reading to compare; the context analysis needs a BDH model")
     # a streamed run's held-out set comes from its run directory, not from the source again
-    data = build_data(dataclasses.replace(data_cfg, prefetch=0), batch_size=1, held_out_dir=run_dir)
+    data = build_data(dataclasses.replace(data_cfg, prefetch=0), batch_size=1, held_out_dir=run_dir, seq_len=T)
     try:
         _, windows_read, _ = data.val_layout(T, rows, windows)  # a short held-out set holds fewer
         spans = tuple(2 ** i for i in range(1, max(1, windows_read.bit_length())) if 2 ** i < windows_read)

@@ -111,12 +111,14 @@ def mqar_recall(model, mqar, *, distances: list[int], episodes: int, seed: int, 
         rows.append(row)
     c = model.config
     return {"source": "synthetic:mqar", "T": T, "pairs": mqar.cfg.pairs, "vocab_size": mqar.V, "seed": seed,
-            "chance_accuracy": 1 / mqar.cfg.pairs, "arch": c.arch, "stateful": is_stateful(model),
-            "token_shift": c.token_shift, "forget_mode": c.forget_mode, "distances": rows,
+            "chance_accuracy": 1 / mqar.cfg.pairs, "chance_without_pairs": 1 / (mqar.V - mqar.V // 2),
+            "arch": model.arch, "stateful": is_stateful(model), "token_shift": getattr(c, "token_shift", "none"),
+            "forget_mode": getattr(c, "forget_mode", "none"), "distances": rows,
             "definition": "episodes whose queries fill the window d windows after the pairs' window (0: the same "
                           "window), read window by window from the episode start; accuracy: queries whose argmax is "
-                          "their value; chance_accuracy: one of the episode's values guessed; answer_loss: nats per "
-                          "value"}
+                          "their value; chance_accuracy: one of the episode's values guessed; chance_without_pairs: "
+                          "one of all V/2 values guessed, the level of a reading that cannot see the pairs (the "
+                          "independent windows past distance 0); answer_loss: nats per value"}
 
 
 def recall_metrics(report: dict) -> dict:
@@ -136,7 +138,9 @@ def plot(report: dict, title: str = ""):
         label = "carried state" if reading == "carried" else "independent windows"
         acc.plot(ds, [r[reading][metric] for r in report["distances"]], style, label=label)
         loss.plot(ds, [r[reading]["answer_loss"] for r in report["distances"]], style, label=label)
-    acc.axhline(chance, color="k", lw=0.8, ls=":", label="chance")
+    acc.axhline(chance, color="k", lw=0.8, ls=":", label="chance, pairs in view" if mqar else "chance")
+    if mqar:
+        acc.axhline(report["chance_without_pairs"], color="k", lw=0.8, ls="-.", label="chance, pairs out of view")
     for ax in (acc, loss):
         ax.set_xscale("symlog", base=2, linthresh=1)  # log from 1 on, and room for a distance of 0
         ax.grid(alpha=0.3)

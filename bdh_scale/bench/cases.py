@@ -1,7 +1,7 @@
 """The measurements behind `bdh-bench`, each run in a fresh worker process (bench.py starts them),
 so that its peak memory, its allocator setting and its compiled code are its own.
 
-A case is a JSON dict: kind (train | memory | generate | session), the model config, the variant
+A case is a JSON dict: kind (train | memory | generate | session | bptt), the model config, the variant
 and its sizes; or kind stream, a data-pipeline measurement (bench/data.py). Variants:
 
   plain        the reference formulation (model/plain.py), trained as the reference code trains:
@@ -13,47 +13,17 @@ and its sizes; or kind stream, a data-pipeline measurement (bench/data.py). Vari
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
+from bdh_scale.bench.bptt import measure_bptt
+from bdh_scale.bench.workload import PLAIN, build, device, median_time, optimizer
 from bdh_scale.bench.data import measure_stream
-from bdh_scale.utils.host_memory import keep_freed_host_memory
 from bdh_scale.model.flops import flops_per_token
 from bdh_scale.utils.perf import synchronize
 
 VARIANTS = ("plain", "plain+reuse", "parallel", "chunked", "auto", "compiled")
-PLAIN = ("plain", "plain+reuse")
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def build(model_cfg: dict, variant: str, dev: torch.device):
-    """(model, config) for a variant, on `dev`, seeded; the allocator set as the variant runs."""
-    from bdh_scale.model import BDH, BDHConfig
-    from bdh_scale.model.plain import PlainBDH
-
-    if variant != "plain" and dev.type == "cpu":
-        keep_freed_host_memory()
-    backend = {"plain": "parallel", "plain+reuse": "parallel", "compiled": "auto"}.get(variant, variant)
-    cfg = BDHConfig(**{**model_cfg, "attn_backend": backend})
-    torch.manual_seed(0)
-    model = BDH(cfg).to(dev)
-    if variant == "compiled":
-        model.compile()  # as train.compile does; the warm-up steps absorb the compilation
-    return (PlainBDH(model) if variant in PLAIN else model), cfg
-
-
-def optimizer(model, variant: str, dev: torch.device):
-    """The reference's AdamW for the plain variants, the trainer's (fused on CPU/CUDA) otherwise."""
-    if variant in PLAIN:
-        return torch.optim.AdamW(model.parameters(), lr=1e-4)
-    from bdh_scale.train.optim import build_optimizer
-
-    return build_optimizer(model, name="adamw", lr=1e-4, weight_decay=0.1, fused=dev.type in ("cpu", "cuda"))
 
 
 def _train_setup(case: dict):
@@ -72,19 +42,6 @@ def _train_setup(case: dict):
         opt.zero_grad(set_to_none=True)
 
     return dev, cfg, model, opt, step
-
-
-def median_time(fn, warmup: int, runs: int, dev: torch.device) -> float:
-    """Median seconds of `runs` calls of fn after `warmup` untimed ones, the device synchronized."""
-    times = []
-    for i in range(warmup + runs):
-        synchronize(dev)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(dev)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def measure_train(case: dict) -> dict:
@@ -166,4 +123,5 @@ def measure_session(case: dict) -> dict:
 
 
 MEASURES = {"train": measure_train, "memory": measure_memory, "generate": measure_generate,
-            "session": measure_session, "stream": measure_stream}
+            "session": measure_session, "stream": measure_stream,
+            "bptt": measure_bptt}

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from bdh_scale.bench.bptt import bptt_sweep
 from bdh_scale.bench.cases import MEASURES, PLAIN, VARIANTS, device
 from bdh_scale.utils.perf import matmul_peak_flops, memory_bandwidth
 
@@ -124,6 +125,9 @@ def parse_args(argv):
                    "start-up and memory comparison)")
     p.add_argument("--data-tokens", type=int, default=8_000_000, help="tokens served per stream measurement "
                    "(a quarter of it for BPE)")
+    p.add_argument("--bptt", default="", help="also measure train.bptt_windows: comma-separated k, e.g. 1,2,4 "
+                   "(one step through k windows at the first --T, B = --batch-size or --batch-tokens / T)")
+    p.add_argument("--bptt-only", action="store_true", help="only the --bptt sweep (no model sweeps)")
     p.add_argument("--out", default="runs/bench", help="directory for the JSON results")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -148,7 +152,12 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}\nmatmul peak: {peak / 1e9:.1f} GFLOP/s\nmodel: {model_cfg}\n"
           f"training: fastest of {args.repeats} interleaved runs, each the median of {args.steps} steps")
 
-    if args.data_only:
+    if args.bptt_only and not args.bptt:
+        print("error: --bptt-only needs --bptt k,... (e.g. --bptt 1,2,4)", file=sys.stderr)
+        return 2
+    if args.bptt_only:
+        rows, mem, gen, session = [], [], [], {}
+    elif args.data_only:
         rows, mem, gen, session = [trainer_rate(args, model_cfg)], [], [], {}
     else:
         rows = train_sweep(args, variants, Ts, model_cfg, peak)
@@ -157,13 +166,18 @@ def main(argv=None) -> int:
         session = generation_session(args, model_cfg, dev)
     data = data_pipeline(args, rows, Ts) if args.data or args.data_only else None
 
-    summary = summarize(rows, mem, gen, session, Ts)
+    bptt = None
+    if args.bptt:
+        B = args.batch_size or max(1, args.batch_tokens // Ts[0])
+        bptt = bptt_sweep(run_worker, model_cfg, [int(k) for k in args.bptt.split(",") if k], Ts[0], B,
+                          args.steps, args.warmup)
+    summary = {**summarize(rows, mem, gen, session, Ts), **(bptt["ratios"] if bptt else {})}
     if summary:
         print("\nratios (same run):")
         for k, val in summary.items():
             print(f"  {k}: {val:.2f}")
     result = {"machine": machine(), "matmul_peak_flops": peak, "model": model_cfg, "train": rows, "memory": mem,
-              "generate": gen, "session": session, "data": data, "ratios": summary,
+              "generate": gen, "session": session, "data": data, "bptt": bptt, "ratios": summary,
               "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

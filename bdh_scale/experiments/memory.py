@@ -11,13 +11,21 @@ the same tokens, and asks for the measurements made on each finished run:
     datasets:                                  # label -> recipe and its own overrides
       europarl: {recipe: recipes/europarl_small.yaml, set: {...}}
       passkey: {recipe: recipes/passkey_cpu.yaml, set: {...}, recall: true}
-    seq_len: [128, 512]                        # T of training and of the measurements
+      mqar32: {recipe: recipes/mqar_cpu.yaml, mqar: true, seq_len: [128], variants: [shift]}
+    seq_len: [128, 512]                        # T of training and of the measurements (a dataset may give its own)
     tokens_per_step: 2048                      # optional: batch_size = tokens_per_step / T, same tokens at every T
     variants:                                  # label -> overrides
       reset: {train.state: reset}
       carry: {train.state: carry, model.forget_mode: none}
     context: {rows: 8, windows: 16}            # bdh-analyze context on every run
     recall: {distances: [1, 2, 4, 8], episodes: 32, lead: 32}   # bdh-analyze recall where recall: true
+    mqar_recall: {distances: [0, 1, 2, 4, 8, 16, 32], episodes: 64, seed: 1}   # where mqar: true
+
+A dataset with `variants: [...]` runs only those of the spec's variants. An `mqar: true` dataset
+(data.source synthetic:mqar) is measured by its recall against distance (analysis/recall.py,
+mqar_recall) instead of loss by context, which on key/value noise says nothing; its episode
+window is set to each T it runs at (data.mqar.window), so its pairs scale with the dataset's
+own data.mqar.pairs.
 
 The runs go through the same launcher as the sweeps (dispatch.py: here one after another,
 printed, or one SLURM job each) and resume where they stopped. `collect` (also the end of `run`)
@@ -39,14 +47,14 @@ import yaml
 from bdh_scale import rundir
 from bdh_scale.analysis.context import loss_by_context
 from bdh_scale.analysis.figures import new_figure
-from bdh_scale.analysis.recall import recall
-from bdh_scale.data.build import passkey_for
+from bdh_scale.analysis.recall import mqar_recall, recall
+from bdh_scale.data.build import mqar_for, passkey_for
 from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
 from bdh_scale.experiments.scaling import as_overrides, outputs
 from bdh_scale.experiments.sweep import format_table, write_table
 from bdh_scale.utils.atomic import write_json_atomic
 
-KEYS = ("name", "datasets", "seq_len", "variants")
+KEYS = ("name", "datasets", "variants")
 
 
 def load_spec(path: str) -> dict:
@@ -61,6 +69,13 @@ def load_spec(path: str) -> dict:
     for label, entry in spec["datasets"].items():
         if not isinstance(entry, dict) or "recipe" not in entry:
             raise SystemExit(f"error: {p}: datasets.{label} needs a recipe")
+        if not (entry.get("seq_len") or spec.get("seq_len")):
+            raise SystemExit(f"error: {p}: datasets.{label} has no seq_len and the spec gives none; "
+                             "set seq_len: [T, ...] at the top or in the dataset")
+        unknown = [v for v in entry.get("variants") or [] if v not in spec["variants"]]
+        if unknown:
+            raise SystemExit(f"error: {p}: datasets.{label}.variants names {', '.join(map(str, unknown))}, "
+                             f"not among the spec's variants ({', '.join(spec['variants'])})")
     return spec
 
 
@@ -79,18 +94,21 @@ def points(spec: dict) -> list[dict]:
     """Every run: dataset, T, variant, run name and overrides (shared, dataset, T, variant)."""
     out = []
     for dataset, entry in spec["datasets"].items():
-        for T in spec["seq_len"]:
-            for variant, overrides in spec["variants"].items():
+        mqar = bool(entry.get("mqar"))
+        for T in entry.get("seq_len") or spec["seq_len"]:
+            for variant in entry.get("variants") or spec["variants"]:
+                window = [f"data.mqar.window={T}"] if mqar else []
                 out.append({"dataset": dataset, "T": T, "variant": variant, "recipe": entry["recipe"],
-                            "recall": bool(entry.get("recall")),
+                            "recall": bool(entry.get("recall")), "mqar": mqar,
                             "run_name": f"{spec['name']}-{dataset}-T{T}-{variant}",
-                            "overrides": as_overrides(spec.get("set")) + as_overrides(entry.get("set"))
-                            + [f"train.seq_len={T}"] + batch_for(spec, T) + as_overrides(overrides)})
+                            "overrides": as_overrides(spec.get("set")) + as_overrides(entry.get("set")) + window
+                            + [f"train.seq_len={T}"] + batch_for(spec, T) + as_overrides(spec["variants"][variant])})
     return out
 
 
 def measure(point: dict, spec: dict, out_dir: str, device) -> dict | None:
-    """The row of one finished run: its final validation, loss by context and (passkey) recall."""
+    """The row of one finished run: its final validation, then loss by context and (passkey)
+    recall, or for an MQAR run its recall against distance."""
     run = Path(out_dir) / point["run_name"]
     if not (run / rundir.FINAL).is_dir():
         return None
@@ -99,15 +117,27 @@ def measure(point: dict, spec: dict, out_dir: str, device) -> dict | None:
     model = model.to(device).eval()
     metrics = rundir.read_metrics(run)
     last_val = [r for r in metrics if "val_loss" in r][-1]
+    c = model.config
+    row = {"dataset": point["dataset"], "T": point["T"], "variant": point["variant"], "arch": model.arch,
+           "state": cfg.train.state, "bptt_windows": cfg.train.bptt_windows,
+           "forget_mode": getattr(c, "forget_mode", None), "attn_window": getattr(c, "attn_window", None),
+           "token_shift": getattr(c, "token_shift", None), "params": model.num_params(),
+           "tokens": metrics[-1]["tokens"], "train_seconds": round(metrics[-1].get("elapsed_s", 0.0)),
+           "trained_val_loss": last_val["val_loss"]}
+    if point["mqar"]:
+        rc = spec.get("mqar_recall", {})
+        report = mqar_recall(model, mqar_for(cfg.data, tokenizer, point["T"]),
+                             distances=rc.get("distances", [0, 1, 2, 4, 8]), episodes=rc.get("episodes", 64),
+                             seed=rc.get("seed", 1), device=device)
+        row.update(pairs=cfg.data.mqar.pairs, trained_answer_accuracy=last_val.get("val_answer_accuracy"),
+                   chance_accuracy=report["chance_accuracy"], chance_without_pairs=report["chance_without_pairs"],
+                   mqar_recall=report["distances"])
+        return row
     ctx = spec.get("context", {})
     context = loss_by_context(model, cfg.data, T=point["T"], rows=ctx.get("rows", 8),
                               windows=ctx.get("windows", 16), device=device, run_dir=run)
-    row = {"dataset": point["dataset"], "T": point["T"], "variant": point["variant"],
-           "state": cfg.train.state, "forget_mode": cfg.model.forget_mode, "attn_window": cfg.model.attn_window,
-           "params": model.num_params(), "tokens": metrics[-1]["tokens"],
-           "train_seconds": round(metrics[-1].get("elapsed_s", 0.0)),
-           "val_loss_window": context["val_loss_window"], "val_loss_carried": context["val_loss_carried"],
-           "trained_val_loss": last_val["val_loss"], "context": context["buckets"]}
+    row.update(val_loss_window=context["val_loss_window"], val_loss_carried=context["val_loss_carried"],
+               context=context["buckets"])
     if point["recall"]:
         rc = spec.get("recall", {})
         report = recall(model, passkey_for(cfg.data, tokenizer), T=point["T"], distances=rc.get("distances", [1, 2, 4]),
@@ -121,11 +151,15 @@ def table_rows(rows: list[dict]) -> list[dict]:
     """Flat rows for the CSV and the printed table."""
     flat = []
     for r in rows:
-        f = {k: v for k, v in r.items() if k not in ("context", "recall")}
-        f["carried_minus_window"] = r["val_loss_carried"] - r["val_loss_window"]
-        last = r["context"][-1]
-        f[f"late_carried_{last['context_from']}+"] = last["carried"]
-        f[f"late_window_{last['context_from']}+"] = last["window"]
+        f = {k: v for k, v in r.items() if k not in ("context", "recall", "mqar_recall")}
+        if "context" in r:
+            f["carried_minus_window"] = r["val_loss_carried"] - r["val_loss_window"]
+            last = r["context"][-1]
+            f[f"late_carried_{last['context_from']}+"] = last["carried"]
+            f[f"late_window_{last['context_from']}+"] = last["window"]
+        for d in r.get("mqar_recall", []):
+            f[f"mqar_d{d['distance_windows']}_carried"] = d["carried"]["accuracy"]
+            f[f"mqar_d{d['distance_windows']}_window"] = d["window"]["accuracy"]
         for d in r.get("recall", []):
             f[f"recall_d{d['distance_windows']}_carried"] = d["carried"]["exact_match"]
             f[f"recall_d{d['distance_windows']}_window"] = d["window"]["exact_match"]
@@ -149,6 +183,7 @@ def finish_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
 
 
 def plot_context(rows: list[dict]):
+    rows = [r for r in rows if "context" in r]
     groups = sorted({(r["dataset"], r["T"]) for r in rows})
     fig, axes = new_figure(len(groups), height=3.8)
     for ax, (dataset, T) in zip(axes, groups):
@@ -181,6 +216,25 @@ def plot_recall(rows: list[dict]):
     return fig
 
 
+def plot_mqar(rows: list[dict]):
+    """Per MQAR dataset and T: answer accuracy against the distance between pairs and queries."""
+    rows = [r for r in rows if "mqar_recall" in r]
+    groups = sorted({(r["dataset"], r["T"]) for r in rows})
+    fig, axes = new_figure(len(groups), height=3.8)
+    for ax, (dataset, T) in zip(axes, groups):
+        here = [r for r in rows if (r["dataset"], r["T"]) == (dataset, T)]
+        for i, r in enumerate(here):
+            ds = [d["distance_windows"] for d in r["mqar_recall"]]
+            draw_pair(ax, i, r["variant"], ds, [d["carried"]["accuracy"] for d in r["mqar_recall"]],
+                      [d["window"]["accuracy"] for d in r["mqar_recall"]])
+        ax.axhline(here[0]["chance_accuracy"], color="k", lw=0.8, ls="--", label="chance, pairs in view")
+        ax.axhline(here[0]["chance_without_pairs"], color="k", lw=0.8, ls="-.", label="chance, pairs out of view")
+        finish_panel(ax, f"{dataset} ({here[0]['pairs']} pairs), T = {T}: MQAR recall",
+                     "windows between pairs and queries", "accuracy on the values")
+        ax.set_ylim(-0.02, 1.02)
+    return fig
+
+
 def save_figure(fig, path: str) -> None:
     fig.tight_layout()  # panel titles clear of the axis labels above them
     fig.savefig(path, dpi=110)
@@ -201,12 +255,15 @@ def report(spec: dict, out_dir: str, device) -> int:
     flat = table_rows(rows)
     write_table(flat, stem, with_json=False)  # the flat table; the JSON holds every measurement
     write_json_atomic(stem.with_suffix(".json"), {"spec": spec, "runs": rows})
+    plots = []
     if rows:
         print(format_table(flat))
-        save_figure(plot_context(rows), f"{stem}_context.png")
-        if any("recall" in r for r in rows):
-            save_figure(plot_recall(rows), f"{stem}_recall.png")
-    print(f"table: {stem}.csv, {stem}.json; plots: {stem}_context.png, {stem}_recall.png")
+        for kind, draw, key in (("context", plot_context, "context"), ("recall", plot_recall, "recall"),
+                                ("mqar", plot_mqar, "mqar_recall")):
+            if any(key in r for r in rows):
+                save_figure(draw(rows), f"{stem}_{kind}.png")
+                plots.append(f"{stem}_{kind}.png")
+    print(f"table: {stem}.csv, {stem}.json; plots: {', '.join(plots) or 'none'}")
     if missing:
         print(f"not finished ({len(missing)}): {', '.join(missing)}", file=sys.stderr)
     return 0 if not missing else 1

@@ -61,6 +61,9 @@ class BDHConfig(Section):
         if self.attn_backend == "fla" and self.attn_window is not None:
             self.bad("attn_backend", f"fla has no local window (attn_window={self.attn_window}): its kernel keeps a "
                                      "state, not the last w keys; use attn_backend=auto or chunked with a window")
+        if self.arch == "gpt" and self.token_shift != "none":
+            self.bad("token_shift", f"{self.token_shift} is BDH's previous-token path; the gpt baseline has its own "
+                                    "(softmax attention learns it); set model.token_shift=none with arch=gpt")
         pair = 4 if self.diff_attn else 2
         if self.n_neurons % pair:
             self.bad("mlp_internal_dim_multiplier",
