@@ -95,12 +95,14 @@ class DocumentStream:
         network fault (retry.py). DataError when a whole epoch holds nothing for this rank;
         DataFault when the data fails (a file vanished or unreadable, the retries spent)."""
         backoff = Backoff(self.retries, self.retry_wait_s, warn)
+        first = None  # the fault that began a run of retries: the file the host dropped
         while True:
             try:
                 for unit in self._units(start):
                     yield unit
                     start = unit.after
                     backoff.succeeded()
+                    first = None
             except (DataError, DataFault):
                 raise
             except Exception as e:
@@ -109,8 +111,9 @@ class DocumentStream:
                     if fault is None:
                         raise  # not the data's failure: a bug, raised as it is
                     raise fault from e
+                first = first or e
                 if not backoff.wait(e, stopping):
-                    raise DataFault(f"data: reading {self._where(e)} failed: {describe_error(e)}, and "
+                    raise DataFault(f"data: reading {self._where(first)} failed: {describe_error(first)}, and "
                                     f"{backoff.failures} retries over {backoff.waited:.0f} s did not bring it back "
                                     "(data.read_retries, data.retry_wait_s)",
                                     "when the host answers again, or with more data.read_retries") from e
