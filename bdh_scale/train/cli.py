@@ -61,6 +61,11 @@ def report(message: str, code: int, every_rank: bool) -> int:
 def fault_message(e: Exception) -> str:
     if isinstance(e, Fault):
         return str(e)
+    from bdh_scale.train.distributed import lost_peer
+
+    peer = lost_peer(e)
+    if peer:
+        return peer
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}" + (f": {e.filename}" if e.filename else "")
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import warnings
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 
 from bdh_scale.config import RunConfig
 from bdh_scale.data import DataBundle, build_data
@@ -82,10 +83,14 @@ def make_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
     """The Accelerator for this recipe on this machine, and the precision in effect."""
     tc = cfg.train
     cpu = use_cpu_processes()  # several processes on a machine without GPUs: gloo on the CPU
-    process = PartialState(cpu=cpu)
+    # The process group is made here, by the first PartialState: its timeout bounds every collective,
+    # so the survivors of a rank that died (or hangs) fail within train.collective_timeout_s.
+    timeout = timedelta(seconds=tc.collective_timeout_s)
+    process = PartialState(cpu=cpu, timeout=timeout)
     precision, notice = resolve_mixed_precision(tc.mixed_precision, process.device)
     # Trackers that write files need a logging directory now; the run directory replaces it once chosen.
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with=accelerate_log_with(cfg.tracking),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
                               project_config=ProjectConfiguration(logging_dir=str(Path(tc.out_dir) / tc.run_name)))
     if fsdp_requested():
         shard_cpu_processes(accelerator)  # no-op where Accelerate runs FSDP itself (GPUs)
