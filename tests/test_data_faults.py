@@ -34,6 +34,16 @@ def newest_step(run_dir) -> int:
     return int(list_checkpoints(run_dir)[-1].name.split("_")[1])
 
 
+def stopped_with_checkpoint(returncode: int, stderr: str, run_dir) -> tuple[str, int]:
+    """A data fault's ending: exit 1, one `error:` line naming the checkpoint of the last completed
+    step. Returns the line and that step."""
+    assert returncode == 1, stderr[-3000:]
+    (line,) = error_lines(stderr)
+    step = newest_step(run_dir)
+    assert f"saved checkpoint {run_dir}/checkpoints/step_{step:08d} at step {step}" in line
+    return line, step
+
+
 # -- the records reader ---------------------------------------------------------------------------
 
 def test_every_bad_record_is_named_by_file_and_line_and_the_good_ones_kept(tmp_path):
@@ -86,11 +96,8 @@ def bad_corpus(tmp_path_factory):
 def test_a_bad_record_under_stop_saves_the_last_step_and_skip_resumes_it_exactly(tmp_path, bad_corpus):
     run = [f"data.source={bad_corpus}", *BAD]
     stopped = train_process(1, tmp_path, "s", *run)
-    assert stopped.returncode == 1, stopped.stderr[-3000:]
-    (line,) = error_lines(stopped.stderr)
-    step = newest_step(tmp_path / "s")
+    line, step = stopped_with_checkpoint(stopped.returncode, stopped.stderr, tmp_path / "s")
     assert f"part-002.jsonl' line 100: not JSON" in line and "data.on_bad_record=stop" in line
-    assert f"saved checkpoint {tmp_path / 's'}/checkpoints/step_{step:08d} at step {step}" in line
     assert "train.resume=auto" in line
     assert 5 < step < 24 and metrics(tmp_path / "s")[-1]["step"] == step  # mid-run: the last completed step
 
@@ -149,11 +156,8 @@ def test_a_file_deleted_mid_run_saves_the_last_step_and_resumes_once_it_is_back(
     kept = (data / "part-020.jsonl").read_bytes()
     (data / "part-020.jsonl").unlink()  # the reader has not opened it yet: it is ten files behind
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 1, stderr[-3000:]
-    (line,) = error_lines(stderr)
-    step = newest_step(tmp_path / "d")
+    line, _ = stopped_with_checkpoint(proc.returncode, stderr, tmp_path / "d")
     assert f"'{data}/part-020.jsonl' vanished (no such file)" in line
-    assert f"saved checkpoint {tmp_path / 'd'}/checkpoints/step_{step:08d} at step {step}" in line
 
     assert main_in_process(RECIPE, *overrides(tmp_path, "d", *run)) == 2  # still gone: refused, nothing written
     (data / "part-020.jsonl").write_bytes(kept)
@@ -180,11 +184,8 @@ def test_a_host_gone_for_good_saves_the_last_step_and_the_run_resumes_when_it_is
         server.go_down_at("part-020", for_s=None)
         run = [f"data.source={server.url}/*.jsonl", *MANY, "data.read_retries=2", "data.retry_wait_s=0.1"]
         proc = train_process(1, tmp_path, "g", *run)
-        assert proc.returncode == 1, proc.stderr[-3000:]
-        (line,) = error_lines(proc.stderr)
-        step = newest_step(tmp_path / "g")
+        line, step = stopped_with_checkpoint(proc.returncode, proc.stderr, tmp_path / "g")
         assert f"data: reading '{server.url}/part-020.jsonl' failed" in line and "2 retries" in line
-        assert f"saved checkpoint {tmp_path / 'g'}/checkpoints/step_{step:08d} at step {step}" in line
         assert 0 < step < 40
 
         server.start()  # the host is back, on the same address
