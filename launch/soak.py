@@ -13,7 +13,8 @@ Cases (each a real `train.py` subprocess of recipes/shakespeare_cpu.yaml):
 
 "After warm-up" is the first sample at or past --warmup (a share of the steps, default 0.1):
 the allocator, the tokenizer's caches and the first checkpoint have settled by then. Growth is
-last minus that figure; a flat process grows by no more than the sampling noise.
+last minus that figure, and "half" the figure at half the steps, so a slow leak shows as growth
+in the second half too; soak.json keeps every sample (seconds, step, MB).
 """
 from __future__ import annotations
 
@@ -104,11 +105,13 @@ def soak(case: str, steps: int, out: Path, every_s: float, warmup: float, extra:
     processes = []
     for s in samples.values():
         trace = s.pop("trace")
-        warm = next((r for _, st, r in trace if st >= warm_step), trace[-1][2])
+        warm, half = (next((r for _, st, r in trace if st >= at), trace[-1][2]) for at in (warm_step, steps // 2))
         rss = [r for _, _, r in trace]
         processes.append({**s, "samples": len(trace), "first_mb": rss[0] / MB, "warm_mb": warm / MB,
-                          "last_mb": rss[-1] / MB, "max_mb": max(rss) / MB, "growth_mb": (rss[-1] - warm) / MB,
-                          "first_step": trace[0][1], "last_step": trace[-1][1]})
+                          "half_mb": half / MB, "last_mb": rss[-1] / MB, "max_mb": max(rss) / MB,
+                          "growth_mb": (rss[-1] - warm) / MB, "second_half_mb": (rss[-1] - half) / MB,
+                          "first_step": trace[0][1], "last_step": trace[-1][1],
+                          "trace": [(t, st, round(r / MB, 2)) for t, st, r in trace]})  # (s, step, MB)
     return {"case": case, "steps": steps, "returncode": proc.returncode, "wall_s": time.monotonic() - t0,
             "final_step": last_step(run_dir), "warmup_step": warm_step, "processes": processes}
 
@@ -124,15 +127,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = [soak(c, args.steps, args.out, args.every_s, args.warmup, args.override) for c in args.cases.split(",")]
-    print(f"\n{'case':<12} {'process':<17} {'pid':>7} {'first':>8} {'warm':>8} {'last':>8} {'max':>8} {'growth':>8}  MB RSS")
+    print(f"\n{'case':<12} {'process':<17} {'pid':>7} {'first':>8} {'warm':>8} {'half':>8} {'last':>8} {'max':>8} "
+          f"{'growth':>8}  MB RSS (growth: last - warm)")
     for r in results:
         for p in r["processes"]:
             print(f"{r['case']:<12} {p['role']:<17} {p['pid']:>7} {p['first_mb']:>8.1f} {p['warm_mb']:>8.1f} "
-                  f"{p['last_mb']:>8.1f} {p['max_mb']:>8.1f} {p['growth_mb']:>+8.1f}")
+                  f"{p['half_mb']:>8.1f} {p['last_mb']:>8.1f} {p['max_mb']:>8.1f} {p['growth_mb']:>+8.1f}")
         print(f"{r['case']:<12} exit {r['returncode']}, {r['final_step']} steps in {r['wall_s']:.0f} s, "
               f"warm-up = step {r['warmup_step']}")
     (args.out / "soak.json").write_text(json.dumps(results, indent=1))
-    print(json.dumps(results))
+    print(json.dumps([{**r, "processes": [{k: v for k, v in p.items() if k != "trace"} for p in r["processes"]]}
+                      for r in results]))  # the samples themselves are in soak.json
     return 0 if all(r["returncode"] == 0 for r in results) else 1
 
 
