@@ -74,6 +74,9 @@ class TrainConfig(Section):
     # reset) | refuse (train/resume.py)
     world_size_change: Literal["relay", "refuse"] = "relay"
     max_bad_steps: PosInt = 5  # consecutive non-finite steps that stop the run (1: stop at the first)
+    # seconds a collective (all-reduce, barrier) waits for the other processes before it fails: the
+    # process group's timeout, so a rank that died or hangs stops the others with one line
+    collective_timeout_s: PosFloat = 600.0
     push_to_hub: str | None = None  # Hub repo id (owner/name): final/ is uploaded there at the end (needs HF_TOKEN or `hf auth login`)
 
     def check(self) -> None:

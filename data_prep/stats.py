@@ -56,7 +56,7 @@ def text_stats(cfg, top: int) -> dict:
 
 
 def token_stats(cfg, top: int) -> dict:
-    tokenizer, stream, describe = load_stream(cfg)
+    tokenizer, stream, describe, _ = load_stream(cfg)
     counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
     chunk = 1 << 22
     for a in range(0, len(stream), chunk):

@@ -219,7 +219,7 @@ def test_a_validation_split_is_the_held_out_set_and_nothing_is_held_out_of_train
 
 @pytest.mark.parametrize("cfg_kw, message", [
     ({"text_column": "body"}, r"data.text_column: 'body' is not a column of .*available columns: \['id', 'text'\]"),
-    ({"val_split": "validation"}, r"data.val_split: local files have one split, 'train'; 'validation' does not exist"),
+    ({"val_split": "validation"}, r"data.val_split: local or remote files have one split, 'train'; 'validation' does not exist"),
     ({"max_tokens": 1000}, r"data.max_tokens: it caps the in-memory stream of stretch lanes"),
 ])
 def test_bad_stream_inputs_are_one_clear_error(tmp_path, cfg_kw, message):

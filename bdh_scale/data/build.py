@@ -19,22 +19,24 @@ this rank's reader and tokenizer processes, which feed its lanes while training 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
 
+from bdh_scale.data.badrecords import BadRecords
 from bdh_scale.data.batch import Batch, make_batch
 from bdh_scale.data.catalog import BUNDLED, local_files, looks_like_path
 from bdh_scale.data.config import DataConfig
 from bdh_scale.data.encode import encode_documents
 from bdh_scale.data.heldout import HeldOut, save_held_out
 from bdh_scale.data.lanes import Lanes
+from bdh_scale.data.retry import use_recipe_retries
 from bdh_scale.data.mqar import SOURCE as MQAR_SOURCE
 from bdh_scale.data.shards import is_shard_dir
 from bdh_scale.data.stream import TokenStream
 from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer, token_dtype
-from bdh_scale.errors import DataError
+from bdh_scale.errors import DataError, DataFault
 
 BYTES_PER_TOKEN_SAMPLE = 4_000_000  # val tokens decoded to measure bytes/token (BPE only)
 
@@ -50,6 +52,7 @@ class DataBundle:
     source: str                # where the tokens came from, for logs
     n_tokens: int | None       # tokens in the whole stream (train + val); None for a stream
     doc_reset: bool = False    # data.doc_reset resolved: reset the state at document starts
+    bad_records: int = 0       # stretch lanes: bad records skipped while reading the source (every rank alike)
     held_out: HeldOut | None = None  # stream lanes: the held-out set, to cache in the run dir
     score_answers: bool = False  # data.score: answers: only the answers the source marks are targets
     align: int = 1             # held-out rows begin at multiples of this (synthetic:mqar: one episode)
@@ -107,9 +110,10 @@ class DataBundle:
         self.train.close()
 
 
-def tokenize_source(cfg: DataConfig, tokenizer) -> tuple[TokenStream, str]:
+def tokenize_source(cfg: DataConfig, tokenizer) -> tuple[TokenStream, str, int]:
     """Tokenize a text source into one in-memory stream (capped at data.max_tokens); where each
-    row starts is kept when the rows are documents."""
+    row starts is kept when the rows are documents. Also returns the description and the number of
+    bad records skipped (data.on_bad_record=skip)."""
     from bdh_scale.data.sources import open_text_source
 
     src = open_text_source(cfg, raw_bytes=isinstance(tokenizer, ByteTokenizer))
@@ -134,7 +138,7 @@ def tokenize_source(cfg: DataConfig, tokenizer) -> tuple[TokenStream, str]:
         tokens = tokens[:cfg.max_tokens]
         if doc_starts is not None:
             doc_starts = doc_starts[doc_starts < len(tokens)]
-    return TokenStream([tokens], doc_starts), src.describe
+    return TokenStream([tokens], doc_starts), src.describe, src.bad_records.count if src.bad_records else 0
 
 
 def resolve_doc_reset(cfg: DataConfig, has_documents: bool, describe: str) -> bool:
@@ -161,21 +165,20 @@ def measure_bytes_per_token(tokenizer, stream: TokenStream) -> float:
 
 
 def load_stream(cfg: DataConfig):
-    """(tokenizer, stream, description) for any source kind."""
+    """(tokenizer, stream, description, bad records skipped) for any source kind."""
     from bdh_scale.data.shards import is_shard_dir, open_shards
 
     path = os.path.expanduser(cfg.source)
     if cfg.source.startswith("synthetic:"):
-        return synthetic_stream(cfg)
+        return (*synthetic_stream(cfg), 0)
     if is_shard_dir(path):
         stream, tokenizer, _meta = open_shards(path, verify=cfg.verify_checksums,
                                                tokenizer_spec=cfg.tokenizer)
         if cfg.max_tokens is not None:
             stream = stream.view(0, cfg.max_tokens)
-        return tokenizer, stream, f"shard dir '{cfg.source}'"
+        return tokenizer, stream, f"shard dir '{cfg.source}'", 0
     tokenizer = load_tokenizer(cfg.tokenizer)
-    stream, describe = tokenize_source(cfg, tokenizer)
-    return tokenizer, stream, describe
+    return (tokenizer, *tokenize_source(cfg, tokenizer))
 
 
 def lanes_kind(cfg: DataConfig) -> str:
@@ -222,7 +225,7 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
     if cfg.source == MQAR_SOURCE:
         return build_mqar(cfg, batch_size=batch_size, world_size=world_size, rank=rank, seq_len=seq_len,
                           windows_per_step=windows_per_step)
-    tokenizer, stream, describe = load_stream(cfg)
+    tokenizer, stream, describe, skipped = load_stream(cfg)
     if len(stream) == 0:
         raise DataError(f"data.source: {describe} is empty (0 tokens); point data.source at a "
                         "corpus with text in it" + (f" (column '{cfg.text_column}')"
@@ -242,7 +245,7 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
     return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=bpt,
                       source=describe, n_tokens=len(stream),
                       doc_reset=resolve_doc_reset(cfg, stream.has_documents, describe),
-                      score_answers=cfg.score == "answers")
+                      score_answers=cfg.score == "answers", bad_records=skipped)
 
 
 def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int, seq_len: int | None,
@@ -256,9 +259,10 @@ def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int
 
     tokenizer = load_tokenizer(cfg.tokenizer)
     raw = isinstance(tokenizer, ByteTokenizer)
+    use_recipe_retries(cfg.read_retries, cfg.retry_wait_s)
     source = dataset_source(cfg, raw_bytes=raw)
     doc_reset = resolve_doc_reset(cfg, source.documents, source.describe)
-    docs = DocumentStream(source, rank, world_size)
+    docs = DocumentStream(source, rank, world_size, retries=cfg.read_retries, retry_wait_s=cfg.retry_wait_s)
     pool = TokenizerPool(tokenizer, cfg.workers)
     try:
         held = load_held_out(held_out_dir, cfg, tokenizer) if held_out_dir is not None else None
@@ -267,17 +271,24 @@ def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int
             raise DataError(f"data.val_tokens: the held-out data of {source.describe} has {len(held.tokens):,} "
                             f"tokens, fewer than one window of T+1 = {seq_len + 1}; raise data.val_tokens, lower T, "
                             "or set data.val_split to a larger split")
+    except DataFault as e:  # before step 1: the input is refused
+        pool.close()
+        raise DataError(str(e)) from None
     except BaseException:
         pool.close()
         raise
 
     def reopen(revision: str) -> DocumentStream:
-        return DocumentStream(dataset_source(cfg, raw, revision), rank, world_size, held.digests, held.pieces)
+        return replace(docs, source=dataset_source(cfg, raw, revision)).holding_out(held.digests, held.pieces)
 
     lanes = StreamLanes(docs.holding_out(held.digests, held.pieces), pool, batch_size, world_size=world_size,
-                        rank=rank, buffer=cfg.stream_buffer, pin_memory=cfg.pin_memory, reopen=reopen)
+                        rank=rank, buffer=cfg.stream_buffer, pin_memory=cfg.pin_memory, reopen=reopen,
+                        bad_records=BadRecords(cfg.on_bad_record, cfg.max_bad_records))
     try:
         lanes.check_fits(seq_len or 1)
+    except DataFault as e:  # before step 1: the input is refused, nothing was trained
+        lanes.close()
+        raise DataError(str(e)) from None
     except BaseException:
         lanes.close()
         raise
@@ -293,7 +304,7 @@ FILLER_TOKENS = 2_000_000  # more than enough distinct filler for any gap
 def filler_tokens(corpus: str, tokenizer) -> np.ndarray:
     """The first FILLER_TOKENS of a corpus tokenized with `tokenizer`: what synthetic episodes cut
     their filler from."""
-    stream, _ = tokenize_source(DataConfig(source=corpus, max_tokens=FILLER_TOKENS, prefetch=0), tokenizer)
+    stream, _, _ = tokenize_source(DataConfig(source=corpus, max_tokens=FILLER_TOKENS, prefetch=0), tokenizer)
     return stream.read(0, len(stream))
 
 

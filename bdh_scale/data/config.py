@@ -79,6 +79,22 @@ class DataConfig(Section):
     # True: batches are put in page-locked memory (CUDA only) so .to(device, non_blocking=True)
     # overlaps the copy with compute; ignored without CUDA
     pin_memory: bool = False
+    # a record that is not text (a JSON line that does not parse or is not UTF-8, a row without
+    # data.text_column or with it null, empty or not a string): stop (the run saves a checkpoint and
+    # stops with one line naming the file and row) | skip (dropped with a warning naming them, and
+    # counted: data/bad_records in metrics.jsonl and the trackers)
+    on_bad_record: Literal["stop", "skip"] = "stop"
+    # with skip: more bad records than this, all processes together, stop the run as with stop
+    max_bad_records: NonNegInt = 1000
+    # remote files and Hub streams: a read or open that fails is tried again up to this many times,
+    # by datasets inside a file (datasets.config.STREAMING_READ_MAX_RETRIES / STREAMING_OPEN_MAX_RETRIES)
+    # and by the stream lanes from their last complete read (what datasets does not retry, and what
+    # it gave up on); then the run saves a checkpoint and stops with one line
+    read_retries: NonNegInt = 8
+    # seconds before the first retry: datasets waits this long between its own retries
+    # (STREAMING_READ_RETRY_INTERVAL / STREAMING_OPEN_RETRY_INTERVAL); the lanes double it each time,
+    # up to 60 s (the default 2 s and 8 retries: about 4 minutes for a host to come back)
+    retry_wait_s: PosFloat = 2.0
     # extra keyword arguments for datasets.load_dataset of jsonl/parquet/hub sources (e.g.
     # {"revision": "main"}); an empty dict passes nothing
     load_kwargs: dict = field(default_factory=dict)

@@ -19,6 +19,11 @@ but tokenizes only its own pieces.
 Held-out data (heldout.py) never reaches training: documents whose content hash is held out are
 dropped (exact duplicates of a held-out document with them), and for sources without documents
 the first `held_pieces` pieces are. Every epoch reads the corpus in the same order.
+
+A unit also carries the bad records its read met (badrecords.py; a piece: those of its rows),
+for the lanes to decide on, and the position after it. When a read fails on the network, the
+stream is opened again after the last unit it gave, with backoff (retry.py); when retries run
+out, or a file vanished or cannot be read, the stream raises a DataFault naming the file.
 """
 
 from __future__ import annotations
@@ -27,8 +32,11 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
+from bdh_scale.data.badrecords import warn
+from bdh_scale.data.records import HostError, RecordFileError
+from bdh_scale.data.retry import Backoff, describe_error, is_network_error
 from bdh_scale.data.sources import DatasetSource
-from bdh_scale.errors import DataError
+from bdh_scale.errors import DataError, DataFault
 
 ROWS_PER_UNIT = 256      # rows per read of a source of documents
 PIECE_BYTES = 1 << 16    # least text per piece of a source without documents
@@ -56,6 +64,8 @@ class Unit:
     position: Position
     rows: list          # str or bytes rows: documents, or the rows of one piece
     documents: bool     # True: every row is a document
+    bad: list = field(default_factory=list)  # BadRecords met by the unit's read
+    after: Position | None = None            # where the next unit starts
 
 
 def digest(row) -> bytes:
@@ -77,10 +87,54 @@ class DocumentStream:
     world: int = 1
     held_docs: frozenset = field(default_factory=frozenset)  # digests of held-out documents
     held_pieces: int = 0                                     # pieces held out (no documents)
+    retries: int = 0            # data.read_retries: the stream opened again after a network fault
+    retry_wait_s: float = 1.0   # data.retry_wait_s: the first wait, doubled at each retry
 
-    def units(self, start: Position = Position()) -> Iterator[Unit]:
-        """Units from `start` on, epoch after epoch, forever. DataError when a whole epoch holds
-        nothing for this rank."""
+    def units(self, start: Position = Position(), stopping=lambda: False) -> Iterator[Unit]:
+        """Units from `start` on, epoch after epoch, forever, the stream opened again after a
+        network fault (retry.py). DataError when a whole epoch holds nothing for this rank;
+        DataFault when the data fails (a file vanished or unreadable, the retries spent)."""
+        backoff = Backoff(self.retries, self.retry_wait_s, warn)
+        first = None  # the fault that began a run of retries: the file the host dropped
+        while True:
+            try:
+                for unit in self._units(start):
+                    yield unit
+                    start = unit.after
+                    backoff.succeeded()
+                    first = None
+            except (DataError, DataFault):
+                raise
+            except Exception as e:
+                if not is_network_error(e):
+                    fault = self._fault(e)
+                    if fault is None:
+                        raise  # not the data's failure: a bug, raised as it is
+                    raise fault from e
+                first = first or e
+                if not backoff.wait(e, stopping):
+                    raise DataFault(f"data: reading {self._where(first)} failed: {describe_error(first)}, and "
+                                    f"{backoff.failures} retries over {backoff.waited:.0f} s did not bring it back "
+                                    "(data.read_retries, data.retry_wait_s)",
+                                    "when the host answers again, or with more data.read_retries") from e
+
+    def _where(self, e: BaseException) -> str:
+        return f"'{e.path}'" if isinstance(e, (HostError, RecordFileError)) else self.source.describe
+
+    def _fault(self, e: Exception) -> DataFault | None:
+        """The failure of a file (not of the network) as a DataFault naming it; None for others."""
+        if isinstance(e, RecordFileError):
+            what = f"data: {e}"
+        elif isinstance(e, FileNotFoundError):
+            what = f"data: a file of {self.source.describe} vanished while the run read it ({describe_error(e)})"
+        elif isinstance(e, OSError):
+            what = f"data: a file of {self.source.describe} could not be read ({describe_error(e)})"
+        else:
+            return None
+        return DataFault(what, "put the files back as they were when the run started (a resume reads the same "
+                               "files), or fix the file")
+
+    def _units(self, start: Position) -> Iterator[Unit]:
         epoch, state, index = start.epoch, start.state, start.index
         while True:
             n = 0
@@ -112,22 +166,25 @@ class DocumentStream:
         ds = self._open(state)
         rows_of = self.source.rows(ds, ROWS_PER_UNIT)
         if self.source.documents:
-            for rows in rows_of:
+            for rows, bad in rows_of:
                 kept = [r for r in rows if digest(r) not in self.held_docs] if self.held_docs else rows
-                if kept:
-                    yield Unit(Position(epoch, state, index), kept, True)
-                state, index = ds.state_dict(), index + 1
+                after = Position(epoch, ds.state_dict(), index + 1)
+                if kept or bad:
+                    yield Unit(Position(epoch, state, index), kept, True, bad, after)
+                state, index = after.state, after.index
             return
-        piece, size = [], 0
-        for rows in rows_of:
+        piece, size, piece_bad = [], 0, []
+        for rows, bad in rows_of:
             piece += rows
+            piece_bad += bad
             size += row_bytes(rows)
             if size >= PIECE_BYTES:
+                after = Position(epoch, ds.state_dict(), index + 1)
                 if self._mine(index):
-                    yield Unit(Position(epoch, state, index), piece, False)
-                piece, size, state, index = [], 0, ds.state_dict(), index + 1
-        if piece and self._mine(index):
-            yield Unit(Position(epoch, state, index), piece, False)
+                    yield Unit(Position(epoch, state, index), piece, False, piece_bad, after)
+                piece, size, piece_bad, state, index = [], 0, [], after.state, after.index
+        if (piece or piece_bad) and self._mine(index):
+            yield Unit(Position(epoch, state, index), piece, False, piece_bad, Position(epoch, ds.state_dict(), index + 1))
 
     def _mine(self, piece: int) -> bool:
         return piece % self.world == self.rank and piece >= self.held_pieces

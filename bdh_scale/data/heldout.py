@@ -26,11 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bdh_scale.data.badrecords import BadRecords
 from bdh_scale.data.config import DataConfig
 from bdh_scale.data.docstream import DocumentStream, digest
 from bdh_scale.data.encode import tokenizer_hash
 from bdh_scale.data.stream import TokenStream
 from bdh_scale.data.workers import TokenizerPool
+from bdh_scale.errors import DataError, DataFault
 from bdh_scale.utils.atomic import atomic_path
 
 HELD_OUT = "held_out"  # inside the run directory
@@ -62,7 +64,8 @@ def read_held_out(cfg: DataConfig, docs: DocumentStream, tokenizer, pool: Tokeni
     """Read data.val_split (or the first documents of `docs`'s whole stream) up to data.val_tokens,
     tokenized by `pool` (the stream lanes' own tokenizer processes)."""
     from_split = cfg.val_split is not None
-    whole = DocumentStream(_split_source(docs.source, cfg.val_split) if from_split else docs.source)
+    whole = DocumentStream(_split_source(docs.source, cfg.val_split) if from_split else docs.source,
+                           retries=docs.retries, retry_wait_s=docs.retry_wait_s)
     in_flight = deque()
 
     def first_epoch():  # rank 0 of 1: the stream in corpus order, once (it may be shorter than val_tokens)
@@ -74,8 +77,15 @@ def read_held_out(cfg: DataConfig, docs: DocumentStream, tokenizer, pool: Tokeni
 
     tokens, starts, digests, pieces, n = [], [], [], 0, 0
     results = pool.imap(first_epoch())
+    refuse = BadRecords("stop", 0) if cfg.on_bad_record == "stop" else None  # under skip the training stream warns
     for ids, lengths in results:
         unit = in_flight.popleft()
+        if refuse is not None:
+            try:
+                refuse.meet(unit.bad)
+            except DataFault as e:  # before step 1: the input is refused
+                results.close()
+                raise DataError(str(e)) from None
         for row, doc in zip(unit.rows if unit.documents else [None], np.split(ids, np.cumsum(lengths)[:-1])):
             if unit.documents:
                 starts.append(n)

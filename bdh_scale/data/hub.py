@@ -18,6 +18,7 @@ from typing import Iterator
 
 from bdh_scale.data.catalog import OFFLINE_ALTERNATIVES
 from bdh_scale.data.config import DataConfig
+from bdh_scale.data.retry import is_network_error
 from bdh_scale.data.rows import ROWS_PER_BATCH, rows_of
 from bdh_scale.errors import DataError
 
@@ -76,8 +77,9 @@ def open_hub_dataset(cfg: DataConfig, split: str | None = None, revision: str | 
                         f"({str(e).splitlines()[0][:300]})") from e
 
 
-def hub_rows(cfg: DataConfig, ds, batch_size: int = ROWS_PER_BATCH) -> Iterator[list[str]]:
-    """Batches of text rows of an opened hub dataset (column checks as for local files)."""
+def hub_rows(cfg: DataConfig, ds, batch_size: int = ROWS_PER_BATCH) -> Iterator[tuple[list[str], list]]:
+    """(rows of text, bad records) of an opened hub dataset (column checks as for text files). A
+    dropped connection is raised as it is, for the stream to retry (retry.py)."""
     rows = rows_of(ds, cfg, f"hub dataset '{cfg.source}'", cfg.text_column, cfg.doc_separator,
                    batch_size=batch_size)
     while True:
@@ -86,5 +88,7 @@ def hub_rows(cfg: DataConfig, ds, batch_size: int = ROWS_PER_BATCH) -> Iterator[
         except StopIteration:
             return
         except (ConnectionError, OSError) as e:  # streaming opens remote files lazily
+            if is_network_error(e):
+                raise
             raise _hub_error(cfg, e) from e
         yield batch

@@ -28,21 +28,38 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Callable, Iterator
 
-from bdh_scale.data.catalog import BUNDLED, BUNDLED_DIR, builder_for, local_files, looks_like_path
+from bdh_scale.data.catalog import (BUNDLED, BUNDLED_DIR, builder_for, data_files, is_remote, local_files,
+                                    looks_like_path, names_files)
 from bdh_scale.data.config import DataConfig
 from bdh_scale.data import hub
+from bdh_scale.data.badrecords import BadRecords
 from bdh_scale.data.hub import hub_rows, open_hub_dataset
+from bdh_scale.data.records import check_first_records, record_dataset, record_rows
 from bdh_scale.data.rows import ROWS_PER_BATCH, rows_of, text_file_dataset
 from bdh_scale.data.translation import format_pairs
-from bdh_scale.errors import DataError
+from bdh_scale.errors import DataError, DataFault
 
 
 @dataclass
 class TextSource:
     describe: str                                # human-readable origin, used in messages
-    batches: Callable[[], Iterator[list]]        # fresh iterator of row batches, corpus order
+    reads: Callable[[], Iterator[tuple[list, list]]]  # fresh iterator of (rows, bad records), corpus order
     documents: bool = False                      # every row is a document (jsonl/parquet/Hub text rows)
     revision: str | None = None                  # a streamed Hub dataset: the commit every batches() reads
+    bad_records: BadRecords | None = None        # data.on_bad_record, and the records batches() skipped
+
+    def batches(self) -> Iterator[list]:
+        """Fresh iterator of row batches, data.on_bad_record applied as before a run trains: a bad
+        record under stop, or one past data.max_bad_records, is a DataError (nothing trained yet)."""
+        policy = self.bad_records or BadRecords("stop", 0)
+        for rows, bad in self.reads():
+            try:
+                policy.meet(bad)
+            except DataFault as e:
+                raise DataError(str(e)) from None
+            if (fault := policy.past_cap(policy.count)) is not None:
+                raise DataError(str(fault))
+            yield rows
 
 
 @dataclass
@@ -53,44 +70,46 @@ class DatasetSource:
     describe: str
     documents: bool                               # every row is a document
     open: Callable[[str | None], object]          # split (None: the train split) -> IterableDataset
-    rows: Callable[[object, int], Iterator[list]]  # (dataset, rows per batch) -> batches of rows
-    revision: str | None = None                   # the Hub commit read; None for local files
+    rows: Callable[[object, int], Iterator[tuple[list, list]]]  # (dataset, rows per batch) -> (rows, bad records)
+    revision: str | None = None                   # the Hub commit read; None for files
+    files: tuple = ()                             # the files read, in order (none for a Hub dataset)
 
 
 def dataset_source(cfg: DataConfig, raw_bytes: bool = False, revision: str | None = None) -> DatasetSource:
-    """data.source as a DatasetSource: local .txt/.jsonl/.parquet files or a Hub dataset (at
-    `revision`, else the commit the Hub serves now). Bundled corpora and shard dirs are not
-    datasets streams: DataError."""
+    """data.source as a DatasetSource: local or remote .txt/.jsonl/.json/.parquet files (records.py
+    reads the records of jsonl/json/parquet) or a Hub dataset (at `revision`, else the commit the
+    Hub serves now). Bundled corpora and shard dirs are not datasets streams: DataError."""
     source = cfg.source
     if source in BUNDLED:
         raise DataError(f"data.lanes: stream lanes read local .txt/.jsonl/.parquet files or a Hub dataset; "
                         f"'{source}' is a bundled corpus: use data.lanes=stretch (or auto)")
-    if not looks_like_path(source):
+    if not names_files(source):
         commit = revision or hub.hub_commit(cfg)
         return DatasetSource(f"hub dataset '{source}'@{commit[:10]}", rows_are_documents(cfg),
                              lambda split: open_hub_dataset(cfg, split, commit),
                              lambda ds, n: hub_rows(cfg, ds, n), revision=commit)
-    files = local_files(source)
+    if cfg.load_kwargs:
+        raise DataError(f"data.load_kwargs: {cfg.load_kwargs} are arguments of datasets.load_dataset for a Hub "
+                        f"dataset; the files '{source}' names take none: remove data.load_kwargs")
+    files = data_files(source)
     builder = builder_for(files, source)
     describe = f"'{source}'"
 
-    def open_local(split):
+    def open_files(split):
         if split not in (None, "train"):
-            raise DataError(f"data.val_split: local files have one split, 'train'; '{split}' does not exist. "
+            raise DataError(f"data.val_split: local or remote files have one split, 'train'; '{split}' does not exist. "
                             "Set data.val_split=null (the first documents are held out) or use a Hub dataset")
-        if builder == "text":
-            return text_file_dataset(files, raw_bytes)
-        from datasets import load_dataset
-
-        return load_dataset(builder, data_files=files, split="train", streaming=True, **cfg.load_kwargs)
+        return text_file_dataset(files, raw_bytes) if builder == "text" else \
+            record_dataset(files, cfg.text_column, cfg.translation)
 
     if builder == "text":
         def rows(ds, n):
             return rows_of(ds, cfg, describe, "text", "", latin1_bytes=raw_bytes, batch_size=n)
-        return DatasetSource(describe, False, open_local, rows)
-    return DatasetSource(describe, rows_are_documents(cfg), open_local,
-                         lambda ds, n: rows_of(ds, cfg, describe, cfg.text_column, cfg.doc_separator,
-                                               batch_size=n))
+        return DatasetSource(describe, False, open_files, rows, files=tuple(files))
+    check_first_records(files[0], cfg.text_column, cfg.translation, describe)
+    separator = "" if cfg.translation else cfg.doc_separator  # pairs end with their own newline
+    return DatasetSource(describe, rows_are_documents(cfg), open_files,
+                         lambda ds, n: record_rows(ds, separator, n), files=tuple(files))
 
 
 def parallel_text(src_path, tgt_path, langs=("fr", "en"),
@@ -135,14 +154,16 @@ def open_text_source(cfg: DataConfig, raw_bytes: bool = False) -> TextSource:
     if source == "europarl_en_fr":
         d = BUNDLED_DIR / "europarl" / "fr-en"
         return TextSource("bundled 'europarl_en_fr'",
-                          lambda: parallel_text(d / "fr.txt", d / "en.txt"))
-    if looks_like_path(source):
-        local = dataset_source(cfg, raw_bytes)
-        return TextSource(local.describe, lambda: local.rows(local.open(None), ROWS_PER_BATCH), local.documents)
+                          lambda: ((rows, []) for rows in parallel_text(d / "fr.txt", d / "en.txt")))
+    policy = BadRecords(cfg.on_bad_record, cfg.max_bad_records)
+    if names_files(source):
+        files = dataset_source(cfg, raw_bytes)
+        return TextSource(files.describe, lambda: files.rows(files.open(None), ROWS_PER_BATCH), files.documents,
+                          bad_records=policy)
     # one request: every read, and the fingerprint data_prep records, are of the same commit
     revision = hub.hub_commit(cfg) if cfg.streaming else None
     return TextSource(f"hub dataset '{source}'", lambda: hub_rows(cfg, open_hub_dataset(cfg, revision=revision)),
-                      documents=rows_are_documents(cfg), revision=revision)
+                      documents=rows_are_documents(cfg), revision=revision, bad_records=policy)
 
 
 def rows_are_documents(cfg: DataConfig) -> bool:
@@ -165,6 +186,9 @@ def source_fingerprint(cfg: DataConfig, revision: str | None = None) -> dict:
         for f in files:
             h.update(f.read_bytes())
         return {"kind": "bundled", "name": cfg.source, "sha256": h.hexdigest()}
+    if is_remote(cfg.source):  # what a host serves can change under the same names: the names are all there is
+        files = data_files(cfg.source)
+        return {"kind": "remote", "files": len(files), "sha256": hashlib.sha256("\n".join(files).encode()).hexdigest()}
     if looks_like_path(cfg.source):
         files = local_files(cfg.source)
         h = hashlib.sha256()

@@ -16,7 +16,14 @@ True on the first batch only: a stream has no end to wrap at, epochs simply foll
 Exact resume: state_dict() holds each lane's leftover tokens (the rest of its current document,
 with their document flags) and the stream's position after the last document dealt (the
 dataset's state_dict before that unit, and how many of its documents were dealt). Loading it
-restarts the reader there; the Hub commit the run read is kept and read again.
+restarts the reader there; the Hub commit the run read is kept and read again, and the files a
+run read must all be there again (a position in a list of files means nothing in another list).
+
+Faults. The bad records a unit's read met are decided on when the unit is dealt
+(data.on_bad_record, badrecords.py); a data fault of the reader (a file gone, the network retries
+spent: docstream.py) reaches the lanes at the same point. `next_batches` takes a step's windows
+all or nothing: on a DataFault the lanes are put back as they were before the step, so that a
+checkpoint written then is the last completed step's, and the fault is raised.
 """
 
 from __future__ import annotations
@@ -27,11 +34,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bdh_scale.data.badrecords import BadRecords
 from bdh_scale.data.batch import Batch, make_batch
 from bdh_scale.data.docstream import DocumentStream, Position
 from bdh_scale.data.feeder import Feeder
 from bdh_scale.data.workers import TokenizerPool
-from bdh_scale.errors import DataError
+from bdh_scale.errors import DataError, DataFault
 
 _EMPTY = np.zeros(0, np.int64)
 
@@ -39,9 +47,10 @@ _EMPTY = np.zeros(0, np.int64)
 class _Tokenized:
     """A unit after tokenization: its position and one id array per document."""
 
-    def __init__(self, position: Position, ids: np.ndarray, lengths: np.ndarray, documents: bool):
-        self.position, self.documents = position, documents
-        self.docs = np.split(ids, np.cumsum(lengths)[:-1])
+    def __init__(self, position: Position, after: Position, ids: np.ndarray, lengths: np.ndarray, documents: bool,
+                 bad: list):
+        self.position, self.after, self.documents, self.bad = position, after, documents, bad
+        self.docs = np.split(ids, np.cumsum(lengths)[:-1]) if len(lengths) else []
 
 
 class StreamLanes:
@@ -49,9 +58,10 @@ class StreamLanes:
 
     def __init__(self, docs: DocumentStream, pool: TokenizerPool, batch_size: int, *, world_size: int = 1,
                  rank: int = 0, buffer: int = 8, pin_memory: bool = False,
-                 reopen: Callable[[str], DocumentStream] | None = None):
+                 reopen: Callable[[str], DocumentStream] | None = None, bad_records: BadRecords | None = None):
         """pool: the tokenizer processes (workers.py); the lanes own it from here and close it."""
         self.docs, self.reopen = docs, reopen
+        self.bad = bad_records or BadRecords("stop", 0)  # data.on_bad_record, and this rank's count
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.n_lanes = world_size * batch_size
         self.buffer = buffer
@@ -67,6 +77,8 @@ class StreamLanes:
         self._unit: _Tokenized | None = None
         self._next_doc = 0
         self._feeder = None
+        self._failed: DataFault | None = None  # the fault that stopped the lanes (they only save from then on)
+        self._before: dict | None = None       # the lanes before the last next_batches (_mark)
         self._start_reader(self.position)
 
     # --- the lanes interface ------------------------------------------------------------------
@@ -94,6 +106,40 @@ class StreamLanes:
         self.batches_served += 1
         return batch
 
+    def next_batches(self, T: int, k: int) -> list[Batch]:
+        """The k windows of one step, or a DataFault with the lanes as they were before it (a bad
+        record under stop, a file gone, the network retries spent; a DataError of the source found
+        mid-run too). The reader is stopped then: the lanes can still be saved, not read."""
+        if self._failed is not None:
+            raise self._failed
+        self._before = self._mark()
+        try:
+            return [self.next_batch(T) for _ in range(k)]
+        except (DataFault, DataError) as e:
+            fault = e if isinstance(e, DataFault) else DataFault(str(e), "fix the data or the recipe")
+            self.fail(fault)
+            raise fault from None
+
+    def fail(self, fault: DataFault) -> None:
+        """Stop on `fault` (this rank's, another's, or too many bad records in all): the lanes go back
+        to where they were before the last next_batches, and the reader stops."""
+        self._stop_reader()
+        if self._failed is None and self._before is not None:
+            self._restore(self._before)
+        self._failed = fault
+
+    _MARKED = ("pending", "pending_starts", "position", "fresh", "tokens_served", "batches_served", "docs_dealt")
+
+    def _mark(self) -> dict:
+        """What state_dict() reads (lists copied: their arrays are replaced, never changed in place)."""
+        return {name: list(v) if isinstance(v := getattr(self, name), list) else v for name in self._MARKED} | \
+            {"bad_records": self.bad.count}
+
+    def _restore(self, mark: dict) -> None:
+        for name in self._MARKED:
+            setattr(self, name, mark[name])
+        self.bad.count = mark["bad_records"]
+
     @property
     def epoch(self) -> int:
         return self.position.epoch
@@ -104,7 +150,7 @@ class StreamLanes:
                 "pending": [torch.from_numpy(np.ascontiguousarray(p, dtype=np.int64)) for p in self.pending],
                 "pending_starts": [torch.from_numpy(np.ascontiguousarray(s)) for s in self.pending_starts],
                 "fresh": self.fresh, "tokens_served": self.tokens_served, "batches_served": self.batches_served,
-                "docs_dealt": self.docs_dealt}
+                "docs_dealt": self.docs_dealt, "bad_records": self.bad.count, "files": list(self.docs.source.files)}
 
     def load_state_dict(self, d: dict) -> None:
         theirs = (d.get("kind"), d.get("n_lanes"), d.get("rank"), d.get("world_size"))
@@ -114,6 +160,7 @@ class StreamLanes:
                             f"rank {theirs[2]} of {theirs[3]}) do not match this run's (stream lanes, "
                             f"{self.n_lanes} in all, rank {self.rank} of {self.world_size}); resume with the "
                             "same data config, train.batch_size and number of processes")
+        self._check_files(d.get("files", list(self.docs.source.files)))
         self._stop_reader()
         if d["revision"] != self.docs.source.revision and self.reopen is not None:
             self.docs = self.reopen(d["revision"])  # the commit the run was reading
@@ -122,7 +169,19 @@ class StreamLanes:
         self.position = Position.from_dict(d["position"])
         self.fresh, self.docs_dealt = bool(d["fresh"]), int(d["docs_dealt"])
         self.tokens_served, self.batches_served = int(d["tokens_served"]), int(d["batches_served"])
+        self.bad.count = int(d.get("bad_records", 0))
         self._start_reader(self.position)
+
+    def _check_files(self, theirs: list) -> None:
+        ours = list(self.docs.source.files)
+        if theirs == ours:
+            return
+        gone, new = [f for f in theirs if f not in ours], [f for f in ours if f not in theirs]
+        change = "; ".join(part for part in (f"missing now: {', '.join(gone[:5])}" if gone else "",
+                                             f"new: {', '.join(new[:5])}" if new else "") if part) or "in another order"
+        raise DataError(f"data.source: {self.docs.source.describe} holds other files than when the checkpoint was "
+                        f"written ({change}); a stream resumes in the files it was reading: put them back as they "
+                        "were, or start afresh (train.resume=null)")
 
     def close(self) -> None:
         """Stop the reader thread and the tokenizer processes."""
@@ -151,6 +210,10 @@ class StreamLanes:
                                 f"{'documents' if item.documents else 'pieces of text'} for rank {self.rank}, "
                                 f"fewer than its {self.batch_size} lanes; lower train.batch_size or the number "
                                 f"of processes, or use a larger corpus")
+            if self._skip == 0:  # a unit met again on resume (_skip > 0) had its bad records decided on then
+                self.bad.meet(item.bad)
+                if not item.docs:  # bad records only: a resume starts after it
+                    self.position = item.after
             self._unit, self._next_doc = item, self._skip
             self._skip = 0
         doc = self._unit.docs[self._next_doc]
@@ -183,16 +246,16 @@ class StreamLanes:
 
 def _read(docs: DocumentStream, start: Position, pool: TokenizerPool, put, stopping) -> None:
     """Reader thread: units from `start`, tokenized in order, into the bounded queue."""
-    positions = deque()
+    in_flight = deque()  # what the tokens of each unit sent to the pool come back with
 
     def units():
-        for unit in docs.units(start):
+        for unit in docs.units(start, stopping):
             if stopping():
                 return
-            positions.append((unit.position, unit.documents))
+            in_flight.append((unit.position, unit.after, unit.documents, unit.bad))
             yield unit.rows, unit.documents
 
     for ids, lengths in pool.imap(units()):
-        position, documents = positions.popleft()
-        if not put(_Tokenized(position, ids, lengths, documents)):
+        position, after, documents, bad = in_flight.popleft()
+        if not put(_Tokenized(position, after, ids, lengths, documents, bad)):
             return

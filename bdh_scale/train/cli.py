@@ -7,7 +7,7 @@ import sys
 import traceback
 
 from bdh_scale.config import load_config
-from bdh_scale.errors import Fault, TrainingStopped, UsageError
+from bdh_scale.errors import DataFault, Fault, TrainingStopped, UsageError
 
 USAGE_ERRORS = (UsageError, FileNotFoundError)
 
@@ -25,7 +25,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     """Exit codes: 0 done or stopped by SIGTERM after saving; 1 a fault (disk, network, a lost peer,
-    a bug); 2 bad input, nothing written; 3 too many non-finite steps; 130 SIGINT. Every failure
+    data that fails mid-run, a bug); 2 bad input, nothing written; 3 too many non-finite steps; 130 SIGINT. Every failure
     is one `error:` line (BDH_TRACEBACK=1 adds the traceback)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -37,6 +37,8 @@ def main(argv=None) -> int:
         return report(str(e), 2, every_rank=False)
     except TrainingStopped as e:  # too many non-finite steps; the last good checkpoint is intact
         return report(str(e), 3, every_rank=False)
+    except DataFault as e:  # the data failed mid-run, agreed by every rank, the last completed step saved
+        return report(str(e), 1, every_rank=False)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -59,6 +61,11 @@ def report(message: str, code: int, every_rank: bool) -> int:
 def fault_message(e: Exception) -> str:
     if isinstance(e, Fault):
         return str(e)
+    from bdh_scale.train.distributed import lost_peer
+
+    peer = lost_peer(e)
+    if peer:
+        return peer
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror}" + (f": {e.filename}" if e.filename else "")
     first = str(e).strip().splitlines()[0] if str(e).strip() else ""

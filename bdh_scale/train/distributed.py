@@ -127,3 +127,22 @@ def from_main(accelerator, fn):
     if kind == "error":
         raise value
     return value
+
+
+# What a collective raises when a peer process is gone (gloo: the connection reset or closed) or
+# does not answer within the process group's timeout (train.collective_timeout_s).
+LOST_PEER = ("connection reset by peer", "connection closed by peer", "broken pipe", "timed out", "timeout")
+
+
+def lost_peer(e: BaseException) -> str | None:
+    """The one line for a collective that failed because another process died or hangs; None when
+    `e` is something else or this is a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    dist_error = getattr(torch.distributed, "DistError", ())
+    text = " ".join(str(e).split())
+    if not (isinstance(e, dist_error) or (isinstance(e, RuntimeError) and any(k in text.lower() for k in LOST_PEER))):
+        return None
+    return (f"another process of the run died or stopped answering, and a collective with it failed "
+            f"({type(e).__name__}: {text[:160]}); the newest checkpoint is intact: once every process can run, "
+            "continue with train.resume=auto (a hang is cut after train.collective_timeout_s)")

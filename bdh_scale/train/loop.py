@@ -6,7 +6,8 @@ the fp16 loss scaler (setup.py). Each step reads the next window of every lane (
 
 Long runs survive their accidents: checkpoints (checkpoint.py) hold everything needed to continue
 bit for bit, non-finite steps are skipped and counted, SIGTERM/SIGINT save before exiting
-(faults.py). Only the main process writes run files and logs; each rank adds its own lanes and
+(faults.py), and data that fails mid-run (a bad record under data.on_bad_record=stop, a file gone,
+a host that stopped answering) saves the last completed step and stops with one line. Only the main process writes run files and logs; each rank adds its own lanes and
 states to a checkpoint.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bdh_scale.config import RunConfig
+from bdh_scale.errors import DataFault
 from bdh_scale.rundir import FINAL
 from bdh_scale.train.export import push_final, save_final
 from bdh_scale.train.faults import StopSignals
@@ -60,7 +62,11 @@ def train_run(run) -> TrainResult:
     with StopSignals() as signals:
         while run.step < tc.max_steps:
             T = seq_len_at(run.step, tc.seq_len_schedule, tc.seq_len)
-            step = train_step(run, T, signals, started)
+            try:
+                step = train_step(run, T, signals, started)
+            except DataFault as e:
+                bar.close()
+                raise stop_on_data_fault(run, e) from None
             window.add(step)
             bar.update(1)
             last = run.step >= tc.max_steps or step.time_up
@@ -91,6 +97,25 @@ def train_run(run) -> TrainResult:
     bar.close()
     run.data.close()
     return finish(run, final_val, stopped_by)
+
+
+def stop_on_data_fault(run, fault: DataFault) -> DataFault:
+    """The data failed mid-run (every rank knows, step.take_windows): save the last completed step,
+    which the lanes are back at, and say where it is."""
+    ckpt = run.checkpoints
+    if run.step == 0:
+        saved = "no step was completed, so nothing was saved"
+    elif ckpt.due(run.step, at_end=True):
+        path = ckpt.save(run.step, run.tokens, run.model, run.optimizer, run.data.train, run.carried,
+                         run.guard.state_dict())
+        saved = f"saved checkpoint {path} at step {run.step}, the last completed step"
+    elif ckpt.last_step == run.step:
+        saved = f"the checkpoint of step {run.step}, the last completed step, is {ckpt.last}"
+    else:
+        saved = f"stopped after step {run.step} without a checkpoint (train.keep_checkpoints=0)"
+    run.data.close()
+    run.trackers.end()
+    return DataFault(fault.what, fault.advice, saved)
 
 
 def finish(run, final_val: dict, stopped_by: str | None) -> TrainResult:

@@ -42,6 +42,8 @@ def train_row(run, window: LossWindow, step, T: int, started: float) -> dict:
            "tokens_per_s": window.tokens / max(elapsed, 1e-9), "seq_len": T,
            "elapsed_s": time.perf_counter() - started, "grad_norm": float(step.grad_norm),
            "bad_steps": run.guard.total}
+    if run.cfg.data.on_bad_record == "skip" or run.bad_records:
+        row["data/bad_records"] = run.bad_records
     row.update(run.mfu(T, row["tokens_per_s"]))
     if run.carry and run.extras:
         row.update(carried_rho_norms(run.carried))

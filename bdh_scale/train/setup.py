@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import warnings
+from datetime import timedelta
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 
 from bdh_scale.config import RunConfig
 from bdh_scale.data import DataBundle, build_data
@@ -64,6 +65,7 @@ class Run:
     claim: Claim | None = None  # the run directory's lock, held by the main process until the run ends
     step: int = 0  # optimizer steps taken (skipped non-finite steps included)
     tokens: int = 0  # tokens trained on, all ranks
+    bad_records: int = 0  # bad records skipped, all ranks (data.on_bad_record=skip; step.take_windows)
     carried: list = field(default_factory=list)  # per micro-batch group of lanes: its TBPTT state or None
 
     @property
@@ -81,10 +83,14 @@ def make_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
     """The Accelerator for this recipe on this machine, and the precision in effect."""
     tc = cfg.train
     cpu = use_cpu_processes()  # several processes on a machine without GPUs: gloo on the CPU
-    process = PartialState(cpu=cpu)
+    # The process group is made here, by the first PartialState: its timeout bounds every collective,
+    # so the survivors of a rank that died (or hangs) fail within train.collective_timeout_s.
+    timeout = timedelta(seconds=tc.collective_timeout_s)
+    process = PartialState(cpu=cpu, timeout=timeout)
     precision, notice = resolve_mixed_precision(tc.mixed_precision, process.device)
     # Trackers that write files need a logging directory now; the run directory replaces it once chosen.
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with=accelerate_log_with(cfg.tracking),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
                               project_config=ProjectConfiguration(logging_dir=str(Path(tc.out_dir) / tc.run_name)))
     if fsdp_requested():
         shard_cpu_processes(accelerator)  # no-op where Accelerate runs FSDP itself (GPUs)
@@ -214,7 +220,7 @@ def setup(cfg: RunConfig) -> Run:
               inject=inject, log=MetricsLog(run_dir / METRICS, accelerator.is_main_process), trackers=trackers,
               samples=SampleTable(trackers), claim=claim,
               mfu=MFU(cfg.model, accelerator.device, precision, accelerator.num_processes, cfg.tracking.peak_tflops),
-              step=resumed.step, tokens=resumed.tokens, carried=resumed.states)
+              step=resumed.step, tokens=resumed.tokens, carried=resumed.states, bad_records=data.bad_records)
     accelerator.print(f"run {run_dir} | {cfg.model.arch} {raw_model.num_params() / 1e6:.2f}M params | "
                       f"{accelerator.num_processes} process(es) on {accelerator.device} | precision {precision}"
                       + (f" | resumed from {resume_from} at step {run.step}" if resume_from is not None else ""))

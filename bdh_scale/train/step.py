@@ -1,4 +1,5 @@
-"""One optimizer step: forward and backward over the micro-batches of this rank's lanes and
+"""One optimizer step: the windows of every lane (on a data fault, every rank stops before any
+forward: take_windows), forward and backward over the micro-batches of this rank's lanes and
 train.bptt_windows windows of each, the carried states detached after the last (truncated BPTT),
 then one agreed decision across ranks: step, or skip a non-finite step (faults.py), and whether
 to stop.
@@ -11,7 +12,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import gather_object
 
+from bdh_scale.errors import DataFault
 from bdh_scale.model.output import IGNORE
 from bdh_scale.train.distributed import any_rank, full_value
 from bdh_scale.train.faults import reset_nonfinite_lanes
@@ -37,6 +40,35 @@ def pooled(losses: list, counts: list) -> torch.Tensor:
     return sum(l * n for l, n in zip(losses, counts)) / total.clamp(min=1)
 
 
+def take_windows(run, T: int, k: int) -> list:
+    """The step's k windows of every lane. Stream lanes can fail (a bad record under
+    data.on_bad_record=stop, a file gone, the network retries spent; data/streamlanes.py): every
+    rank learns of it, and of the bad records skipped in all against data.max_bad_records, from one
+    small all-reduce before any forward (a collective a failed rank skipped would wait forever);
+    then every rank puts its lanes back to the last completed step and raises the same DataFault."""
+    lanes = run.data.train
+    if not hasattr(lanes, "next_batches"):  # lanes over tokens already read: nothing can fail
+        return [lanes.next_batch(T) for _ in range(k)]
+    fault, batches = None, None
+    try:
+        batches = lanes.next_batches(T, k)
+    except DataFault as e:
+        fault = e
+    acc = run.accelerator
+    failed, total = fault is not None, lanes.bad.count
+    if acc.num_processes > 1:
+        t = acc.reduce(torch.tensor([float(failed), float(total)], device=acc.device), reduction="sum")
+        failed, total = t[0].item() > 0, int(t[1].item())
+        if failed:  # said once, by every rank alike: the lowest failed rank's fault
+            fault = next(DataFault(*f) for f in gather_object([(fault.what, fault.advice) if fault else None]) if f)
+    run.bad_records = total
+    fault = fault or lanes.bad.past_cap(total)
+    if fault is not None:
+        lanes.fail(fault)
+        raise fault
+    return batches
+
+
 def train_step(run, T: int, signals, started: float) -> StepResult:
     """Advance `run` by one optimizer step: train.bptt_windows consecutive windows of T tokens per lane.
 
@@ -48,7 +80,7 @@ def train_step(run, T: int, signals, started: float) -> StepResult:
     backward that follows.
     """
     tc, acc = run.cfg.train, run.accelerator
-    batches = [run.data.train.next_batch(T) for _ in range(tc.bptt_windows)]
+    batches = take_windows(run, T, tc.bptt_windows)
     step_loss = 0.0
     for micro in range(tc.grad_accum_steps):
         rows = slice(micro * tc.batch_size, (micro + 1) * tc.batch_size)

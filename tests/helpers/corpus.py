@@ -60,3 +60,19 @@ def documents(tokens: np.ndarray, starts: np.ndarray, decode) -> list[str]:
 
 def doc_ids(texts: list[str]) -> list[int]:
     return [int(TAG.match(t).group(1)) for t in texts]
+
+
+def write_short_docs(root: Path, files: int, per_file: int) -> None:
+    """`files` JSON Lines files of `per_file` very short documents ("d17"): many documents, and
+    so many reads, for few tokens, which keeps a stream's reader well behind the end of its files."""
+    root.mkdir(parents=True, exist_ok=True)
+    for s in range(files):
+        (root / f"part-{s:03d}.jsonl").write_text("".join(json.dumps({"text": f"d{s * per_file + i}"}) + "\n"
+                                                          for i in range(per_file)))
+
+
+def replace_line(path: Path, line: int, text: str | bytes) -> None:
+    """Line `line` (1-based) of a file replaced by `text` (bytes as they are, e.g. invalid UTF-8)."""
+    lines = path.read_bytes().split(b"\n")
+    lines[line - 1] = text if isinstance(text, bytes) else text.encode()
+    path.write_bytes(b"\n".join(lines))

@@ -1,0 +1,194 @@
+"""Streams that survive their data: bad records skipped and counted or stopped with a checkpoint,
+a file deleted mid-run, a data host that goes away mid-run and comes back (or not). Real files,
+real training processes, a real HTTP server on 127.0.0.1; every resume is checked against an
+uninterrupted run step for step."""
+import json
+import subprocess
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bdh_scale.data.records import check_first_records, record_dataset, record_rows
+from bdh_scale.errors import DataError
+from bdh_scale.train.checkpoint import list_checkpoints
+from tests.helpers.corpus import replace_line, write_short_docs
+from tests.helpers.http_files import FileServer
+from tests.helpers.tiny_runs import ROOT, clean_env, command, losses, main_in_process, metrics, RECIPE, overrides, \
+    train_process
+
+# Stream lanes over very short documents: a run reaches its 300th document by step 8.
+STREAM = ["data.lanes=stream", "data.val_tokens=1000", "train.seq_len=64", "train.state=carry",
+          "train.resume=auto", "train.checkpoint_every=5"]
+BAD = [*STREAM, "train.batch_size=4", "train.max_steps=24", "data.workers=2"]
+# 24 files of 100 documents, one read ahead at most: the reader opens part-020 around step 10.
+MANY = [*STREAM, "train.batch_size=8", "train.max_steps=40", "data.stream_buffer=1", "data.workers=1"]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def newest_step(run_dir) -> int:
+    return int(list_checkpoints(run_dir)[-1].name.split("_")[1])
+
+
+def stopped_with_checkpoint(returncode: int, stderr: str, run_dir) -> tuple[str, int]:
+    """A data fault's ending: exit 1, one `error:` line naming the checkpoint of the last completed
+    step. Returns the line and that step."""
+    assert returncode == 1, stderr[-3000:]
+    (line,) = error_lines(stderr)
+    step = newest_step(run_dir)
+    assert f"saved checkpoint {run_dir}/checkpoints/step_{step:08d} at step {step}" in line
+    return line, step
+
+
+# -- the records reader ---------------------------------------------------------------------------
+
+def test_every_bad_record_is_named_by_file_and_line_and_the_good_ones_kept(tmp_path):
+    path = tmp_path / "a.jsonl"
+    lines = [json.dumps({"text": "one"}), '{"text": "cut', "", json.dumps({"id": 3}), json.dumps({"text": None}),
+             json.dumps({"text": ""}), json.dumps({"text": 7}), json.dumps([1]), json.dumps({"text": "two\u2028x"})]
+    path.write_bytes("\n".join(lines).encode() + b"\n" + b'{"text": "\xff"}\n' + json.dumps({"text": "end"}).encode())
+    (texts, bad), = record_rows(record_dataset([str(path)], "text"), "|", batch_size=100)
+    assert texts == ["one|", "two\u2028x|", "end|"]  # U+2028 is no line break of JSON Lines
+    where = f"'{path}' line"
+    assert [(b.where, b.why.split(" (")[0]) for b in bad] == [
+        (f"{where} 2", "not JSON"), (f"{where} 4", "no 'text'"), (f"{where} 5", "'text' is null"),
+        (f"{where} 6", "'text' is empty"), (f"{where} 7", "'text' is a int, not text"),
+        (f"{where} 8", "a JSON list, not an object"), (f"{where} 10", "not UTF-8")]  # line 3 is blank: no record
+
+
+def test_parquet_rows_and_json_arrays_are_records_too(tmp_path):
+    pq.write_table(pa.table({"text": ["a", None, "", "b"]}), tmp_path / "p.parquet", row_group_size=2)
+    pq.write_table(pa.table({"body": ["x", "y"]}), tmp_path / "q.parquet")
+    (tmp_path / "r.json").write_text(json.dumps([{"text": "c"}, {"text": 1}]))
+    files = [str(tmp_path / n) for n in ("p.parquet", "q.parquet", "r.json")]
+    (texts, bad), = record_rows(record_dataset(files, "text"), "", batch_size=100)
+    assert texts == ["a", "b", "c"]
+    assert [b.where.split("/")[-1] for b in bad] == ["p.parquet' row 2", "p.parquet' row 3", "q.parquet' row 1",
+                                                     "q.parquet' row 2", "r.json' item 2"]
+    with pytest.raises(DataError, match=r"data.text_column: 'text' is not a column .*available columns: \['body'\]"):
+        check_first_records(files[1], "text", None, "'q'")
+
+
+def test_a_truncated_parquet_file_is_named_as_unreadable(tmp_path):
+    pq.write_table(pa.table({"text": ["a"] * 100}), tmp_path / "p.parquet")
+    data = (tmp_path / "p.parquet").read_bytes()
+    (tmp_path / "p.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match=r"p.parquet' is not a Parquet file"):
+        list(record_rows(record_dataset([str(tmp_path / "p.parquet")], "text"), "", batch_size=10))
+
+
+# -- bad records in a training run ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_corpus(tmp_path_factory):
+    """4 files of 300 documents; part-002 line 100 does not parse, part-003 line 10 has no text."""
+    root = tmp_path_factory.mktemp("bad") / "c"
+    write_short_docs(root, files=4, per_file=300)
+    replace_line(root / "part-002.jsonl", 100, '{"text": "cut')
+    replace_line(root / "part-003.jsonl", 10, '{"id": 10}')
+    return root
+
+
+def test_a_bad_record_under_stop_saves_the_last_step_and_skip_resumes_it_exactly(tmp_path, bad_corpus):
+    run = [f"data.source={bad_corpus}", *BAD]
+    stopped = train_process(1, tmp_path, "s", *run)
+    line, step = stopped_with_checkpoint(stopped.returncode, stopped.stderr, tmp_path / "s")
+    assert f"part-002.jsonl' line 100: not JSON" in line and "data.on_bad_record=stop" in line
+    assert "train.resume=auto" in line
+    assert 5 < step < 24 and metrics(tmp_path / "s")[-1]["step"] == step  # mid-run: the last completed step
+
+    resumed = train_process(1, tmp_path, "s", *run, "data.on_bad_record=skip")
+    ref = train_process(1, tmp_path, "ref", *run, "data.on_bad_record=skip")
+    assert resumed.returncode == 0 and ref.returncode == 0, resumed.stderr[-3000:] + ref.stderr[-3000:]
+    assert f"resumed from {tmp_path / 's'}/checkpoints/step_{step:08d}" in resumed.stdout
+    assert losses(tmp_path / "s") == losses(tmp_path / "ref")  # the same tokens at every step
+    for proc in (resumed, ref):  # each skip said once, naming file, line and reason
+        assert proc.stderr.count("warning: data: skipped bad record") == 2
+        assert "part-002.jsonl' line 100: not JSON" in proc.stderr
+        assert "part-003.jsonl' line 10: no 'text' (its fields: id)" in proc.stderr
+    counts = [[r.get("data/bad_records") for r in metrics(d) if "loss" in r] for d in (tmp_path / "s", tmp_path / "ref")]
+    assert counts[1][-1] == 2 and counts[0][step:] == counts[1][step:]  # counted, and resumed with its count
+
+
+def test_more_bad_records_than_the_cap_stop_the_run_as_stop_does(tmp_path, bad_corpus, capsys):
+    code = main_in_process(RECIPE, *overrides(tmp_path, "cap", f"data.source={bad_corpus}", *BAD,
+                                              "data.on_bad_record=skip", "data.max_bad_records=1", "data.workers=0"))
+    err = capsys.readouterr().err
+    assert code == 1
+    (line,) = error_lines(err)
+    assert "data: 2 bad records skipped, more than data.max_bad_records=1" in line
+    assert f"at step {newest_step(tmp_path / 'cap')}, the last completed step" in line
+
+
+# -- files and hosts that go away -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """24 files of 100 short documents, and an uninterrupted run over them read from disk."""
+    root = tmp_path_factory.mktemp("many")
+    write_short_docs(root / "c", files=24, per_file=100)
+    ref = train_process(1, root, "ref", f"data.source={root / 'c'}", *MANY)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    return root / "c", losses(root / "ref")
+
+
+def wait_for_steps(run_dir, n: int, proc, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while len(metrics(run_dir)) < n:
+        assert proc.poll() is None and time.monotonic() < end, "the run ended before step %d" % n
+        time.sleep(0.02)
+
+
+def test_a_file_deleted_mid_run_saves_the_last_step_and_resumes_once_it_is_back(tmp_path, many):
+    corpus, ref_losses = many
+    data = tmp_path / "c"
+    data.mkdir()
+    for f in corpus.iterdir():
+        (data / f.name).write_bytes(f.read_bytes())
+    run = [f"data.source={data}", *MANY]
+    proc = subprocess.Popen(command(1, tmp_path, "d", *run), cwd=ROOT, env=clean_env(None), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_steps(tmp_path / "d", 2, proc)
+    kept = (data / "part-020.jsonl").read_bytes()
+    (data / "part-020.jsonl").unlink()  # the reader has not opened it yet: it is ten files behind
+    _, stderr = proc.communicate(timeout=300)
+    line, _ = stopped_with_checkpoint(proc.returncode, stderr, tmp_path / "d")
+    assert f"'{data}/part-020.jsonl' vanished (no such file)" in line
+
+    assert main_in_process(RECIPE, *overrides(tmp_path, "d", *run)) == 2  # still gone: refused, nothing written
+    (data / "part-020.jsonl").write_bytes(kept)
+    resumed = train_process(1, tmp_path, "d", *run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path / "d") == ref_losses
+
+
+def test_a_host_that_stops_answering_and_comes_back_within_the_retries_changes_no_token(tmp_path, many):
+    corpus, ref_losses = many
+    with FileServer(corpus) as server:
+        server.go_down_at("part-020", for_s=1.5)
+        proc = train_process(1, tmp_path, "h", f"data.source={server.url}/*.jsonl", *MANY,
+                             "data.read_retries=6", "data.retry_wait_s=0.2")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert server.came_back is not None  # it was down, mid-run (the reader asked for part-020)
+    assert "Retrying" in proc.stderr or "opening the stream again" in proc.stderr
+    assert losses(tmp_path / "h") == ref_losses  # the tokens of the files read from disk
+
+
+def test_a_host_gone_for_good_saves_the_last_step_and_the_run_resumes_when_it_is_back(tmp_path, many):
+    corpus, ref_losses = many
+    with FileServer(corpus) as server:
+        server.go_down_at("part-020", for_s=None)
+        run = [f"data.source={server.url}/*.jsonl", *MANY, "data.read_retries=2", "data.retry_wait_s=0.1"]
+        proc = train_process(1, tmp_path, "g", *run)
+        line, step = stopped_with_checkpoint(proc.returncode, proc.stderr, tmp_path / "g")
+        assert f"data: reading '{server.url}/part-020.jsonl' failed" in line and "2 retries" in line
+        assert 0 < step < 40
+
+        server.start()  # the host is back, on the same address
+        resumed = train_process(1, tmp_path, "g", *run)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path / "g") == ref_losses
