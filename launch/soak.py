@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,8 +34,6 @@ MB = 1 << 20
 
 def shakespeare_jsonl(folder: Path, files: int = 8) -> Path:
     """Tiny Shakespeare as `files` JSON Lines files of its paragraphs (one record each)."""
-    import json as _json
-
     from bdh_scale.data.catalog import BUNDLED, BUNDLED_DIR
 
     text = (BUNDLED_DIR / BUNDLED["tinyshakespeare"]).read_text()
@@ -43,7 +42,7 @@ def shakespeare_jsonl(folder: Path, files: int = 8) -> Path:
     per = -(-len(paragraphs) // files)
     for i in range(files):
         with open(folder / f"part-{i:03d}.jsonl", "w") as f:
-            f.writelines(_json.dumps({"text": p + "\n\n"}) + "\n" for p in paragraphs[i * per:(i + 1) * per])
+            f.writelines(json.dumps({"text": p + "\n\n"}) + "\n" for p in paragraphs[i * per:(i + 1) * per])
     return folder
 
 
@@ -78,13 +77,10 @@ def role(p: psutil.Process, trainer: int) -> str:
     return "resource_tracker" if "resource_tracker" in cmd else "data worker"
 
 
-def soak(case: str, steps: int, out: Path, every_s: float, warmup: float, extra: list[str]) -> dict:
-    run_dir = out / f"soak_{case}"
-    cmd = [sys.executable, str(ROOT / "train.py"), str(RECIPE), *overrides(case, steps, out, extra)]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.monotonic()
-    proc = psutil.Popen(cmd, cwd=ROOT, stdout=open(out / f"{case}.log", "w"), stderr=__import__("subprocess").STDOUT)
-    samples: dict[int, dict] = {}
+def sample_tree(proc: psutil.Popen, run_dir: Path, every_s: float) -> dict[int, dict]:
+    """RSS of `proc` and every process under it, every `every_s` seconds until it exits: per pid its
+    role and (seconds, step, bytes) samples."""
+    t0, samples = time.monotonic(), {}
     while proc.poll() is None:
         step = last_step(run_dir)
         try:
@@ -101,6 +97,17 @@ def soak(case: str, steps: int, out: Path, every_s: float, warmup: float, extra:
             s = samples.setdefault(p.pid, {"pid": p.pid, "role": role(p, proc.pid), "trace": []})
             s["trace"].append((round(time.monotonic() - t0, 2), step, rss))
         time.sleep(every_s)
+    return samples
+
+
+def soak(case: str, steps: int, out: Path, every_s: float, warmup: float, extra: list[str]) -> dict:
+    run_dir = out / f"soak_{case}"
+    cmd = [sys.executable, str(ROOT / "train.py"), str(RECIPE), *overrides(case, steps, out, extra)]
+    print("$", " ".join(cmd), flush=True)
+    t0 = time.monotonic()
+    with open(out / f"{case}.log", "w") as log:
+        proc = psutil.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        samples = sample_tree(proc, run_dir, every_s)
     warm_step = int(steps * warmup)
     processes = []
     for s in samples.values():

@@ -86,8 +86,7 @@ def train_run(run) -> TrainResult:
             run.inject.kill_point("after_step", run.step)
             if run.checkpoints.due(run.step, at_end=last or step.stop is not None,
                                    in_bad_streak=run.guard.consecutive > 0):
-                run.checkpoints.save(run.step, run.tokens, run.model, run.optimizer, run.data.train, run.carried,
-                                     run.guard.state_dict())
+                save_checkpoint(run)
             if step.stop:
                 stopped_by = step.stop
                 break
@@ -99,6 +98,12 @@ def train_run(run) -> TrainResult:
     return finish(run, final_val, stopped_by)
 
 
+def save_checkpoint(run) -> Path:
+    """The run's whole state at run.step: weights, optimizer, lanes, carried states, fault counters."""
+    return run.checkpoints.save(run.step, run.tokens, run.model, run.optimizer, run.data.train, run.carried,
+                                run.guard.state_dict())
+
+
 def stop_on_data_fault(run, fault: DataFault) -> DataFault:
     """The data failed mid-run (every rank knows, step.take_windows): save the last completed step,
     which the lanes are back at, and say where it is."""
@@ -106,8 +111,7 @@ def stop_on_data_fault(run, fault: DataFault) -> DataFault:
     if run.step == 0:
         saved = "no step was completed, so nothing was saved"
     elif ckpt.due(run.step, at_end=True):
-        path = ckpt.save(run.step, run.tokens, run.model, run.optimizer, run.data.train, run.carried,
-                         run.guard.state_dict())
+        path = save_checkpoint(run)
         saved = f"saved checkpoint {path} at step {run.step}, the last completed step"
     elif ckpt.last_step == run.step:
         saved = f"the checkpoint of step {run.step}, the last completed step, is {ckpt.last}"
