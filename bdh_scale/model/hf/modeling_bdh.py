@@ -24,7 +24,6 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import transformers
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -32,8 +31,8 @@ from transformers.utils import ModelOutput
 from bdh_scale.model.archs import ARCHS
 from bdh_scale.model.hf.cache import BDHScaleCache
 from bdh_scale.model.hf.configuration_bdh import BDHScaleConfig
+from bdh_scale.model.output import lm_loss
 
-IGNORE = -100  # a label that is not scored, as everywhere in transformers
 TESTED = "5.10.1 to 5.25.0 (a Hub copy from 5.0.0)"  # docs/design.md, "Transformers"
 if int(transformers.__version__.split(".")[0]) < 5:
     raise ImportError(f"this bdh-scale model needs transformers 5 (tested: {TESTED}); this is "
@@ -112,8 +111,7 @@ class BDHScaleForCausalLM(BDHScalePreTrainedModel, GenerationMixin):
         logits = out.logits if not logits_to_keep else out.logits[:, -logits_to_keep:]
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(out.logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
-                                   ignore_index=IGNORE)
+            loss = lm_loss(out.logits[:, :-1], labels[:, 1:])  # bdh-scale's loss; -100 (IGNORE) is not scored
         result = BDHScaleOutput(loss=loss, logits=logits, **{CACHE_KWARG: cache if use_cache else None})
         return result if return_dict is not False else result.to_tuple()
 
