@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +26,21 @@ from bdh_scale.data.passkey import SOURCE as PASSKEY_SOURCE
 from bdh_scale.errors import ConfigError
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.registry import ARCHS
-from bdh_scale.utils.schema import NonNegFloat, NonNegInt, PosFloat, PosInt, Range, Section, words
+from bdh_scale.utils.bounded import load_yaml, read_text, short
+from bdh_scale.utils.schema import Between, NonNegFloat, NonNegInt, PosFloat, PosInt, Range, Section, words
+
+
+MAX_RUN_NAME = 100  # a run name is a directory name, and runs/<name>-<i> and checkpoints go below it
+RUN_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_RUN_NAME}}}")
 
 
 @dataclass
 class TrainConfig(Section):
     section = "train"
 
-    run_name: str = "bdh"  # the run directory is <out_dir>/<run_name>: a plain name, no path separators
+    run_name: str = "bdh"  # the run directory is <out_dir>/<run_name>: letters, digits, - _ . (at most 100)
     out_dir: str = "runs"  # parent of run directories
-    seed: int = 1337  # seeds torch, lanes and sampling
+    seed: Annotated[int, Between(0, 2**32 - 1)] = 1337  # seeds torch, lanes and sampling (numpy's range)
     batch_size: PosInt = 8  # B: lanes per process (global batch = processes x B x grad_accum_steps)
     seq_len: PosInt = 256  # T: tokens per lane per step
     seq_len_schedule: list | None = None  # curriculum [[step, T], ...]: from that step on use T
@@ -58,6 +64,9 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile the model (fuses its elementwise passes; first steps compile)
     host_memory_reuse: bool = True  # CPU, Linux: keep freed memory for the next step's tensors (utils/host_memory.py)
     gradient_checkpointing: bool = False  # recompute each layer in backward (non-reentrant)
+    # refuse, before anything is allocated or written, a run whose step is estimated not to fit in
+    # the device's memory (train/memory_check.py); false: try anyway
+    memory_check: bool = True
     eval_every: NonNegInt = 250  # steps between validations (0: only at the end)
     eval_batches: NonNegInt = 20  # held-out batches per validation (0: no validation)
     eval_seq_len: PosInt | None = None  # T of validation windows (default: seq_len)
@@ -87,16 +96,17 @@ class TrainConfig(Section):
         if self.resume is not None and not self.resume.strip():
             self.bad("resume", "empty; use auto, auto_or_fail, a checkpoint or run directory, or null")
         name = self.run_name
-        if not name.strip() or name in (".", "..") or "/" in name or "\\" in name or name != name.strip():
-            self.bad("run_name", f"{name!r} is not a plain directory name; use letters, digits, '-', '_' or '.' "
-                                 "(the run directory is <out_dir>/<run_name>: put paths in train.out_dir)")
+        if not RUN_NAME.fullmatch(name) or name in (".", ".."):
+            self.bad("run_name", f"{short(name)} is not a plain directory name; use letters, digits, '-', '_' or '.', "
+                                 f"at most {MAX_RUN_NAME} characters (the run directory is <out_dir>/<run_name>: put "
+                                 "paths in train.out_dir)")
         if self.push_to_hub is not None:
             from huggingface_hub.utils import HFValidationError, validate_repo_id
 
             try:
                 validate_repo_id(self.push_to_hub)
             except HFValidationError:
-                self.bad("push_to_hub", f"{self.push_to_hub!r} is not a Hub repo id; use owner/name, or null")
+                self.bad("push_to_hub", f"{short(self.push_to_hub)} is not a Hub repo id; use owner/name, or null")
         if self.bptt_windows > 1 and self.state != "carry":
             self.bad("bptt_windows", f"{self.bptt_windows} windows are backpropagated through the carried state, and "
                                      "train.state=reset carries none; set train.state=carry or train.bptt_windows=1")
@@ -122,7 +132,7 @@ class TrainConfig(Section):
         for i, entry in enumerate(schedule):
             if not (isinstance(entry, (list, tuple)) and len(entry) == 2
                     and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)):
-                self.bad(f"{key}[{i}]", f"{entry!r} is not a [step, T] pair of integers; use e.g. [200, 128]")
+                self.bad(f"{key}[{i}]", f"{short(entry)} is not a [step, T] pair of integers; use e.g. [200, 128]")
             step, T = entry
             if i == 0 and step != 0:
                 self.bad(f"{key}[0]", f"starts at step {step}; the first entry must be [0, T]")
@@ -158,9 +168,9 @@ class TrackingConfig(Section):
         known = sorted(LOGGER_TYPE_TO_CLASS)
         for name in names:
             if name != "none" and name not in known:
-                self.bad("backend", f"unknown tracker {name!r}; use none, one of {words(known)}, or a list of them")
+                self.bad("backend", f"unknown tracker {short(name)}; use none, one of {words(known)}, or a list of them")
         if not names or ("none" in names and len(names) > 1) or len(set(names)) != len(names):
-            self.bad("backend", f"{self.backend!r}: give none, or trackers each named once, e.g. [wandb, tensorboard]")
+            self.bad("backend", f"{short(self.backend)}: give none, or trackers each named once, e.g. [wandb, tensorboard]")
 
 
 @dataclass
@@ -217,14 +227,16 @@ def _build(cls, values, where: str):
     """The dataclass `cls` from a mapping: unknown keys refused with the closest valid ones; each
     section checks its own values as it is built."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where or 'recipe'}: expected a mapping of fields, got {type(values).__name__}")
+        raise ConfigError(f"{where or 'recipe'}: expected a mapping of fields, got {type(values).__name__} "
+                          f"{short(values)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
-        dotted = f"{where}.{key}" if where else str(key)
+        label = key if isinstance(key, str) and len(key) <= 60 else short(key)
+        dotted = f"{where}.{label}" if where else str(label)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
+            close = difflib.get_close_matches(str(label), names, n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
             section = f"'{where}'" if where else "a recipe"
             raise ConfigError(f"unknown key '{dotted}'{hint} (valid keys of {section}: {', '.join(names)})")
@@ -242,35 +254,41 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
     node[leaf] = value
 
 
+MAX_OVERRIDE_CHARS = 1 << 16  # a command line's section.key=value; longer values belong in a recipe
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, object]]:
-    """'a.b=value' pairs; values are read as YAML (numbers, true/false, null, lists)."""
+    """'a.b=value' pairs; values are read as YAML (numbers, true/false, null, lists), bounded as a
+    recipe is (utils/bounded.py)."""
     pairs = []
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key or "." not in key:
-            raise ConfigError(f"override '{item}': expected section.key=value, e.g. train.max_steps=200")
+            raise ConfigError(f"override {short(item)}: expected section.key=value, e.g. train.max_steps=200")
+        if len(item) > MAX_OVERRIDE_CHARS:
+            raise ConfigError(f"override {short(item)}: {len(item):,} characters, more than the "
+                              f"{MAX_OVERRIDE_CHARS:,} an override may have; put long values in the recipe")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw, f"override {short(key)}") if raw != "" else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override '{item}': value is not valid YAML ({e.problem})") from None
+            raise ConfigError(f"override {short(item)}: value is not valid YAML ({getattr(e, 'problem', e)})") from None
         pairs.append((key, value))
     return pairs
 
 
 def read_recipe(path: str | Path) -> dict:
-    """The mapping a YAML recipe holds; ConfigError if it is missing or not a mapping."""
+    """The mapping a YAML recipe holds; ConfigError if it is missing, too big, not a mapping, or
+    nests aliases past the bound of utils/bounded.py."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"recipe '{path}' not found; pass a YAML file such as recipes/shakespeare_cpu.yaml")
+    text = read_text(path, what="recipe")
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"recipe '{path}' is not a text file (not UTF-8); pass a YAML recipe such as "
-                          "recipes/shakespeare_cpu.yaml") from None
+        tree = load_yaml(text, f"recipe '{path}'")
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"recipe '{path}' is not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"recipe '{path}' is not valid YAML{at}: {getattr(e, 'problem', None) or short(str(e))}") from None
     if tree is None or tree == {}:
         raise ConfigError(f"recipe '{path}' is empty; a recipe names at least its model, data and train settings "
                           "(start from recipes/shakespeare_cpu.yaml)")

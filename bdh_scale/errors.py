@@ -38,6 +38,10 @@ class CheckpointError(UsageError):
     """A checkpoint that cannot be resumed from; the message says why and what to do."""
 
 
+class CheckpointUnreadable(CheckpointError):
+    """A checkpoint whose files pass the manifest but cannot be read (a resume falls back to an older one)."""
+
+
 class ModelError(UsageError):
     """A saved model that cannot be loaded: no such directory or Hub repo, missing files, wrong class."""
 

@@ -19,6 +19,7 @@ metrics.jsonl after the resumed step are dropped: the resumed run logs them agai
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from bdh_scale.errors import RunDirBusy
+from bdh_scale.errors import ConfigError, RunDirBusy
 from bdh_scale.utils.atomic import write_text_atomic
 from bdh_scale.utils.lock import LOCK_FILE, DirLock, LockHeld, describe_holder
 
@@ -74,8 +75,20 @@ def vacant(path: Path) -> bool:
     return not path.exists() or (path.is_dir() and all(p.name == LOCK_FILE for p in path.iterdir()))
 
 
+def check_run_path(path: Path) -> None:
+    """A run directory is a directory, or nothing yet: a file, or a link to nothing, at its place is
+    refused (ConfigError) rather than written through or around."""
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"train.run_name: {path} is a symbolic link to {os.readlink(path)}, which does not exist; "
+                          "remove the link, or give this run another train.run_name")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"train.run_name: {path} is a file, not a run directory; remove it, or give this run "
+                          "another train.run_name")
+
+
 def claim(path: Path) -> Claim:
     """Take the lock of run directory `path` (made if missing); RunDirBusy if another run holds it."""
+    check_run_path(path)
     made = None
     for parent in [path, *path.parents]:  # the outermost directory that mkdir will create
         if parent.exists():
@@ -100,6 +113,7 @@ def claim_new(out_dir: str, run_name: str) -> Claim:
     while True:
         path = Path(out_dir) / (run_name if i == 0 else f"{run_name}-{i}")
         i += 1
+        check_run_path(path)
         if not vacant(path):
             continue
         try:
@@ -197,7 +211,7 @@ def load_run(source: str | Path, tokenizer=None):
         name = str(root / FINAL)
     model = load_pretrained(name)
     if model.recipe is None and (root / CONFIG).is_file():
-        model.recipe = yaml.safe_load((root / CONFIG).read_text())
+        model.recipe = read_yaml(root / CONFIG, error=ModelError, what="run config")
     tok = model.tokenizer
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)

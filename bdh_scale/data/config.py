@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from bdh_scale.data.mqar import MQARConfig
 from bdh_scale.data.passkey import PasskeyConfig
+from bdh_scale.utils.quote import short
 from bdh_scale.utils.schema import NonEmpty, NonNegInt, PosFloat, PosInt, Range, Section
 
 ANSWERING = ("synthetic:mqar", "synthetic:passkey")  # the sources that mark their answers (data.score)
@@ -112,7 +113,7 @@ class DataConfig(Section):
     def check(self) -> None:
         t = self.translation
         if t is not None and (len(t) != 2 or not all(isinstance(x, str) and x for x in t) or t[0] == t[1]):
-            self.bad("translation", f"{t!r} is not two distinct language codes; use e.g. ['fr', 'en'] "
+            self.bad("translation", f"{short(t)} is not two distinct language codes; use e.g. ['fr', 'en'] "
                                     "(source first) or null")
         if self.score == "answers" and self.source not in ANSWERING:
             self.bad("score", f"'answers' scores the answers a synthetic source marks, and '{self.source}' marks none; "

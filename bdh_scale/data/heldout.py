@@ -34,6 +34,7 @@ from bdh_scale.data.stream import TokenStream
 from bdh_scale.data.workers import TokenizerPool
 from bdh_scale.errors import DataError, DataFault
 from bdh_scale.utils.atomic import atomic_path
+from bdh_scale.utils.bounded import read_json
 
 HELD_OUT = "held_out"  # inside the run directory
 
@@ -128,13 +129,13 @@ def load_held_out(run_dir, cfg: DataConfig, tokenizer) -> HeldOut | None:
     """The held-out set cached in `run_dir` if it was read with this config and tokenizer, else None."""
     path = Path(run_dir) / HELD_OUT
     try:
-        meta = json.loads((path / "meta.json").read_text())
+        meta = read_json(path / "meta.json", error=DataError, what="held-out metadata")
         want = identity(cfg, tokenizer)  # hashes the tokenizer: once
         if {k: meta.get(k) for k in want} != want:
             return None
         tokens = np.load(path / "tokens.npy")
         starts = np.load(path / "doc_starts.npy") if meta["documents"] else None
         digests = np.load(path / "digests.npy")
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):  # DataError is a ValueError: not ours, read afresh
         return None
     return HeldOut(tokens, starts, frozenset(bytes(d) for d in digests), int(meta["pieces"]), meta)

@@ -37,6 +37,7 @@ import torch
 from bdh_scale.data.batch import Batch, make_batch
 from bdh_scale.data.stream import TokenStream
 from bdh_scale.errors import DataError
+from bdh_scale.utils.quote import short
 from bdh_scale.utils.schema import NonEmpty, NonNegInt, PosInt, Section
 
 SOURCE = "synthetic:mqar"
@@ -70,7 +71,7 @@ class MQARConfig(Section):
     def check(self) -> None:
         if not (isinstance(self.gap, list) and len(self.gap) == 2 and all(isinstance(g, int) and g >= 0 for g in self.gap)
                 and self.gap[0] <= self.gap[1]):
-            self.bad("gap", f"{self.gap!r} is not [min, max] windows with 0 <= min <= max; use e.g. [0, 0] or [1, 8]")
+            self.bad("gap", f"{short(self.gap)} is not [min, max] windows with 0 <= min <= max; use e.g. [0, 0] or [1, 8]")
         sched = self.gap_schedule
         if sched is not None:
             ok = isinstance(sched, list) and len(sched) > 0 and all(
@@ -78,7 +79,7 @@ class MQARConfig(Section):
                 for e in sched)
             steps = [e[0] for e in sched] if ok else []
             if not ok or steps[0] != 0 or steps != sorted(set(steps)):
-                self.bad("gap_schedule", f"{sched!r} is not [[step, min, max], ...] with steps rising from 0 and "
+                self.bad("gap_schedule", f"{short(sched)} is not [[step, min, max], ...] with steps rising from 0 and "
                                          "0 <= min <= max; use e.g. [[0, 0, 1], [500, 0, 4]] or null")
 
     def ranges(self) -> list[tuple[int, int, int]]:

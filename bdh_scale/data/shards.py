@@ -34,8 +34,10 @@ from bdh_scale.data.encode import tokenizer_hash
 from bdh_scale.data.stream import TokenStream
 from bdh_scale.data.tokenizer import load_tokenizer, token_dtype
 from bdh_scale.errors import DataError
+from bdh_scale.utils.bounded import read_json
 
 META_FILE = "meta.json"
+MAX_META_BYTES = 64 << 20  # one entry per shard: a corpus of 100k shards is ~20 MB
 DOC_INDEX = "doc_starts.bin"
 DOC_DTYPE = np.dtype("<i8")
 FORMAT = "bdh_scale.shards"
@@ -128,11 +130,10 @@ class ShardWriter:
 def read_meta(path) -> dict:
     meta_path = Path(path) / META_FILE
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"data.source: cannot read shard metadata '{meta_path}' ({e}); "
-                        "re-run `python -m data_prep.tokenize`") from None
-    if meta.get("format") != FORMAT:
+        meta = read_json(meta_path, MAX_META_BYTES, DataError, "shard metadata")
+    except DataError as e:
+        raise DataError(f"data.source: {e}; re-run `python -m data_prep.tokenize`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"data.source: '{meta_path}' is not a bdh_scale shard index "
                         f"(format {meta.get('format')!r}); re-run `python -m data_prep.tokenize`")
     return meta

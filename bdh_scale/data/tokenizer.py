@@ -26,6 +26,7 @@ import numpy as np
 
 from bdh_scale.errors import DataError
 from bdh_scale.utils.atomic import write_text_atomic
+from bdh_scale.utils.bounded import MAX_TOKENIZER_BYTES, read_json
 
 TOKENIZER_FILE = "tokenizer.json"
 _BYTES_MARKER = "bdh_scale.bytes"  # the byte tokenizer's file before it was a tokenizers file
@@ -203,9 +204,9 @@ def load_tokenizer(spec) -> ByteTokenizer | BPETokenizer:
         raise DataError(f"data.tokenizer: no tokenizer file at '{path}'; use 'bytes' or a .json "
                         "written by `python -m data_prep.train_bpe`")
     try:
-        head = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"data.tokenizer: '{path}' is not a tokenizer JSON ({e})") from None
+        head = read_json(path, MAX_TOKENIZER_BYTES, DataError, "tokenizer")
+    except DataError as e:
+        raise DataError(f"data.tokenizer: {e}") from None
     if isinstance(head, dict) and head.get("type") == _BYTES_MARKER:
         return ByteTokenizer()
     from tokenizers import Tokenizer

@@ -49,10 +49,12 @@ from bdh_scale.analysis.context import loss_by_context
 from bdh_scale.analysis.figures import new_figure
 from bdh_scale.analysis.recall import mqar_recall, recall
 from bdh_scale.data.build import mqar_for, passkey_for
+from bdh_scale.errors import UsageError
 from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
 from bdh_scale.experiments.scaling import as_overrides, outputs
 from bdh_scale.experiments.sweep import format_table, write_table
 from bdh_scale.utils.atomic import write_json_atomic
+from bdh_scale.utils.bounded import read_yaml
 
 KEYS = ("name", "datasets", "variants")
 
@@ -61,7 +63,10 @@ def load_spec(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise SystemExit(f"error: memory spec '{p}' not found; e.g. launch/memory_cpu.yaml")
-    spec = yaml.safe_load(p.read_text()) or {}
+    try:
+        spec = read_yaml(p, what="memory spec") or {}
+    except (UsageError, yaml.YAMLError) as e:
+        raise SystemExit(f"error: {' '.join(str(e).split())}") from None
     missing = [k for k in KEYS if not spec.get(k)]
     if missing:
         raise SystemExit(f"error: {p}: missing {', '.join(missing)} (needs {', '.join(KEYS)}; "

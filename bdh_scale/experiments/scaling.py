@@ -31,12 +31,13 @@ import torch
 import yaml
 
 from bdh_scale.config import load_config
-from bdh_scale.errors import ConfigError
+from bdh_scale.errors import ConfigError, UsageError
+from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
+from bdh_scale.experiments.fit import fit_power_law, plot_scaling
+from bdh_scale.experiments.sweep import format_table, result_row, write_table
 from bdh_scale.model import build_model
 from bdh_scale.model.flops import flops_per_token
-from bdh_scale.experiments.fit import fit_power_law, plot_scaling
-from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
-from bdh_scale.experiments.sweep import format_table, result_row, write_table
+from bdh_scale.utils.bounded import read_yaml
 
 
 def load_spec(path: str) -> dict:
@@ -44,7 +45,10 @@ def load_spec(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise SystemExit(f"error: scaling spec '{p}' not found; e.g. launch/scaling_cpu.yaml")
-    spec = yaml.safe_load(p.read_text()) or {}
+    try:
+        spec = read_yaml(p, what="scaling spec") or {}
+    except (UsageError, yaml.YAMLError) as e:
+        raise SystemExit(f"error: {' '.join(str(e).split())}") from None
     for key in ("name", "recipe", "arches"):
         if key not in spec:
             raise SystemExit(f"error: {p}: missing '{key}' (needs name, recipe, arches; see bdh_scale/experiments/scaling.py)")

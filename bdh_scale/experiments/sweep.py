@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import itertools
 import re
@@ -32,8 +33,11 @@ from pathlib import Path
 import yaml
 
 from bdh_scale import rundir
-from bdh_scale.utils.atomic import write_json_atomic, write_text_atomic
+from bdh_scale.config import MAX_RUN_NAME
+from bdh_scale.errors import UsageError
 from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
+from bdh_scale.utils.atomic import write_json_atomic, write_text_atomic
+from bdh_scale.utils.bounded import load_yaml, short
 
 
 
@@ -86,7 +90,10 @@ def run_name(name: str, point: dict[str, str]) -> str:
     parts = [name]
     for key, value in point.items():
         parts.append(f"{key.split('.')[-1]}{value}")
-    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "-".join(parts)).strip("_")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)).strip("_")
+    if len(name) > MAX_RUN_NAME:  # still unique: the cut is followed by a hash of the whole name
+        name = f"{name[:MAX_RUN_NAME - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -166,9 +173,11 @@ def main(argv=None) -> int:
     for point in grid:  # values must be YAML, as on the train command line
         for key, value in point.items():
             try:
-                yaml.safe_load(value)
+                load_yaml(value, f"--grid {key}")
             except yaml.YAMLError:
-                raise SystemExit(f"error: --grid {key}: value {value!r} is not valid YAML") from None
+                raise SystemExit(f"error: --grid {key}: value {short(value)} is not valid YAML") from None
+            except UsageError as e:
+                raise SystemExit(f"error: {e}") from None
     names = [run_name(args.name, point) for point in grid]
     jobs = [job(name, args.recipe, [*args.fixed, *(f"{k}={v}" for k, v in point.items())], args.out_dir)
             for name, point in zip(names, grid)]

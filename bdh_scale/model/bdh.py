@@ -38,6 +38,27 @@ class AttnPlan(NamedTuple):
     in_place: bool = False  # update the given state's rho in place (generation, no autograd)
 
 
+def attention_plan(c: BDHConfig, T: int, stateful: bool, need_state: bool, in_place: bool = False,
+                   fla_lengths=frozenset()) -> AttnPlan:
+    """Which attention form computes a call of T tokens (BDH.plan; also what the memory estimate of
+    model/footprint.py counts). fla_lengths: the lengths attn_backend auto measured faster with fla."""
+    kind, chunk = pick_backend(T, c.n_neurons, c.n_embd, c.attn_window)
+    if c.attn_backend == "chunked" and kind == "parallel":
+        # forced chunked below the crossover: the chunk size auto would use past it
+        chunk = pick_backend(1 << 30, c.n_neurons, c.n_embd, c.attn_window)[1]
+    if c.attn_backend not in ("auto", "fla"):
+        kind = c.attn_backend
+    if (c.attn_backend == "fla" or T in fla_lengths) and not in_place:
+        # one-token generation steps stay the in-place recurrent step: fla's kernels are for
+        # windows, and the step is the same function
+        kind = "fla"
+    if c.chunk_size and kind == "chunked":
+        chunk = c.chunk_size
+    if kind == "parallel" and (stateful or need_state):
+        chunk = max(T, 1)  # one chunk of the recurrent form is the parallel form plus the state
+    return AttnPlan(kind, chunk, need_state, in_place)
+
+
 def layer_norm(x: torch.Tensor) -> torch.Tensor:
     """LayerNorm without affine parameters, as in the reference."""
     return F.layer_norm(x, (x.size(-1),))
@@ -216,22 +237,7 @@ class BDH(Pretrained, nn.Module):
 
     def plan(self, T: int, stateful: bool, need_state: bool, in_place: bool = False) -> AttnPlan:
         """Which attention form computes this call."""
-        c = self.config
-        kind, chunk = pick_backend(T, c.n_neurons, c.n_embd, c.attn_window)
-        if c.attn_backend == "chunked" and kind == "parallel":
-            # forced chunked below the crossover: the chunk size auto would use past it
-            chunk = pick_backend(1 << 30, c.n_neurons, c.n_embd, c.attn_window)[1]
-        if c.attn_backend not in ("auto", "fla"):
-            kind = c.attn_backend
-        if (c.attn_backend == "fla" or T in self.fla_lengths) and not in_place:
-            # one-token generation steps stay the in-place recurrent step: fla's kernels are for
-            # windows, and the step is the same function
-            kind = "fla"
-        if c.chunk_size and kind == "chunked":
-            chunk = c.chunk_size
-        if kind == "parallel" and (stateful or need_state):
-            chunk = max(T, 1)  # one chunk of the recurrent form is the parallel form plus the state
-        return AttnPlan(kind, chunk, need_state, in_place)
+        return attention_plan(self.config, T, stateful, need_state, in_place, self.fla_lengths)
 
     # -- forward ----------------------------------------------------------------------------
     def forward(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+from bdh_scale.utils.quote import short
 from bdh_scale.utils.schema import Gt, NonNegFloat, NonNegInt, PosInt, Range, Section
 
 
@@ -52,7 +53,7 @@ class BDHConfig(Section):
     def check(self) -> None:
         ts = self.forget_timescales
         if ts is not None and (len(ts) != 2 or not all(isinstance(t, (int, float)) and t > 1 for t in ts)):
-            self.bad("forget_timescales", f"{ts!r} is not two memory lengths > 1 token; use e.g. [16, 4096] or null")
+            self.bad("forget_timescales", f"{short(ts)} is not two memory lengths > 1 token; use e.g. [16, 4096] or null")
         if self.n_embd % self.n_head:
             self.bad("n_embd", f"{self.n_embd} is not divisible by n_head={self.n_head}; "
                                "pick n_embd a multiple of n_head")

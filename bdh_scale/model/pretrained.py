@@ -43,6 +43,7 @@ from bdh_scale.model.card import PAPER, model_card
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.hf.export import MODEL_TYPE, transformers_keys, write_transformers_files
 from bdh_scale.utils.atomic import atomic_path
+from bdh_scale.utils.bounded import read_json, read_yaml
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -171,11 +172,9 @@ def config_from(fields: dict, overrides: dict, where: str) -> BDHConfig:
 
 def read_config(name: str | Path, **hub_kwargs) -> BDHConfig:
     """The model config saved with model `name` (a directory or a Hub id)."""
-    path = model_file(str(name), CONFIG_NAME, **hub_kwargs)
-    try:
-        fields = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ModelError(f"{name}/{CONFIG_NAME} is not valid JSON") from None
+    fields = read_json(model_file(str(name), CONFIG_NAME, **hub_kwargs), error=ModelError, what="model config")
+    if not isinstance(fields, dict):
+        raise ModelError(f"{name}/{CONFIG_NAME} holds a JSON {type(fields).__name__}, not an object of model fields")
     return config_from(fields, {}, str(name))
 
 
@@ -237,7 +236,7 @@ class Pretrained(PyTorchModelHubMixin, ModelBase, library_name="bdh-scale", pape
         name = str(pretrained_model_name_or_path)
         if Path(name).expanduser().is_dir():
             name = str(Path(name).expanduser())
-        model_file(name, CONFIG_NAME, **kwargs)  # a clear error first; then the mixin reads it (cached)
+        read_config(name, **kwargs)  # a clear error first, the file's size bounded; then the mixin reads it (cached)
         kwargs["local_files_only"] = Path(name).is_dir() or read_locally(name, kwargs)
         with hub_errors(name):
             return super().from_pretrained(name, **kwargs)
@@ -263,7 +262,7 @@ class Pretrained(PyTorchModelHubMixin, ModelBase, library_name="bdh-scale", pape
         card = model_file(model_id, CARD_NAME, required=False, **hub_kwargs)
         model.card = None if card is None else ModelCard.load(card)
         recipe = model_file(model_id, RECIPE_NAME, required=False, **hub_kwargs)
-        model.recipe = None if recipe is None else yaml.safe_load(recipe.read_text())
+        model.recipe = None if recipe is None else read_yaml(recipe, error=ModelError, what="model recipe")
         return model.to(map_location).eval()
 
 

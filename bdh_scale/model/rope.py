@@ -57,9 +57,16 @@ class RopeCache:
     """Small LRU cache of (cos, sin) tables keyed by (pos, T, device, dtype)."""
 
     def __init__(self, n: int, theta: float, max_entries: int = 16):
-        self.freqs = rope_freqs(n, theta)
+        self.n, self.theta = n, theta
+        self._freqs: torch.Tensor | None = None  # made at first use: building a model allocates no table
         self.max_entries = max_entries
         self._tables: OrderedDict = OrderedDict()
+
+    @property
+    def freqs(self) -> torch.Tensor:
+        if self._freqs is None:
+            self._freqs = rope_freqs(self.n, self.theta)
+        return self._freqs
 
     def get(self, pos: int, T: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (int(pos), int(T), torch.device(device), dtype)

@@ -33,8 +33,8 @@ thing in this run.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +47,15 @@ from bdh_scale.errors import CheckpointError, Fault
 from bdh_scale.model.pretrained import write_model_config
 from bdh_scale.train import checkpoint_files as files
 from bdh_scale.train.optim import keep_recipe_hyperparameters
-from bdh_scale.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
+from bdh_scale.utils.atomic import atomic_path, fsync_tree, write_json_atomic, write_text_atomic
+from bdh_scale.utils.bounded import read_json
+from bdh_scale.utils.disk import describe_write_failure, is_write_failure
 
 CHECKPOINTS = "checkpoints"  # inside the run directory
 PREFIX = "step_"
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
+MAX_MANIFEST_BYTES = 16 << 20  # a line per file: thousands of FSDP shards fit
 FORMAT = 2  # 1: Accelerate's save_state, with the scheduler and RNG as pickles (not loadable any more)
 # Model fields that may change on resume: they do not change what the weights mean.
 MODEL_FREE_FIELDS = frozenset({"dropout", "attn_backend", "chunk_size", "hrm_gen_context"})
@@ -68,13 +71,18 @@ class Resumed:
 
 # -- finding and verifying ----------------------------------------------------------------------
 
+def checkpoint_number(path: Path) -> int:
+    """The step in a checkpoint directory's name (step_00001200 -> 1200)."""
+    return int(path.name[len(PREFIX):])
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Checkpoint directories of a run, oldest first (hidden temporary ones are not listed)."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=checkpoint_number)
 
 
 def _sha256(path: Path) -> str:
@@ -95,12 +103,14 @@ def verify(path: str | Path) -> dict:
     where = f"checkpoint {path}"
     if not path.is_dir():
         raise CheckpointError(f"{where} not found")
+    if not (path / MANIFEST).exists():
+        raise CheckpointError(f"{where} is incomplete: no {MANIFEST} (the write did not finish)")
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{where} is incomplete: no {MANIFEST} (the write did not finish)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{where} is damaged: {MANIFEST} is not valid JSON") from None
+        manifest = read_json(path / MANIFEST, MAX_MANIFEST_BYTES, CheckpointError, "manifest")
+    except CheckpointError as e:
+        raise CheckpointError(f"{where} is damaged: {e}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        raise CheckpointError(f"{where} is damaged: {MANIFEST} is not a checkpoint manifest")
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"{where} has format {manifest.get('format')!r}, this bdh-scale reads format {FORMAT} "
                               "(format 1 kept its scheduler and RNG as pickles, which are never loaded); start fresh "
@@ -158,13 +168,21 @@ def find_checkpoint(resume: str) -> Path:
                           f"(with {CHECKPOINTS}/); use auto, auto_or_fail, such a path, or null")
 
 
+def trainer_state(path: str | Path) -> dict:
+    """A checkpoint's trainer_state.json (step, tokens, lane layout, model shape, trackers)."""
+    state = read_json(Path(path) / TRAINER_STATE, error=CheckpointError, what="trainer state")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} is damaged: {TRAINER_STATE} is not an object")
+    return state
+
+
 def checkpoint_step(path: str | Path) -> int:
-    return int(json.loads((Path(path) / TRAINER_STATE).read_text())["step"])
+    return int(trainer_state(path)["step"])
 
 
 def saved_trackers(path: str | Path | None) -> dict:
     """The trackers' state a checkpoint kept (train/tracking.py; {} for none, or an older checkpoint)."""
-    return {} if path is None else json.loads((Path(path) / TRAINER_STATE).read_text()).get("trackers", {})
+    return {} if path is None else trainer_state(path).get("trackers", {})
 
 
 # -- compatibility ------------------------------------------------------------------------------
@@ -232,6 +250,7 @@ class Checkpointer:
         self.last: Path | None = None  # the newest checkpoint written or loaded by this run
         self.trackers: dict = {}  # kept in trainer_state.json for a resume (train/tracking.py)
         self.last_step = -1
+        self._warned_outside = False
 
     def due(self, step: int, at_end: bool, in_bad_streak: bool = False) -> bool:
         """Save now? At the end (or on a stop signal) and every `every` steps, never twice for a step;
@@ -243,16 +262,27 @@ class Checkpointer:
     def save(self, step: int, tokens: int, model, optimizer, lanes, states: list, faults: dict) -> Path:
         try:
             return self._save(step, tokens, model, optimizer, lanes, states, faults)
-        except OSError as e:  # a full disk, a lost mount: the half-written directory is already gone
-            raise Fault(f"the checkpoint of step {step} could not be written ({e.strerror or e}"
-                        + (f": {e.filename}" if getattr(e, "filename", None) else "") + "); "
-                        + (f"the newest complete checkpoint is {self.last}" if self.last else "no checkpoint was saved")
-                        ) from e
+        except Exception as e:
+            if not is_write_failure(e):
+                raise
+            raise Fault(self._failed(step, e)) from e
+
+    def _failed(self, step: int, e: BaseException) -> str:
+        """The one line for a save that failed (a full disk, a quota, a lost mount): what happened,
+        that nothing of it is left, and the newest checkpoint to continue from."""
+        for stray in self.root.glob(f".{PREFIX}{step:08d}.*"):  # atomic_path removed it; a full disk may not let it
+            shutil.rmtree(stray, ignore_errors=True)
+        newest = self.last if self.last is not None else newest_valid(self.root.parent)[0]
+        then = (f"the newest intact checkpoint is {newest} (step {checkpoint_step(newest)}): make room, then continue "
+                "with train.resume=auto" if newest is not None
+                else "no checkpoint of this run was saved before it: make room, then start the run again")
+        return (f"the checkpoint of step {step} could not be written ({describe_write_failure(e, self.root)}); "
+                f"its partial files were removed; {then}")
 
     def _save(self, step: int, tokens: int, model, optimizer, lanes, states: list, faults: dict) -> Path:
         acc, tc = self.accelerator, self.cfg.train
         final = self.root / f"{PREFIX}{step:08d}"
-        writing = atomic_path(final, is_dir=True) if acc.is_main_process else nullcontext(None)
+        writing = atomic_path(final, is_dir=True, durable=True) if acc.is_main_process else nullcontext(None)
         with writing as tmp:
             box = [str(tmp) if tmp is not None else None]
             if acc.num_processes > 1:
@@ -278,7 +308,9 @@ class Checkpointer:
                 self.inject.kill_point("in_checkpoint", step)
             if acc.is_main_process:
                 listed = {str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in _files(tmp)}
-                write_json_atomic(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": listed})
+                # On the disk before the manifest says they are complete (a power loss, not only a crash)
+                fsync_tree(tmp)
+                write_json_atomic(tmp / MANIFEST, {"format": FORMAT, "step": step, "files": listed}, durable=True)
         if acc.is_main_process:
             self._prune()
         acc.wait_for_everyone()
@@ -288,7 +320,7 @@ class Checkpointer:
     def check(self, path: Path) -> dict:
         """The checkpoint's trainer state, once it is known to fit this run (CheckpointError if not)."""
         acc = self.accelerator
-        meta = json.loads((path / TRAINER_STATE).read_text())
+        meta = trainer_state(path)
         check_compatible(path, meta, self.cfg, acc.num_processes, self.tokenizer, acc.scaler is not None,
                          files.is_sharded(acc))
         return meta
@@ -298,15 +330,19 @@ class Checkpointer:
         RNG, lanes and carried states. Reads only; nothing is written."""
         acc = self.accelerator
         meta = self.check(path)
-        with keep_recipe_hyperparameters(optimizer):
-            files.load_model_and_optimizer(acc, model, optimizer, path)
-        if acc.scaler is not None:
-            files.load_scaler(acc.scaler, path)
         # Another number of processes: the lanes were dealt anew (train/resume.py). All lanes share
         # one position, so rank 0's file places every rank's; the carried states and RNG streams
         # belonged to ranks of the old layout: states start empty, the RNG keeps this run's seed.
         relaid = meta["lanes"]["world_size"] != acc.num_processes
+        # Everything is read before anything is applied: a file that cannot be read
+        # (CheckpointUnreadable) leaves the run as it was, free to take an older checkpoint.
         mine = files.load_rank(path, 0 if relaid else acc.process_index)
+        saved = None if files.is_sharded(acc) else files.read_model_and_optimizer(path)
+        scaler = files.read_scaler(path) if acc.scaler is not None else None
+        with keep_recipe_hyperparameters(optimizer):
+            files.load_model_and_optimizer(acc, model, optimizer, path, saved)
+        if scaler is not None:
+            acc.scaler.load_state_dict(scaler)
         lanes.load_state_dict(mine["lanes"])
         states = [None] * self.cfg.train.grad_accum_steps
         if not relaid:
@@ -322,12 +358,18 @@ class Checkpointer:
         return kind.from_state_dict(d).to(device)
 
     def _prune(self) -> None:
-        """Keep the newest `keep` checkpoints; drop leftovers of interrupted writes."""
-        for old in list_checkpoints(self.root.parent)[:-self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for stray in self.root.glob(f".{PREFIX}*"):
-            if stray.is_dir():
-                shutil.rmtree(stray, ignore_errors=True)
+        """Keep the newest `keep` checkpoints; drop leftovers of interrupted writes. Nothing whose
+        real path lies outside the run directory is ever deleted (a checkpoints/ link elsewhere)."""
+        run_dir = self.root.parent.resolve()
+        doomed = list_checkpoints(self.root.parent)[:-self.keep] + [p for p in self.root.glob(f".{PREFIX}*") if p.is_dir()]
+        outside = [p for p in doomed if run_dir not in p.resolve().parents]
+        for old in doomed:
+            if old not in outside:
+                shutil.rmtree(old, ignore_errors=True)
+        if outside and not self._warned_outside:
+            self._warned_outside = True
+            print(f"warning: train.keep_checkpoints: {self.root} leads outside {run_dir} ({outside[0].resolve()}); "
+                  "old checkpoints there are left in place, not deleted", file=sys.stderr)
 
 
 __all__ = ["Checkpointer", "Resumed", "verify", "newest_valid", "find_checkpoint", "list_checkpoints",

@@ -42,7 +42,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from bdh_scale.errors import CheckpointError
+from bdh_scale.errors import CheckpointError, CheckpointUnreadable
+from bdh_scale.utils.bounded import read_json, short
 from bdh_scale.utils.tree import map_tensors
 
 MODEL = "model.safetensors"
@@ -115,7 +116,29 @@ def save_model_and_optimizer(accelerator, model, optimizer, directory: Path) -> 
         torch.save(optimizer.state_dict(), directory / OPTIMIZER)
 
 
-def load_model_and_optimizer(accelerator, model, optimizer, directory: Path) -> None:
+def read_model_and_optimizer(directory: Path) -> tuple[dict, dict]:
+    """(weights, optimizer state) of an unsharded checkpoint, read but not applied, so that a file
+    that cannot be read leaves the model and optimizer as they were (CheckpointUnreadable)."""
+    return (readable(directory / MODEL, lambda p: load_file(str(p))),
+            readable(directory / OPTIMIZER, load_tensors_and_values))
+
+
+def readable(path: Path, read):
+    """read(path), any failure to read it (truncated, not its format) one CheckpointUnreadable
+    naming the file; a refusal of its contents (a pickle of other objects) stays what it is."""
+    try:
+        return read(path)
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointUnreadable(f"checkpoint {path.parent}: {path.name} cannot be read "
+                                   f"({type(e).__name__}: {short(str(e).strip().splitlines()[0] if str(e).strip() else '')})"
+                                   ) from None
+
+
+def load_model_and_optimizer(accelerator, model, optimizer, directory: Path, saved: tuple | None = None) -> None:
+    """Apply a checkpoint's weights and optimizer state: `saved` (read_model_and_optimizer), or read
+    now; under FSDP every rank reads and reshards its own part."""
     if is_sharded(accelerator):
         inner = _torch_optimizer(optimizer)
         model_state, optim_state = get_state_dict(model, inner)  # this run's shapes and shards, to fill
@@ -124,8 +147,9 @@ def load_model_and_optimizer(accelerator, model, optimizer, directory: Path) -> 
             dcp.load(state, storage_reader=SafeReader(directory / SHARDED), planner=SafeLoadPlanner())
         set_state_dict(model, inner, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
         return
-    accelerator.unwrap_model(model).load_state_dict(load_file(str(directory / MODEL)))
-    optimizer.load_state_dict(load_tensors_and_values(directory / OPTIMIZER))
+    weights, optim_state = saved if saved is not None else read_model_and_optimizer(directory)
+    accelerator.unwrap_model(model).load_state_dict(weights)
+    optimizer.load_state_dict(optim_state)
 
 
 def _torch_optimizer(optimizer):
@@ -185,8 +209,8 @@ def save_scaler(scaler, directory: Path) -> None:
     (directory / SCALER).write_text(json.dumps(scaler.state_dict()) + "\n")
 
 
-def load_scaler(scaler, directory: Path) -> None:
-    scaler.load_state_dict(json.loads((directory / SCALER).read_text()))
+def read_scaler(directory: Path) -> dict:
+    return read_json(directory / SCALER, error=CheckpointUnreadable, what="loss scaler state")
 
 
 # -- per rank: lanes, carried states, RNG -------------------------------------------------------
@@ -219,5 +243,5 @@ def save_rank(directory: Path, rank: int, lanes, states: list) -> None:
 
 
 def load_rank(directory: Path, rank: int) -> dict:
-    return load_tensors_and_values(directory / rank_file(rank))
+    return readable(directory / rank_file(rank), load_tensors_and_values)
 

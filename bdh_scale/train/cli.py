@@ -10,6 +10,7 @@ from bdh_scale.config import load_config
 from bdh_scale.errors import DataFault, Fault, TrainingStopped, UsageError
 
 USAGE_ERRORS = (UsageError, FileNotFoundError)
+MAX_ERROR_CHARS = 4000  # the error line: a listing of a section's keys fits
 
 
 def parse_args(argv):
@@ -54,7 +55,10 @@ def report(message: str, code: int, every_rank: bool) -> int:
         traceback.print_exc()
     if rank == 0 or every_rank:
         where = f"rank {rank}: " if every_rank and world > 1 else ""
-        print(f"error: {where}{' '.join(message.split())}", file=sys.stderr)
+        line = " ".join(message.split())
+        if len(line) > MAX_ERROR_CHARS:  # a last guard: every message should be short by itself (utils/quote.py)
+            line = line[:MAX_ERROR_CHARS - 3] + "..."
+        print(f"error: {where}{line}", file=sys.stderr)
     return code
 
 

@@ -8,18 +8,21 @@ from pathlib import Path
 
 from accelerate.utils import DistributedType
 
+from bdh_scale.errors import Fault
 from bdh_scale.model import build_model
 from bdh_scale.model.card import model_card
 from bdh_scale.model.pretrained import hub_offline, push_folder
 from bdh_scale.rundir import FINAL
+from bdh_scale.utils.disk import describe_write_failure, is_write_failure
 
 
-def save_final(accelerator, model, cfg, run_dir: Path, tokenizer, training: dict):
+def save_final(accelerator, model, cfg, run_dir: Path, tokenizer, training: dict, newest_checkpoint=None):
     """Write <run_dir>/final on the main process; returns the model there (None on other ranks).
     `training`: steps, tokens, val_loss, val_bpb and run_name, for the model card.
 
     Every rank must call it: under FSDP the full weights are gathered from all ranks first and
-    loaded into a fresh, unsharded copy; otherwise the trained model itself is saved.
+    loaded into a fresh, unsharded copy; otherwise the trained model itself is saved. A write that
+    fails (a full disk) is a Fault naming `newest_checkpoint`, from which a resume writes final/.
     """
     if accelerator.distributed_type == DistributedType.FSDP:
         weights = accelerator.get_state_dict(model)  # collective: every rank takes part
@@ -32,7 +35,16 @@ def save_final(accelerator, model, cfg, run_dir: Path, tokenizer, training: dict
     if final is not None:
         final.tokenizer, final.recipe = tokenizer, cfg.to_dict()
         final.card = model_card(final, training, where=cfg.train.push_to_hub or str(run_dir / FINAL))
-        final.save_pretrained(run_dir / FINAL)
+        try:
+            final.save_pretrained(run_dir / FINAL)
+        except Exception as e:
+            if not is_write_failure(e):
+                raise
+            then = (f"the checkpoint of the last step is {newest_checkpoint}: make room, then run again with "
+                    "train.resume=auto to write final/" if newest_checkpoint is not None
+                    else "no checkpoint was kept (train.keep_checkpoints=0): make room and train again")
+            raise Fault(f"the final model could not be written to {run_dir / FINAL} "
+                        f"({describe_write_failure(e, run_dir)}); {then}") from e
     accelerator.wait_for_everyone()
     return final
 

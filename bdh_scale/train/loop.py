@@ -135,7 +135,8 @@ def finish(run, final_val: dict, stopped_by: str | None) -> TrainResult:
         final_val = validate(run)
     training = {"run_name": run.run_dir.name, "steps": run.step, "tokens": run.tokens, **final_val}
     # every rank: FSDP gathers the weights
-    final_model = save_final(acc, run.model, run.cfg, run.run_dir, run.data.tokenizer, training)
+    newest = run.checkpoints.last if run.checkpoints.last_step == run.step else None
+    final_model = save_final(acc, run.model, run.cfg, run.run_dir, run.data.tokenizer, training, newest)
     text = ""
     if acc.is_main_process and tc.sample_tokens:
         text = sample(run, final_model.to(acc.device), tc.sample_tokens)

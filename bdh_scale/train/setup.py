@@ -13,7 +13,6 @@ or duplicated. The carried TBPTT states of a lane live on the rank that owns the
 """
 from __future__ import annotations
 
-import json
 import warnings
 from datetime import timedelta
 from dataclasses import dataclass, field
@@ -26,16 +25,19 @@ from bdh_scale.config import RunConfig
 from bdh_scale.data import DataBundle, build_data
 from bdh_scale.model import build_model
 from bdh_scale.rundir import METRICS, Claim, write_run_dir
-from bdh_scale.train.checkpoint import TRAINER_STATE, Checkpointer, Resumed, saved_trackers
+from bdh_scale.errors import CheckpointError, CheckpointUnreadable
+from bdh_scale.train.checkpoint import (Checkpointer, Resumed, checkpoint_number, list_checkpoints, saved_trackers,
+                                        trainer_state, verify)
 from bdh_scale.train.diagnostics import MFU
 from bdh_scale.train.distributed import (check_parallel_plan, describe_plan, from_main, fsdp_requested,
                                          shard_cpu_processes, use_cpu_processes)
 from bdh_scale.train.faults import BadStepGuard, FaultInjection, watch_launcher
 from bdh_scale.train.kernels import check_backend, compile_model, tune_attention
+from bdh_scale.train.memory_check import check_memory
 from bdh_scale.train.optim import build_optimizer
 from bdh_scale.train.precision import resolve_mixed_precision
 from bdh_scale.train.preflight import preflight, writable_ancestor
-from bdh_scale.train.resume import plan_start, relay_lanes
+from bdh_scale.train.resume import AUTO, plan_start, relay_lanes
 from bdh_scale.train.schedule import make_scheduler
 from bdh_scale.train.export import missing_credentials
 from bdh_scale.train.tracking import MetricsLog, SampleTable, Trackers, accelerate_log_with
@@ -165,11 +167,38 @@ def claim_run_dir(cfg: RunConfig, accelerator: Accelerator):
     def decide():
         claim, found = plan_start(cfg.train, say=accelerator.print)
         held["claim"] = claim
-        layout = None if found is None else json.loads((found / TRAINER_STATE).read_text()).get("lanes")
+        layout = None if found is None else trainer_state(found).get("lanes")
         return str(claim.path), None if found is None else str(found), layout
 
     run_dir, found, layout = from_main(accelerator, decide)
     return Path(run_dir), None if found is None else Path(found), layout, held.get("claim")
+
+
+def load_readable(checkpoints: Checkpointer, found: Path, tc, model, optimizer, lanes, say) -> tuple[Resumed, Path]:
+    """Load `found`; with train.resume=auto, a checkpoint whose files cannot be read (they pass the
+    manifest, yet a reader fails on them) is skipped with a warning for the next older intact one,
+    as a damaged one is when the run is planned (train/resume.py). (what was loaded, from where)"""
+    candidates = [found]
+    if tc.resume in AUTO:
+        candidates += [p for p in reversed(list_checkpoints(found.parent.parent))
+                       if checkpoint_number(p) < checkpoint_number(found)]
+    skipped = []
+    for path in candidates:
+        if path is not found:
+            try:
+                verify(path)
+            except CheckpointError:
+                continue
+        try:
+            resumed = checkpoints.load(path, model, optimizer, lanes)
+        except CheckpointUnreadable as e:
+            skipped.append(str(e))
+            continue
+        for why in skipped:
+            say(f"warning: {why}; resuming from the older {path.name}")
+        return resumed, path
+    raise CheckpointError(f"train.resume={tc.resume}: no checkpoint could be read ({skipped[0]}); remove the damaged "
+                          "checkpoints, or start afresh with train.resume=null")
 
 
 def setup(cfg: RunConfig) -> Run:
@@ -178,6 +207,7 @@ def setup(cfg: RunConfig) -> Run:
     watch_launcher()  # a worker whose launcher dies saves and stops instead of training on
     accelerator, precision = make_accelerator(cfg)
     check_backend(cfg.model, accelerator.device)
+    accelerator.print(check_memory(cfg, accelerator, precision))  # before a directory is claimed or a weight made
     from_main(accelerator, lambda: writable_ancestor(tc.out_dir))  # before a directory is claimed in it
     run_dir, resume_from, layout, claim = claim_run_dir(cfg, accelerator)
     try:  # until the run directory is written, a refusal leaves it as it was
@@ -195,7 +225,8 @@ def setup(cfg: RunConfig) -> Run:
         checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer, inject)
         resumed = Resumed(0, 0, [None] * tc.grad_accum_steps, None)
         if resume_from is not None:  # read and checked on every rank; nothing written yet
-            resumed = checkpoints.load(resume_from, model, optimizer, data.train)
+            resumed, resume_from = load_readable(checkpoints, resume_from, tc, model, optimizer, data.train,
+                                                 accelerator.print)
 
         def write():  # on the main process, every check passed
             write_run_dir(run_dir, cfg, data.tokenizer, resumed.step)

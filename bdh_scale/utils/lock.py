@@ -19,6 +19,8 @@ import os
 import socket
 from pathlib import Path
 
+from bdh_scale.utils.bounded import read_json
+
 LOCK_FILE = ".lock"
 UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
@@ -75,9 +77,9 @@ class DirLock:
 
 def read_holder(path: Path) -> dict:
     try:
-        holder = json.loads(Path(path).read_text() or "{}")
+        holder = read_json(path, 1 << 16, what="lock") if Path(path).stat().st_size else {}
         return holder if isinstance(holder, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # UsageError (a lock file that is not ours) is a ValueError
         return {}
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
 from bdh_scale.errors import ConfigError
+from bdh_scale.utils.quote import short
 
 
 class Constraint:
@@ -36,7 +37,7 @@ class Constraint:
         raise NotImplementedError
 
     def failure(self, value) -> str:
-        return f"must be {self.describe()}, got {value!r}"
+        return f"must be {self.describe()}, got {short(value)}"
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,20 @@ class Range(Constraint):
 
     def describe(self) -> str:
         return f"in [{self.low:g}, {self.high:g})"
+
+
+@dataclass(frozen=True)
+class Between(Constraint):
+    """low <= value <= high, both ends included (integers such as a seed's range)."""
+
+    low: int
+    high: int
+
+    def ok(self, value) -> bool:
+        return self.low <= value <= self.high
+
+    def describe(self) -> str:
+        return f"from {self.low:,} to {self.high:,}"
 
 
 @dataclass(frozen=True)
@@ -131,7 +146,7 @@ def _convert(value, hint):
                 reasons.append(str(e))
         # a value of the right type that breaks a bound says so; else the type is what is wrong
         specific = [r for r in reasons if not r.startswith("expected")]
-        raise _Reject(specific[0] if specific else f"expected {_type_name(hint)}, got {value!r}")
+        raise _Reject(specific[0] if specific else f"expected {_type_name(hint)}, got {short(value)}")
     if origin is Annotated:
         base, *constraints = typing.get_args(hint)
         value = _convert(value, base)
@@ -142,11 +157,11 @@ def _convert(value, hint):
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise _Reject(f"{value!r} is unknown; use {words(choices)}")
+            raise _Reject(f"{short(value)} is unknown; use {words(choices)}")
         return value
     if hint is type(None):
         if value is not None:
-            raise _Reject(f"expected null, got {value!r}")
+            raise _Reject(f"expected null, got {short(value)}")
         return None
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
@@ -155,25 +170,25 @@ def _convert(value, hint):
             except ValueError:
                 pass
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise _Reject(f"expected float, got {value!r}")
+            raise _Reject(f"expected float, got {short(value)}")
         if not math.isfinite(value):
-            raise _Reject(f"must be a finite number, got {value!r}")
+            raise _Reject(f"must be a finite number, got {short(value)}")
         return float(value)
     if hint is int:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise _Reject(f"expected int, got {value!r}")
+            raise _Reject(f"expected int, got {short(value)}")
         return value
     if hint in (str, bool):
         if not isinstance(value, hint):
-            raise _Reject(f"expected {hint.__name__}, got {value!r}")
+            raise _Reject(f"expected {hint.__name__}, got {short(value)}")
         return value
     if origin is list or hint is list:
         if not isinstance(value, (list, tuple)):
-            raise _Reject(f"expected a list, got {value!r}")
+            raise _Reject(f"expected a list, got {short(value)}")
         return list(value)
     if origin is dict or hint is dict:
         if not isinstance(value, dict):
-            raise _Reject(f"expected a mapping, got {value!r}")
+            raise _Reject(f"expected a mapping, got {short(value)}")
         return value
     return value
 
