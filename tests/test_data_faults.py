@@ -1,7 +1,7 @@
 """Streams that survive their data: bad records skipped and counted or stopped with a checkpoint,
 a file deleted mid-run, a data host that goes away mid-run and comes back (or not). Real files,
 real training processes, a real HTTP server on 127.0.0.1; every resume is checked against an
-uninterrupted run step for step."""
+uninterrupted run step for step, or its count of bad records against the passes the run made."""
 import dataclasses
 import json
 import re
@@ -20,7 +20,7 @@ from bdh_scale.train.checkpoint import list_checkpoints
 from tests.helpers.corpus import documents, lane_streams, replace_line, write_short_docs
 from tests.helpers.http_files import FileServer
 from tests.helpers.tiny_runs import ROOT, clean_env, command, losses, main_in_process, metrics, RECIPE, overrides, \
-    train_process
+    rank_state, train_process
 
 # Stream lanes over very short documents: a run reaches its 300th document by step 8.
 STREAM = ["data.lanes=stream", "data.val_tokens=1000", "train.seq_len=64", "train.state=carry",
@@ -135,6 +135,8 @@ def test_more_bad_records_than_the_cap_stop_the_run_as_stop_does(tmp_path, bad_c
 # documents, so a run makes several passes in a few steps, as a corpus little larger than the
 # default 1M held-out tokens does. 2 lanes of T=32 a process: a pass is about 14 steps on 1
 # process; on 2, rank 0 (parts 0, 2, 4, 6) passes about every 5 steps and rank 1 (1, 3, 5, 7) every 9.
+HELD = ["data.lanes=stream", "data.val_tokens=3800", "data.on_bad_record=skip", "train.seq_len=32",
+        "train.batch_size=2", "train.resume=auto", "train.checkpoint_every=4"]
 HELD_BAD, TRAIN_BAD = "part-002.jsonl' line 10", "part-007.jsonl' line 20"
 
 
@@ -183,6 +185,28 @@ def test_a_bad_record_among_held_out_documents_counts_once_and_one_among_trainin
     assert sorted(dealt) == training and set(dealt.values()) <= {3, 4}
     again = sorted(i for i, n in dealt.items() if n == 4)
     assert 0 < len(again) < len(training) and again == training[:len(again)]
+
+
+@pytest.mark.parametrize("processes, workers", [(1, 2), (2, 1)])
+def test_bad_records_count_once_per_pass_across_processes_and_a_resume(tmp_path, held_corpus, processes, workers):
+    run = [f"data.source={held_corpus}", *HELD, f"data.workers={workers}"]
+    first_steps, last_steps = (8, 30) if processes == 1 else (4, 20)
+    first = train_process(processes, tmp_path, "p", *run, f"train.max_steps={first_steps}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = metrics(tmp_path / "p")
+    assert rows[-1]["data/bad_records"] == 2  # both met in the first pass, all ranks together
+    resumed = train_process(processes, tmp_path, "p", *run, f"train.max_steps={last_steps}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {tmp_path / 'p'}/checkpoints/step_{first_steps:08d}" in resumed.stdout
+
+    # the rank reading part-007 is in pass e: it met that record e + 1 times, the held-out one once
+    position = rank_state(list_checkpoints(tmp_path / "p")[-1], processes - 1)["lanes"]["position"]
+    assert position["epoch"] >= 1
+    counts = [r["data/bad_records"] for r in metrics(tmp_path / "p") if "loss" in r]
+    assert len(counts) == last_steps and counts == sorted(counts)
+    assert counts[-1] == 1 + position["epoch"] + 1
+    warnings = first.stderr + resumed.stderr
+    assert warnings.count(HELD_BAD) == 1 and warnings.count(TRAIN_BAD) == position["epoch"] + 1
 
 
 def test_a_rank_with_bad_records_but_no_text_is_told_it_holds_no_text(tmp_path):
