@@ -1,22 +1,26 @@
 """Streams that survive their data: bad records skipped and counted or stopped with a checkpoint,
 a file deleted mid-run, a data host that goes away mid-run and comes back (or not). Real files,
 real training processes, a real HTTP server on 127.0.0.1; every resume is checked against an
-uninterrupted run step for step."""
+uninterrupted run step for step, or its count of bad records against the passes the run made."""
+import dataclasses
 import json
+import re
 import subprocess
 import time
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bdh_scale.data import DataConfig, build_data
 from bdh_scale.data.records import check_first_records, record_dataset, record_rows
 from bdh_scale.errors import DataError
 from bdh_scale.train.checkpoint import list_checkpoints
-from tests.helpers.corpus import replace_line, write_short_docs
+from tests.helpers.corpus import documents, lane_streams, replace_line, write_short_docs
 from tests.helpers.http_files import FileServer
 from tests.helpers.tiny_runs import ROOT, clean_env, command, losses, main_in_process, metrics, RECIPE, overrides, \
-    train_process
+    rank_state, train_process
 
 # Stream lanes over very short documents: a run reaches its 300th document by step 8.
 STREAM = ["data.lanes=stream", "data.val_tokens=1000", "train.seq_len=64", "train.state=carry",
@@ -122,6 +126,99 @@ def test_more_bad_records_than_the_cap_stop_the_run_as_stop_does(tmp_path, bad_c
     (line,) = error_lines(err)
     assert "data: 2 bad records skipped, more than data.max_bad_records=1" in line
     assert f"at step {newest_step(tmp_path / 'cap')}, the last completed step" in line
+
+
+# -- bad records among held-out documents --------------------------------------------------------
+
+# data.val_tokens=3800 holds out the first 652 documents of held_corpus (parts 000-005 and half of
+# part-006): every pass of training reads all 800 records again but deals only the last 147
+# documents, so a run makes several passes in a few steps, as a corpus little larger than the
+# default 1M held-out tokens does. 2 lanes of T=32 a process: a pass is about 14 steps on 1
+# process; on 2, rank 0 (parts 0, 2, 4, 6) passes about every 5 steps and rank 1 (1, 3, 5, 7) every 9.
+HELD = ["data.lanes=stream", "data.val_tokens=3800", "data.on_bad_record=skip", "train.seq_len=32",
+        "train.batch_size=2", "train.resume=auto", "train.checkpoint_every=4"]
+HELD_BAD, TRAIN_BAD = "part-002.jsonl' line 10", "part-007.jsonl' line 20"
+
+
+@pytest.fixture(scope="module")
+def held_corpus(tmp_path_factory):
+    """8 files of 100 short documents; a bad record among the held-out ones (part-002 line 10: in a
+    read of 256 records all held out, on 1 process and on rank 0 of 2) and one among the training
+    ones (part-007 line 20: in the first read of a pass that deals documents, on 1 process and on
+    rank 1 of 2, so a rank in pass e has met it e + 1 times)."""
+    root = tmp_path_factory.mktemp("held") / "c"
+    write_short_docs(root, files=8, per_file=100)
+    replace_line(root / "part-002.jsonl", 10, "{not json")
+    replace_line(root / "part-007.jsonl", 20, '{"id": 20}')
+    return root
+
+
+def short_doc_ids(texts: list[str]) -> list[int]:
+    """The numbers of write_short_docs documents ("d17" and the separator; the held-out set's last one may be cut)."""
+    return [int(re.match(r"d(\d+)(\n\n)?$", t).group(1)) for t in texts]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_bad_record_among_held_out_documents_counts_once_and_one_among_training_documents_once_per_pass(
+        held_corpus, workers, capsys):
+    cfg = DataConfig(source=str(held_corpus), lanes="stream", val_tokens=3800, on_bad_record="skip", workers=workers)
+    data = build_data(cfg, batch_size=2, seq_len=32)
+    try:
+        held = short_doc_ids(documents(data.val.read(0, len(data.val)), data.val.doc_mask([0], len(data.val))[0],
+                                       data.tokenizer.decode))
+        batches = []
+        while data.train.epoch < 3:  # three passes, and the fourth begun
+            batches.append(data.train.next_batch(32))
+            assert len(batches) < 200
+        dealt = Counter(short_doc_ids([d for x, s in lane_streams(data.train, batches)
+                                       for d in documents(x, s, data.tokenizer.decode)]))
+        count = data.train.bad.count
+    finally:
+        data.close()
+    err = capsys.readouterr().err
+    assert len(held) == 652 and held == [i for i in range(653) if i != 209]  # part-002 line 10 was d209
+    assert err.count(HELD_BAD) == 1  # among held-out documents: in the first pass only
+    assert err.count(TRAIN_BAD) == 4  # once in each of the four passes begun
+    assert count == 5
+    # no document dealt twice in one pass: each training document 3 times, and the first few a 4th
+    training = [i for i in range(653, 800) if i != 719]  # part-007 line 20 was d719
+    assert sorted(dealt) == training and set(dealt.values()) <= {3, 4}
+    again = sorted(i for i, n in dealt.items() if n == 4)
+    assert 0 < len(again) < len(training) and again == training[:len(again)]
+
+
+@pytest.mark.parametrize("processes, workers", [(1, 2), (2, 1)])
+def test_bad_records_count_once_per_pass_across_processes_and_a_resume(tmp_path, held_corpus, processes, workers):
+    run = [f"data.source={held_corpus}", *HELD, f"data.workers={workers}"]
+    first_steps, last_steps = (8, 30) if processes == 1 else (4, 20)
+    first = train_process(processes, tmp_path, "p", *run, f"train.max_steps={first_steps}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = metrics(tmp_path / "p")
+    assert rows[-1]["data/bad_records"] == 2  # both met in the first pass, all ranks together
+    resumed = train_process(processes, tmp_path, "p", *run, f"train.max_steps={last_steps}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {tmp_path / 'p'}/checkpoints/step_{first_steps:08d}" in resumed.stdout
+
+    # the rank reading part-007 is in pass e: it met that record e + 1 times, the held-out one once
+    position = rank_state(list_checkpoints(tmp_path / "p")[-1], processes - 1)["lanes"]["position"]
+    assert position["epoch"] >= 1
+    counts = [r["data/bad_records"] for r in metrics(tmp_path / "p") if "loss" in r]
+    assert len(counts) == last_steps and counts == sorted(counts)
+    assert counts[-1] == 1 + position["epoch"] + 1
+    warnings = first.stderr + resumed.stderr
+    assert warnings.count(HELD_BAD) == 1 and warnings.count(TRAIN_BAD) == position["epoch"] + 1
+
+
+def test_a_rank_with_bad_records_but_no_text_is_told_it_holds_no_text(tmp_path):
+    # its bad records made a pass look as if it held something: the refusal blamed train.batch_size
+    write_short_docs(tmp_path / "c", files=2, per_file=20)
+    for line in range(1, 21):
+        replace_line(tmp_path / "c" / "part-001.jsonl", line, '{"id": 0}')
+    cfg = DataConfig(source=str(tmp_path / "c"), lanes="stream", on_bad_record="skip", workers=0)
+    with pytest.raises(DataError, match="holds no text once 20 documents are held out for validation"):
+        build_data(dataclasses.replace(cfg, val_tokens=10_000), batch_size=1, seq_len=16)  # part-000 all held out
+    with pytest.raises(DataError, match="holds no text for rank 1 of 2 once"):  # part-001 is rank 1's
+        build_data(dataclasses.replace(cfg, val_tokens=20), batch_size=1, seq_len=16, world_size=2, rank=1)
 
 
 # -- files and hosts that go away -----------------------------------------------------------------

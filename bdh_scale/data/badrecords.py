@@ -38,6 +38,7 @@ class BadRecords:
     def __init__(self, on_bad_record: str, max_bad_records: int, count: int = 0):
         self.skip, self.max = on_bad_record == "skip", max_bad_records
         self.count = count  # skipped so far by this process (a checkpoint keeps it)
+        self.held: list[str] | None = None  # warnings not said yet (hold); None: each said at once
 
     def meet(self, bad: Iterable[BadRecord]) -> None:
         """Skip and count `bad`, or stop at the first (DataFault)."""
@@ -46,7 +47,22 @@ class BadRecords:
                 raise DataFault(f"data: bad record in {record} (data.on_bad_record=stop)",
                                 "fix or remove the record, or set data.on_bad_record=skip to drop such records")
             self.count += 1
-            warn(f"data: skipped bad record {record} ({self.count} skipped by this process)")
+            line = f"data: skipped bad record {record} ({self.count} skipped by this process)"
+            if self.held is None:
+                warn(line)
+            else:
+                self.held.append(line)
+
+    def hold(self) -> None:
+        """Keep the warnings of the records met from now on until release(); those held so far are
+        dropped (the lanes that met them were replaced by a checkpoint's, with its count)."""
+        self.held = []
+
+    def release(self) -> None:
+        """Say the warnings held, and each from now on at once."""
+        for line in self.held or []:
+            warn(line)
+        self.held = None
 
     def past_cap(self, total: int) -> DataFault | None:
         """The fault when `total` (all processes together) is past data.max_bad_records."""

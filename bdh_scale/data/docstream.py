@@ -24,6 +24,14 @@ A unit also carries the bad records its read met (badrecords.py; a piece: those 
 for the lanes to decide on, and the position after it. When a read fails on the network, the
 stream is opened again after the last unit it gave, with backoff (retry.py); when retries run
 out, or a file vanished or cannot be read, the stream raises a DataFault naming the file.
+
+Bad records among held-out documents. Every epoch reads the held-out documents again, only to
+drop them; the held-out set itself is read once. A bad record in a read whose documents are all
+held out is the held-out set's: handed on in epoch 0 only, so it is counted once, however many
+epochs follow (data.val_tokens near the corpus size leaves short epochs: a run then makes many
+of them while it reads fewer tokens than the files hold). A bad record in a read that also
+holds training documents is counted with them, once per epoch. An epoch that holds no text for
+this rank, only held-out documents or bad records, is the DataError of an empty source.
 """
 
 from __future__ import annotations
@@ -137,9 +145,9 @@ class DocumentStream:
     def _units(self, start: Position) -> Iterator[Unit]:
         epoch, state, index = start.epoch, start.state, start.index
         while True:
-            n = 0
+            n = 0  # units with text: an epoch of bad records alone has none
             for unit in self._epoch(epoch, state, index):
-                n += 1
+                n += bool(unit.rows)
                 yield unit
             if n == 0 and state is None:
                 rank = f" for rank {self.rank} of {self.world}" if self.world > 1 else ""
@@ -168,6 +176,8 @@ class DocumentStream:
         if self.source.documents:
             for rows, bad in rows_of:
                 kept = [r for r in rows if digest(r) not in self.held_docs] if self.held_docs else rows
+                if epoch > 0 and rows and not kept:
+                    bad = []  # the held-out set's bad records: met in epoch 0 (module docstring)
                 after = Position(epoch, ds.state_dict(), index + 1)
                 if kept or bad:
                     yield Unit(Position(epoch, state, index), kept, True, bad, after)

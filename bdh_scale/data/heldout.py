@@ -78,7 +78,8 @@ def read_held_out(cfg: DataConfig, docs: DocumentStream, tokenizer, pool: Tokeni
 
     tokens, starts, digests, pieces, n = [], [], [], 0, 0
     results = pool.imap(first_epoch())
-    refuse = BadRecords("stop", 0) if cfg.on_bad_record == "stop" else None  # under skip the training stream warns
+    # under skip the training stream warns and counts them, in its first epoch only (docstream.py)
+    refuse = BadRecords("stop", 0) if cfg.on_bad_record == "stop" else None
     for ids, lengths in results:
         unit = in_flight.popleft()
         if refuse is not None:

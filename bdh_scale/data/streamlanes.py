@@ -23,7 +23,10 @@ Faults. The bad records a unit's read met are decided on when the unit is dealt
 (data.on_bad_record, badrecords.py); a data fault of the reader (a file gone, the network retries
 spent: docstream.py) reaches the lanes at the same point. `next_batches` takes a step's windows
 all or nothing: on a DataFault the lanes are put back as they were before the step, so that a
-checkpoint written then is the last completed step's, and the fault is raised.
+checkpoint written then is the last completed step's, and the fault is raised. The warnings of
+records skipped before the first batch (every lane is dealt its first document at start-up,
+check_fits) are said with that batch: a resumed run loads its checkpoint's position and count in
+between, and the records its start-up met, counted before the checkpoint, are not said again.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class StreamLanes:
         """pool: the tokenizer processes (workers.py); the lanes own it from here and close it."""
         self.docs, self.reopen = docs, reopen
         self.bad = bad_records or BadRecords("stop", 0)  # data.on_bad_record, and this rank's count
+        self.bad.hold()  # until the first batch (module docstring)
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.n_lanes = world_size * batch_size
         self.buffer = buffer
@@ -92,6 +96,7 @@ class StreamLanes:
                 self._deal(lane)
 
     def next_batch(self, T: int) -> Batch:
+        self.bad.release()
         self.check_fits(T)
         for lane in range(self.batch_size):
             while len(self.pending[lane]) < T + 1:
@@ -170,6 +175,7 @@ class StreamLanes:
         self.fresh, self.docs_dealt = bool(d["fresh"]), int(d["docs_dealt"])
         self.tokens_served, self.batches_served = int(d["tokens_served"]), int(d["batches_served"])
         self.bad.count = int(d.get("bad_records", 0))
+        self.bad.hold()  # the start-up's records are the checkpoint's: counted in it, said by the run that met them
         self._start_reader(self.position)
 
     def _check_files(self, theirs: list) -> None:
