@@ -26,7 +26,8 @@ from bdh_scale.data.passkey import SOURCE as PASSKEY_SOURCE
 from bdh_scale.errors import ConfigError
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.registry import ARCHS
-from bdh_scale.utils.bounded import load_yaml, read_text, short
+from bdh_scale.utils.bounded import load_yaml, read_text
+from bdh_scale.utils.quote import short
 from bdh_scale.utils.schema import Between, NonNegFloat, NonNegInt, PosFloat, PosInt, Range, Section, words
 
 
@@ -53,7 +54,9 @@ class TrainConfig(Section):
     grad_accum_steps: PosInt = 1  # micro-batches per optimizer step
     optim: Literal["adamw", "muon"] = "adamw"  # adamw | muon (Muon for encoder/encoder_v/decoder, AdamW for the rest)
     lr: PosFloat = 1e-3  # peak learning rate (AdamW)
-    min_lr: float = 1e-4  # learning rate at the end of the cosine decay, in [0, lr]
+    min_lr: float = 1e-4  # learning rate at the end of the decay, in [0, lr]
+    lr_schedule: Literal["cosine", "wsd", "constant"] = "cosine"  # after warmup: cosine to min_lr | wsd (stable, then a linear decay over lr_decay_fraction of max_steps) | constant
+    lr_decay_fraction: Annotated[float, Range(0.0, 1.0)] = 0.2  # wsd: the share of max_steps spent decaying
     warmup_steps: NonNegInt = 100  # linear warmup steps
     weight_decay: NonNegFloat = 0.1  # AdamW decay of matrices (not of gains, gates, biases)
     beta1: Annotated[float, Range(0, 1)] = 0.9  # AdamW beta1
@@ -67,6 +70,8 @@ class TrainConfig(Section):
     # refuse, before anything is allocated or written, a run whose step is estimated not to fit in
     # the device's memory (train/memory_check.py); false: try anyway
     memory_check: bool = True
+    profile_steps: NonNegInt = 0  # steps traced by the torch profiler into <run_dir>/profile (0: none; train/profiling.py)
+    profile_from: NonNegInt = 10  # the traced steps start after this step (and one warm-up step)
     eval_every: NonNegInt = 250  # steps between validations (0: only at the end)
     eval_batches: NonNegInt = 20  # held-out batches per validation (0: no validation)
     eval_seq_len: PosInt | None = None  # T of validation windows (default: seq_len)
@@ -75,7 +80,7 @@ class TrainConfig(Section):
     sample_prompt: str = "\n"  # prompt of the end-of-run sample
     sample_temperature: PosFloat = 0.8  # sampling temperature of the end-of-run sample
     sample_top_k: PosInt | None = 40  # top-k of the end-of-run sample (null: full distribution)
-    progress: bool = True  # show a progress bar on the main process
+    progress: bool = True  # a progress bar on a terminal; elsewhere (a log file) a plain line every log_every steps (false: plain lines always)
     checkpoint_every: NonNegInt = 500  # steps between checkpoints (0: only at the end and on SIGTERM/SIGINT)
     keep_checkpoints: NonNegInt = 2  # newest checkpoints kept in <run_dir>/checkpoints (0: write none)
     resume: str | None = None  # auto | auto_or_fail | a checkpoint or run dir | null (train/resume.py)

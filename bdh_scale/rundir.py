@@ -30,6 +30,7 @@ import yaml
 
 from bdh_scale.errors import ConfigError, RunDirBusy
 from bdh_scale.utils.atomic import write_text_atomic
+from bdh_scale.utils.bounded import read_yaml
 from bdh_scale.utils.lock import LOCK_FILE, DirLock, LockHeld, describe_holder
 
 FINAL = "final"  # save_pretrained directory: config.json + model.safetensors

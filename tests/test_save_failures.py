@@ -5,7 +5,6 @@ whose files cannot be read is passed over for an older one."""
 import errno
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 

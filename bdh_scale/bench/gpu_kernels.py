@@ -15,6 +15,7 @@ A dry run uses tiny shapes, fp32 and the stand-in kernel: the code paths, not th
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 
 from bdh_scale.model.attention import AttnState, attend_chunked, attend_parallel, fla
 from bdh_scale.model.attention.fla_tune import best_time
@@ -83,9 +84,9 @@ def contract(device) -> dict:
 
     from bdh_scale.model.attention.fla_reference import simple_gla_reference
 
-    layout = lambda x: x.permute(1, 2, 0, 3).contiguous()  # noqa: E731  (H, B, T, X) -> (B, T, H, X)
+    layout = lambda x: rearrange(x, "h b t x -> b t h x").contiguous()  # noqa: E731  (fla's layout)
     q_, k_, v_ = layout(k), layout(k), layout(v.expand(H, -1, -1, -1))
-    g_ = log_g.permute(1, 2, 0).contiguous()
+    g_ = rearrange(log_g, "h b t -> b t h").contiguous()
     ours = simple_gla_reference(q_, k_, v_, g_, 0.3, rho, True)
     for name, fn in (("fla_kernel", kernel), ("fla_naive", naive_recurrent_simple_gla)):
         o, s = fn(q_, k_, v_, g_, scale=0.3, initial_state=rho, output_final_state=True)

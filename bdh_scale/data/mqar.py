@@ -66,7 +66,7 @@ class MQARConfig(Section):
     val_gap: NonNegInt | None = None
     # held-out episodes, from their own seed (never trained on)
     val_episodes: PosInt = 256
-    seed: int = 0
+    seed: int = 0  # seed of the training episodes (the held-out ones have their own)
 
     def check(self) -> None:
         if not (isinstance(self.gap, list) and len(self.gap) == 2 and all(isinstance(g, int) and g >= 0 for g in self.gap)

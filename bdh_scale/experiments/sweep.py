@@ -37,7 +37,8 @@ from bdh_scale.config import MAX_RUN_NAME
 from bdh_scale.errors import UsageError
 from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
 from bdh_scale.utils.atomic import write_json_atomic, write_text_atomic
-from bdh_scale.utils.bounded import load_yaml, short
+from bdh_scale.utils.bounded import load_yaml
+from bdh_scale.utils.quote import short
 
 
 

@@ -13,24 +13,38 @@ USAGE_ERRORS = (UsageError, FileNotFoundError)
 MAX_ERROR_CHARS = 4000  # the error line: a listing of a section's keys fits
 
 
+OWN_FLAGS = ("--help", "-h", "--print-config")
+
+
 def parse_args(argv):
+    from bdh_scale.config_cli import help_listing
+
     p = argparse.ArgumentParser(
-        prog="bdh-train",
-        description="Train BDH from a YAML recipe. Overrides use the recipe's keys: "
-                    "train.max_steps=200 model.n_layer=4 data.source=path/to/corpus.txt",
+        prog="bdh-train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train BDH from a YAML recipe. Overrides use the recipe's keys, as section.key=value or "
+                    "--section.key value: train.max_steps=200 --model.n_layer 4 data.source=path/to/corpus.txt",
+        epilog="configuration keys (section.key (type) = default, then what it does):\n\n" + help_listing(),
     )
     p.add_argument("recipe", help="YAML recipe, e.g. recipes/shakespeare_cpu.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value pairs applied after the recipe")
-    return p.parse_args(argv)
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config as a recipe (YAML) and exit, writing nothing")
+    return p.parse_intermixed_args(argv)
 
 
 def main(argv=None) -> int:
     """Exit codes: 0 done or stopped by SIGTERM after saving; 1 a fault (disk, network, a lost peer,
     data that fails mid-run, a bug); 2 bad input, nothing written; 3 too many non-finite steps; 130 SIGINT. Every failure
     is one `error:` line (BDH_TRACEBACK=1 adds the traceback)."""
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        from bdh_scale.config_cli import dotted_overrides, resolved_yaml
+
+        args = parse_args(dotted_overrides(argv, OWN_FLAGS))
         cfg = load_config(args.recipe, args.overrides)
+        if args.print_config:
+            print(resolved_yaml(cfg), end="")
+            return 0
         from bdh_scale.train.loop import train  # heavy imports only once the recipe is known to be good
 
         result = train(cfg)

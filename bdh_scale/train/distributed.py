@@ -45,6 +45,37 @@ def use_cpu_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or (fsdp_requested() and "LOCAL_RANK" in os.environ)
 
 
+def launcher_processes(cmdline: list[str]) -> int | None:
+    """The --num_processes an `accelerate launch` command line asked for, None if it asked none."""
+    if "launch" not in cmdline:
+        return None
+    for i, arg in enumerate(cmdline):
+        for flag in ("--num_processes", "--num-processes"):
+            if arg == flag and i + 1 < len(cmdline) and cmdline[i + 1].isdigit():
+                return int(cmdline[i + 1])
+            if arg.startswith(flag + "=") and arg.split("=", 1)[1].isdigit():
+                return int(arg.split("=", 1)[1])
+    return None
+
+
+def check_launch(num_processes: int) -> None:
+    """ConfigError when `accelerate launch` asked for several processes and this is the only one:
+    its --cpu (MULTI_CPU) launcher starts several CPU processes only through mpirun, and otherwise
+    starts one, silently training another global batch than the one asked for."""
+    if num_processes > 1 or "WORLD_SIZE" in os.environ:
+        return
+    try:
+        import psutil
+
+        asked = launcher_processes(psutil.Process().parent().cmdline())
+    except Exception:  # no parent to read (a container's init, permissions): nothing to say
+        return
+    if asked and asked > 1:
+        raise ConfigError(f"accelerate launch asked for {asked} processes and started one (its --cpu launcher runs "
+                          "several only under mpirun); on CPUs launch them with torchrun workers over gloo: "
+                          f"accelerate launch --config_file launch/cpu_2proc.yaml --num_processes {asked} train.py ...")
+
+
 def shard_cpu_processes(accelerator) -> None:
     """Run CPU processes as FSDP2, as the launch config asks (see the module docstring)."""
     if accelerator.distributed_type == DistributedType.FSDP:

@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from bdh_scale.config import RunConfig
 from bdh_scale.errors import DataFault
 from bdh_scale.rundir import FINAL
 from bdh_scale.train.export import push_final, save_final
 from bdh_scale.train.faults import StopSignals
+from bdh_scale.train.profiling import profiling
+from bdh_scale.train.progress import Progress
 from bdh_scale.train.report import LossWindow, eval_extras, sample, train_row, val_line, validate
 from bdh_scale.train.schedule import seq_len_at
 from bdh_scale.train.setup import setup
@@ -50,30 +50,30 @@ def train(cfg: RunConfig) -> TrainResult:
 
 def train_run(run) -> TrainResult:
     tc, acc = run.cfg.train, run.accelerator
-    bar = tqdm(total=tc.max_steps, initial=min(run.step, tc.max_steps), dynamic_ncols=True, desc="train",
-               disable=not (tc.progress and acc.is_local_main_process))
-    say = bar.write if acc.is_main_process else (lambda *args, **kwargs: None)
+    progress = Progress(tc, run.step, acc.is_main_process, acc.device)
+    say = progress.say
     window, started, final_val = LossWindow(), time.perf_counter(), {}
     stopped_by = None
     run.model.train()
     if run.step >= tc.max_steps:
         say(f"nothing to train: resumed at step {run.step}, and train.max_steps={tc.max_steps}; "
             "raise train.max_steps to train on")
-    with StopSignals() as signals:
+    with StopSignals() as signals, profiling(run, say) as profiler:
         while run.step < tc.max_steps:
             T = seq_len_at(run.step, tc.seq_len_schedule, tc.seq_len)
             try:
                 step = train_step(run, T, signals, started)
             except DataFault as e:
-                bar.close()
+                progress.close()
                 raise stop_on_data_fault(run, e) from None
             window.add(step)
-            bar.update(1)
+            progress.step()
+            profiler.step()
             last = run.step >= tc.max_steps or step.time_up
             row = None
             if run.step % tc.log_every == 0 or last or step.stop:
                 row = train_row(run, window, step, T, started)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                progress.row(row)
             if tc.eval_batches and ((tc.eval_every and run.step % tc.eval_every == 0) or last) and not step.stop:
                 final_val = validate(run)
                 row = (row or {"step": run.step, "tokens": run.tokens}) | final_val
@@ -93,7 +93,7 @@ def train_run(run) -> TrainResult:
             if step.time_up:
                 say(f"train.max_time_s={tc.max_time_s} reached at step {run.step}")
                 break
-    bar.close()
+    progress.close()
     run.data.close()
     return finish(run, final_val, stopped_by)
 

@@ -13,6 +13,7 @@ from bdh_scale.model.sampling import sample_text
 from bdh_scale.train.diagnostics import activation_and_state, carried_rho_norms
 from bdh_scale.train.distributed import slowest
 from bdh_scale.train.evaluate import evaluate
+from bdh_scale.train.progress import memory_in_use
 from bdh_scale.train.schedule import sample_context
 
 
@@ -45,6 +46,7 @@ def train_row(run, window: LossWindow, step, T: int, started: float) -> dict:
     if run.cfg.data.on_bad_record == "skip" or run.bad_records:
         row["data/bad_records"] = run.bad_records
     row.update(run.mfu(T, row["tokens_per_s"]))
+    row["memory_mib"] = memory_in_use(acc.device) / 2**20  # train/progress.py says which kind
     if run.carry and run.extras:
         row.update(carried_rho_norms(run.carried))
     if acc.scaler is not None:

@@ -35,11 +35,11 @@ def plan_start(tc, say) -> tuple[Claim, Path | None]:
     """(the claimed run directory, the checkpoint to resume or None). `say` prints one line."""
     base = Path(tc.out_dir) / tc.run_name
     if tc.resume is None:
-        return claim_new(tc.out_dir, tc.run_name), None
+        return new_run(tc, say), None
     if tc.resume not in AUTO:
         found = find_checkpoint(tc.resume)
         inside = base.resolve() in found.resolve().parents
-        return (claim(base) if inside else claim_new(tc.out_dir, tc.run_name)), found
+        return (claim(base) if inside else new_run(tc, say)), found
 
     held = claim(base)  # first: a checkpoint being written or pruned by another run is not read
     try:
@@ -64,6 +64,16 @@ def plan_start(tc, say) -> tuple[Claim, Path | None]:
             f"(newest: {skipped[0]}); "
             f"starting a fresh run in {fresh.path}, {base} left untouched")
     return fresh, None
+
+
+def new_run(tc, say) -> Claim:
+    """A fresh directory for a new run; when <run_name> is taken, the line that says where this run
+    goes instead and how the run already there would be continued."""
+    fresh = claim_new(tc.out_dir, tc.run_name)
+    if fresh.path.name != tc.run_name:
+        say(f"note: {Path(tc.out_dir) / tc.run_name} holds another run, so this one writes {fresh.path}; "
+            f"to continue that run instead, train with train.resume=auto (and train.run_name={tc.run_name})")
+    return fresh
 
 
 def relay_lanes(theirs: dict, world_size: int, tc) -> str | None:

@@ -1,5 +1,12 @@
-"""Schedules over optimizer steps: the learning rate (linear warmup, cosine decay to a floor, then
-flat) and the sequence-length curriculum (seq_len_at).
+"""Schedules over optimizer steps: the learning rate (linear warmup, then cosine decay to a floor,
+or warmup-stable-decay, or constant) and the sequence-length curriculum (seq_len_at).
+
+train.lr_schedule:
+    cosine    warmup, then a cosine from lr down to min_lr at max_steps (the default)
+    wsd       warmup, lr held until the last lr_decay_fraction of max_steps, then a linear decay to
+              min_lr (warmup-stable-decay, as in MiniCPM; a run can be extended from a stable-phase
+              checkpoint and cooled down later)
+    constant  warmup, then lr
 
 The schedule is written once as a plain function of the step (`lr_at`, easy to test and to
 log) and applied to an optimizer as a *multiplier* `lr_at(step) / lr` (`make_scheduler`).
@@ -26,8 +33,12 @@ def _check(lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> None:
         raise ValueError(f"max_steps ({max_steps}) must be >= warmup_steps ({warmup_steps})")
 
 
-def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
-    """The learning rate for optimizer step `step` (0-based).
+SHAPES = ("cosine", "wsd", "constant")
+
+
+def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: int, shape: str = "cosine",
+          decay_fraction: float = 0.2) -> float:
+    """The learning rate for optimizer step `step` (0-based), of schedule `shape` (SHAPES).
 
     Warmup is `lr * (step + 1) / (warmup_steps + 1)` (nanoGPT's form): small but non-zero at
     step 0, so the first update is not wasted, and exactly `lr` at `step == warmup_steps`.
@@ -35,10 +46,19 @@ def lr_at(step: int, *, lr: float, min_lr: float, warmup_steps: int, max_steps: 
     goes past max_steps (e.g. extended on resume) trains on at the floor instead of rising.
     """
     _check(lr, min_lr, warmup_steps, max_steps)
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     if step < warmup_steps:
         return lr * (step + 1) / (warmup_steps + 1)
+    if shape == "constant":
+        return lr
     if step >= max_steps:
         return min_lr
+    if shape == "wsd":
+        decay_from = max(warmup_steps, max_steps - round(decay_fraction * max_steps))
+        if step < decay_from:
+            return lr
+        return lr - (lr - min_lr) * (step - decay_from) / max(max_steps - decay_from, 1)
     progress = (step - warmup_steps) / (max_steps - warmup_steps)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
 
@@ -51,6 +71,8 @@ def make_scheduler(
     warmup_steps: int,
     max_steps: int,
     step: int = 0,
+    shape: str = "cosine",
+    decay_fraction: float = 0.2,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR whose factor is `lr_at(step) / lr`, applied to each group's base lr, starting at
     optimizer step `step` (0: a new run; k: a run resumed after k steps).
@@ -63,7 +85,8 @@ def make_scheduler(
     _check(lr, min_lr, warmup_steps, max_steps)
 
     def factor(i: int) -> float:
-        return lr_at(i, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=max_steps) / lr
+        return lr_at(i, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, max_steps=max_steps, shape=shape,
+                     decay_fraction=decay_fraction) / lr
 
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]

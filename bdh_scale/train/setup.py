@@ -29,7 +29,7 @@ from bdh_scale.errors import CheckpointError, CheckpointUnreadable
 from bdh_scale.train.checkpoint import (Checkpointer, Resumed, checkpoint_number, list_checkpoints, saved_trackers,
                                         trainer_state, verify)
 from bdh_scale.train.diagnostics import MFU
-from bdh_scale.train.distributed import (check_parallel_plan, describe_plan, from_main, fsdp_requested,
+from bdh_scale.train.distributed import (check_launch, check_parallel_plan, describe_plan, from_main, fsdp_requested,
                                          shard_cpu_processes, use_cpu_processes)
 from bdh_scale.train.faults import BadStepGuard, FaultInjection, watch_launcher
 from bdh_scale.train.kernels import check_backend, compile_model, tune_attention
@@ -97,6 +97,7 @@ def make_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
     if fsdp_requested():
         shard_cpu_processes(accelerator)  # no-op where Accelerate runs FSDP itself (GPUs)
     accelerator.print(describe_plan(accelerator))
+    check_launch(accelerator.num_processes)
     check_parallel_plan(accelerator, tc)
     if notice:
         accelerator.print(notice)
@@ -155,7 +156,7 @@ def make_schedule(tc, optimizer, step: int):
     # scheduler step without an optimizer step is expected when the first step is skipped.
     warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
     return make_scheduler(optimizer, lr=tc.lr, min_lr=tc.min_lr, warmup_steps=min(tc.warmup_steps, tc.max_steps),
-                          max_steps=tc.max_steps, step=step)
+                          max_steps=tc.max_steps, step=step, shape=tc.lr_schedule, decay_fraction=tc.lr_decay_fraction)
 
 
 def claim_run_dir(cfg: RunConfig, accelerator: Accelerator):

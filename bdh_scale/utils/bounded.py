@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from bdh_scale.errors import ConfigError, UsageError
-from bdh_scale.utils.quote import SHORT, short  # noqa: F401  (short: re-exported for callers)
+from bdh_scale.utils.quote import SHORT
 
 MAX_CONFIG_BYTES = 1 << 20       # recipes, config.json, manifests, meta.json: a few KB in practice
 MAX_TOKENIZER_BYTES = 256 << 20  # a tokenizer.json of a 250k vocabulary is ~30 MB
