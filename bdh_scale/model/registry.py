@@ -1,12 +1,12 @@
 """Loading a saved model whatever its architecture: config.json names it, archs.py builds it. The
-architectures themselves (ARCHS, build_model, is_stateful, reach) are in archs.py and re-exported here.
+architectures themselves (ARCHS, build_model, is_stateful) are in archs.py and re-exported here.
 """
 from __future__ import annotations
 
-from bdh_scale.model.archs import ARCHS, Arch, build_model, is_stateful, reach
+from bdh_scale.model.archs import ARCHS, Arch, build_model, is_stateful
 from bdh_scale.model.pretrained import read_config
 
-__all__ = ["ARCHS", "Arch", "build_model", "is_stateful", "load_pretrained", "reach"]
+__all__ = ["ARCHS", "Arch", "build_model", "is_stateful", "load_pretrained"]
 
 
 def load_pretrained(name, **kwargs):
