@@ -26,15 +26,15 @@ def tiny(**kw):
     return build_model(BDHConfig(**base))
 
 
-def make_run(root: Path, model) -> Path:
-    """A run directory as the trainer writes it: final/, tokenizer/, config.yaml."""
+def make_run(root: Path, model, *overrides) -> Path:
+    """A run directory as the trainer writes it: final/, tokenizer/, config.yaml (with `overrides`)."""
     root.mkdir(parents=True, exist_ok=True)
     corpus = root / "corpus.txt"
     corpus.write_text(TEXT)
     run = root / "run"
     model.save_pretrained(run / "final")
     ByteTokenizer().save(run / "tokenizer")
-    cfg = load_config(None, [f"data.source={corpus}", "data.val_fraction=0.5"])
+    cfg = load_config(None, [f"data.source={corpus}", "data.val_fraction=0.5", *overrides])
     (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return run
 
@@ -144,6 +144,28 @@ def test_context_asked_for_more_windows_than_held_out_reads_what_there_is_and_sa
     assert f"holds {held} windows" in capsys.readouterr().err
 
 
+def test_context_reads_a_gpt_in_its_window_and_marks_longer_context_out_of_reach(tmp_path, capsys):
+    gpt = make_run(tmp_path, tiny(arch="gpt", block_size=32), "model.arch=gpt", "model.block_size=32",
+                   "train.seq_len=32")
+    capsys.readouterr()
+    report = analyze("context", gpt, "--rows", 2, "--windows", 8)
+    assert "out of reach: context buckets 32-64, 64-128, 128-256" in capsys.readouterr().err
+    assert report["T"] == 32 and report["reach_tokens"] == 32 and report["readings"] == ["window"]
+    assert "val_loss_carried" not in report and "spans" not in report  # no carried column faked
+    first, *later = report["buckets"]
+    assert first["context_to"] == 32 and not first["out_of_reach"] and 0 < first["window"] < 10
+    assert [(b["out_of_reach"], b["window"]) for b in later] == [(True, None)] * 3
+    assert all("carried" not in b for b in report["buckets"])
+    # the first bucket is the first window of every row: what reading that window alone gives
+    alone = analyze("context", gpt, "--rows", 2, "--windows", 1)
+    assert alone["val_loss_window"] == pytest.approx(first["window"], rel=1e-6)
+    capsys.readouterr()
+    assert cli.main(["context", str(gpt), "--seq-len", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --seq-len 64: model.arch=gpt has no state and reads at most 32 tokens at once (the window "
+                   "it trained on, within its positions); use --seq-len 32 or less"]
+
+
 def test_selectivity_ranks_neurons_that_separate_two_texts(run_dir, tmp_path):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("aaaa bbbb aaaa bbbb\n" * 40)
@@ -183,6 +205,7 @@ def test_analyses_read_the_bdh_hrm_hybrid_and_refuse_what_does_not_apply(tmp_pat
     report = analyze("sparsity", run, "--max-tokens", 200, "--seq-len", 64)
     assert {e["layer"] for e in report["layers"]} == {"L.layers.0", "H.layers.0"}
     assert cli.main(["state", str(run)]) == 2 and "stateless" in capsys.readouterr().err
-    assert cli.main(["context", str(run)]) == 2 and "stateless" in capsys.readouterr().err
+    report = analyze("context", run, "--seq-len", 32, "--rows", 2, "--windows", 4)  # its window reading only
+    assert report["readings"] == ["window"] and "val_loss_carried" not in report
     gpt = make_run(tmp_path / "gpt", tiny(arch="gpt"))
     assert cli.main(["heads", str(gpt)]) == 2 and "no BDH layers" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import torch
 from bdh_scale.data import DataConfig, build_data
 from bdh_scale.data.mqar import MQAR, MQARConfig, MQARLanes
 from bdh_scale.errors import ConfigError, DataError
-from bdh_scale.model import BDH
+from bdh_scale.model import BDH, BDHConfig
 from bdh_scale.model.output import IGNORE
 from bdh_scale.train.evaluate import OneProcess, evaluate
 from tests.helpers.tiny_runs import main_in_process, snapshot
@@ -164,3 +164,45 @@ def test_config_refuses_backprop_through_windows_without_a_carried_state():
 
     with pytest.raises(ConfigError, match="train.bptt_windows"):
         TrainConfig(bptt_windows=2, state="reset")
+
+
+def test_bdh_analyze_recall_scores_a_gpt_run_in_its_window_and_marks_longer_distances_out_of_reach(tmp_path, capsys):
+    """The softmax control on the same episodes: distance 0 (pairs and queries in one window of T)
+    is read in one forward, exactly the window reading BDH gets there; from distance 1 on the
+    episode is longer than its window, so out of reach (null), not chance."""
+    import json
+
+    from bdh_scale.analysis import cli
+    from bdh_scale.analysis.recall import mqar_recall, read_windows, recall_metrics
+    from bdh_scale.data.build import mqar_for
+    from bdh_scale.rundir import load_run, run_config
+    from tests.helpers.tiny_runs import train_in_process
+
+    run = train_in_process(tmp_path, "mqgpt", "data.source=synthetic:mqar", "data.score=answers",
+                           f"data.mqar.pairs={P}", "data.mqar.val_episodes=8", "train.max_steps=2", "model.arch=gpt",
+                           "model.token_shift=none", "train.batch_size=4", "train.eval_batches=2").run_dir
+    capsys.readouterr()
+    assert cli.main(["recall", str(run), "--distances", "0,1,2", "--episodes", "8", "--no-trackers"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["note: model.arch=gpt carries no state: its window reading alone (32 tokens), no carried reading; "
+                   "out of reach: distances 1, 2"]
+    report = json.loads((run / "analysis/recall.json").read_text())
+    assert report["readings"] == ["window"] and report["reach_tokens"] == T and not report["stateful"]
+    d0, *far = report["distances"]
+    assert [(d["distance_windows"], d["out_of_reach"], d["window"]) for d in far] == [(1, True, None), (2, True, None)]
+    assert not d0["out_of_reach"] and "carried" not in d0
+    model, tokenizer = load_run(run)
+    probes = mqar_for(run_config(run).data, tokenizer, T).probes(0, 8, seed=1)
+    x = torch.as_tensor(np.stack([e.tokens for e in probes]))
+    logits = read_windows(model.eval(), x, T, carried=False)  # BDH's window reading of the same episodes
+    queries = torch.as_tensor(np.stack([e.queries for e in probes]))
+    at = logits.gather(1, queries[..., None].expand(-1, -1, logits.size(-1))).flatten(0, 1)
+    values = x.gather(1, queries + 1).flatten()
+    assert d0["window"]["accuracy"] == pytest.approx((at.argmax(-1) == values).float().mean().item())
+    assert d0["window"]["answer_loss"] == pytest.approx(torch.nn.functional.cross_entropy(at, values).item(), rel=1e-5)
+    assert recall_metrics(report) == {"recall/window_d0": d0["window"]["accuracy"]}
+    assert (run / "analysis/recall.png").stat().st_size > 1000
+    bdh = BDH(BDHConfig(n_layer=1, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)).eval()
+    stateful = mqar_recall(bdh, mqar(), distances=[0, 1], episodes=4, seed=1, device="cpu")
+    assert stateful["readings"] == ["carried", "window"] and stateful["reach_tokens"] is None
+    assert all({"carried", "window"} <= set(d) and "out_of_reach" not in d for d in stateful["distances"])

@@ -7,7 +7,7 @@ import torch
 from bdh_scale.analysis.recall import recall, score
 from bdh_scale.data.passkey import FACT, QUESTION, Passkey, PasskeyConfig
 from bdh_scale.data.tokenizer import ByteTokenizer
-from bdh_scale.errors import AnalysisError, ConfigError
+from bdh_scale.errors import ConfigError
 from bdh_scale.model import BDHConfig, build_model
 
 FILLER = np.frombuffer(b"".join(f"filler line {i} of the corpus.\n".encode() for i in range(400)), dtype=np.uint8)
@@ -64,17 +64,53 @@ def test_answers_are_scored_exactly():
     assert got["exact"] == 2 and got["right"] == 14
 
 
-def test_recall_reports_both_readings_per_distance_and_refuses_a_stateless_model():
+def test_recall_reports_both_readings_per_distance():
     torch.manual_seed(0)
     model = build_model(BDHConfig(n_layer=1, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)).eval()
     report = recall(model, passkey(), T=32, distances=[1, 2], episodes=4, lead=5, seed=0, device="cpu")
     assert [r["gap_tokens"] for r in report["distances"]] == [32, 64]
+    assert report["readings"] == ["carried", "window"] and report["reach_tokens"] is None
     for r in report["distances"]:
+        assert "out_of_reach" not in r
         for reading in ("carried", "window"):
             assert 0 <= r[reading]["exact_match"] <= 1 and r[reading]["answer_loss"] > 0
-    gpt = build_model(BDHConfig(arch="gpt", n_layer=1, n_embd=16, n_head=2))
-    with pytest.raises(AnalysisError, match="carries no state"):
-        recall(gpt, passkey(), T=32, distances=[1], episodes=2, lead=0, seed=0, device="cpu")
+
+
+def test_a_stateless_model_is_scored_in_its_window_and_out_of_reach_past_it():
+    """A GPT of 128 positions trained on windows of 128, distances in windows of 16: the tokens
+    read from the fact on (fact, gap, question, key: 83 + gap) fit up to a gap of 45; such an
+    episode is read in one forward, the longer gaps are null."""
+    torch.manual_seed(0)
+    gpt = build_model(BDHConfig(arch="gpt", n_layer=1, n_embd=16, n_head=2, block_size=128, dropout=0.0)).eval()
+    report = recall(gpt, passkey(), T=16, distances=[0, 2, 3], episodes=3, lead=4, seed=0, device="cpu", reach=128)
+    assert report["readings"] == ["window"] and report["reach_tokens"] == 128 and not report["stateful"]
+    near, far = report["distances"][:2], report["distances"][2]
+    assert far == {"distance_windows": 3, "gap_tokens": 48, "episodes": 3, "out_of_reach": True, "window": None}
+    for r in near:
+        assert not r["out_of_reach"] and "carried" not in r
+        (group,) = passkey().probes(r["gap_tokens"], 3, lead=4, seed=0)
+        x = torch.as_tensor(np.stack([e.tokens[:-1] for e in group]))
+        with torch.no_grad():
+            direct = score(gpt(x).logits, group, "cpu")  # the whole episode, one forward
+        assert r["window"]["answer_loss"] == pytest.approx(direct["loss"] / direct["tokens"], rel=1e-6)
+        assert r["window"]["exact_match"] == direct["exact"] / 3
+
+
+def test_a_stateless_model_reads_the_last_tokens_of_an_episode_that_fits_from_its_fact():
+    """Past the lead, the window starts inside the filler before the fact: the answer is read
+    from the last `reach` tokens, as generation would read it."""
+    torch.manual_seed(0)
+    gpt = build_model(BDHConfig(arch="gpt", n_layer=1, n_embd=16, n_head=2, block_size=128, dropout=0.0)).eval()
+    report = recall(gpt, passkey(), T=16, distances=[2], episodes=2, lead=30, seed=0, device="cpu", reach=128)
+    (r,) = report["distances"]
+    assert not r["out_of_reach"]  # 30 + 83 + 32 = 145 tokens read, 115 of them from the fact on
+    (group,) = passkey().probes(32, 2, lead=30, seed=0)
+    x = torch.as_tensor(np.stack([e.tokens[:-1] for e in group]))
+    cut = x.size(1) - 128
+    with torch.no_grad():
+        logits = torch.cat([torch.zeros(2, cut, 256), gpt(x[:, cut:]).logits], dim=1)
+    direct = score(logits, group, "cpu")
+    assert r["window"]["answer_loss"] == pytest.approx(direct["loss"] / direct["tokens"], rel=1e-6)
 
 
 def test_impossible_settings_are_refused():
@@ -103,10 +139,13 @@ def test_a_probe_longer_than_the_filler_is_refused():
 
 def test_passkey_source_trains_with_document_resets_and_bdh_analyze_recall_writes_its_report(tmp_path, capsys):
     """A fresh-clone-sized run on the passkey source: episodes are documents, the loop resets the
-    state at each, and bdh-analyze recall writes JSON and PNG; on a stateless model, one error line."""
+    state at each, and bdh-analyze recall writes JSON and PNG; a GPT run gets its in-window
+    reading, the distances past its window out of reach."""
     import json
 
     from bdh_scale.analysis import cli
+    from bdh_scale.data.build import passkey_for
+    from bdh_scale.rundir import load_run, run_config
     from tests.helpers.tiny_runs import train_in_process
 
     result = train_in_process(tmp_path, "pk", "data.source=synthetic:passkey", "data.passkey.episodes=120",
@@ -117,15 +156,29 @@ def test_passkey_source_trains_with_document_resets_and_bdh_analyze_recall_write
     assert cli.main(["recall", str(result.run_dir), "--distances", "0,1,2", "--episodes", "3"]) == 0
     report = json.loads((result.run_dir / "analysis/recall.json").read_text())
     assert [d["gap_tokens"] for d in report["distances"]] == [0, 32, 64]
+    assert all("carried" in d and "window" in d and "out_of_reach" not in d for d in report["distances"])
     assert (result.run_dir / "analysis/recall.png").stat().st_size > 1000
     gpt = train_in_process(tmp_path, "pkgpt", "data.source=synthetic:passkey", "data.passkey.episodes=120",
-                           "data.passkey.max_gap=200", "train.max_steps=2", "model.arch=gpt", "model.token_shift=none", "train.eval_batches=8",
-                           "train.batch_size=2")
+                           "data.passkey.max_gap=200", "train.max_steps=2", "model.arch=gpt", "model.token_shift=none",
+                           "train.seq_len=128", "model.block_size=128", "train.eval_batches=2", "train.batch_size=2")
     capsys.readouterr()
-    assert cli.main(["recall", str(gpt.run_dir)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:") and "carries no state" in err[0]
-    assert not (gpt.run_dir / "analysis").exists()  # a refused analysis writes nothing
+    assert cli.main(["recall", str(gpt.run_dir), "--seq-len", "16", "--distances", "0,1,4", "--episodes", "3",
+                     "--lead", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "carries no state" in err and "out of reach: distance 4" in err
+    report = json.loads((gpt.run_dir / "analysis/recall.json").read_text())
+    assert report["readings"] == ["window"] and report["reach_tokens"] == 128
+    near, far = report["distances"][:2], report["distances"][2]
+    assert far["out_of_reach"] and far["window"] is None and "carried" not in far
+    model, tokenizer = load_run(gpt.run_dir)
+    probes = passkey_for(run_config(gpt.run_dir).data, tokenizer)
+    for r in near:  # the in-window numbers are those of one forward over each episode
+        assert not r["out_of_reach"] and "carried" not in r
+        (group,) = probes.probes(r["gap_tokens"], 3, 4, 1)
+        with torch.no_grad():
+            direct = score(model(torch.as_tensor(np.stack([e.tokens[:-1] for e in group]))).logits, group, "cpu")
+        assert r["window"]["answer_loss"] == pytest.approx(direct["loss"] / direct["tokens"], rel=1e-5)
+    assert (gpt.run_dir / "analysis/recall.png").stat().st_size > 1000
     assert cli.main(["recall", str(result.run_dir), "--distances", "a,b", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
 

@@ -1,6 +1,7 @@
 """Looking inside a trained BDH: sparsity, synaptic state, neuron selectivity, head ablation.
 
     bdh-analyze context     runs/<name>    held-out loss by tokens of context: carried state vs windows
+    bdh-analyze recall      runs/<name>    passkey or MQAR recall against distance: carried state vs windows
     bdh-analyze sparsity    runs/<name>    fraction of active neurons per layer and head
     bdh-analyze state       runs/<name>    norm of rho per layer/head over a long carried stream
     bdh-analyze selectivity runs/<name>    neurons whose activity separates labelled texts (en / fr)
@@ -8,7 +9,9 @@
 
 Each writes <name>.json and <name>.png into <run>/analysis/ (or --out). Module map:
 inputs.py (run, tokens, windows), model/probes.py (hooks on BDHLayer: sparse codes, head masks),
-one module per analysis, figures.py (Agg canvas, no display), cli.py (`bdh-analyze`).
+one module per analysis, in_window.py (the one reading of a model without a state, e.g. the GPT
+baseline: context and recall score it inside its window, out of reach past it), figures.py (Agg
+canvas, no display), cli.py (`bdh-analyze`).
 """
 from bdh_scale.model.probes import ablate_heads, bdh_layers, capture_codes
 from bdh_scale.analysis.heads import head_ablation

@@ -6,6 +6,9 @@
     bdh-analyze selectivity runs/europarl --label en=en.txt --label fr=fr.txt
     bdh-analyze heads runs/shakespeare_cpu --threshold 0.01 --out /tmp/heads
 
+context and recall also read a model without a state (the GPT baseline, the softmax control): its
+window reading alone, and what lies past its window reported as out of reach (in_window.py).
+
 Input problems (missing run, no text, a model the analysis does not apply to) are one
 `error:` line on stderr and exit status 2.
 """
@@ -23,6 +26,7 @@ from bdh_scale.analysis import context, heads, recall, selectivity, sparsity, st
 from bdh_scale.analysis.figures import save
 from bdh_scale.analysis.trackers import log_to_run_trackers
 from bdh_scale.analysis.inputs import labelled_files, load_model, out_dir, run_config, val_tokens
+from bdh_scale.model.archs import reach
 
 
 def common(p: argparse.ArgumentParser, max_tokens: int, text: bool = True) -> None:
@@ -59,14 +63,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=10, help="neurons listed per label, layer and head")
     p.add_argument("--min-active", type=float, default=0.005,
                    help="rank only neurons active on at least this fraction of tokens")
-    p = sub.add_parser("context", help="held-out loss by tokens of context: carried state vs independent windows")
+    p = sub.add_parser("context", help="held-out loss by tokens of context: carried state vs independent windows "
+                                       "(a stateless model: its window alone)")
     p.add_argument("run", help="run directory (runs/<name>, with final/, tokenizer/ and config.yaml)")
     p.add_argument("--out", default=None, help="output directory (default: <run>/analysis)")
     p.add_argument("--seq-len", type=int, default=None, help="window T (default: the run's validation window)")
     p.add_argument("--rows", type=int, default=8, help="held-out rows read from their start (default 8)")
     p.add_argument("--windows", type=int, default=32, help="windows of T per row: the longest context (default 32)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p = sub.add_parser("recall", help="recall against distance (passkey, or MQAR for an MQAR run): carried state vs windows")
+    p = sub.add_parser("recall", help="recall against distance (passkey, or MQAR for an MQAR run): carried state vs "
+                                      "windows (a stateless model: in its window, out of reach past it)")
     p.add_argument("run", help="run directory (runs/<name>, with final/, tokenizer/ and config.yaml)")
     p.add_argument("--out", default=None, help="output directory (default: <run>/analysis)")
     p.add_argument("--seq-len", type=int, default=None, help="window T (default: the run's training window)")
@@ -97,6 +103,27 @@ def parse_distances(raw: str) -> list[int]:
     return distances
 
 
+def trained_reach(model, cfg) -> int | None:
+    """The window a stateless model reads (None: it carries a state): the longest it trained on."""
+    return reach(model, max(cfg.train.lengths()))
+
+
+def run_title(run, cfg, report: dict, token_shift: bool = True) -> str:
+    if not report["stateful"]:
+        return f"{run}: model.arch={report['arch']}, no state: its window of {report['reach_tokens']} tokens only"
+    shift = f"token_shift={cfg.model.token_shift}, " if token_shift else ""
+    return f"{run}: trained with state={cfg.train.state}, {shift}forget_mode={cfg.model.forget_mode}"
+
+
+def note_stateless(report: dict, far: list[str], what: str) -> None:
+    """Say on stderr that a stateless model has one reading, and what it cannot reach."""
+    if report["stateful"]:
+        return
+    beyond = f"; out of reach: {what}{'s' * (len(far) > 1)} {', '.join(far)}" if far else ""
+    print(f"note: model.arch={report['arch']} carries no state: its window reading alone "
+          f"({report['reach_tokens']} tokens), no carried reading{beyond}", file=sys.stderr)
+
+
 def run(args) -> tuple:
     for name in ("max_tokens", "seq_len", "batch_size", "chunk", "top_k", "rows", "windows", "episodes"):
         if (getattr(args, name, 1) or 1) < 1:
@@ -107,28 +134,31 @@ def run(args) -> tuple:
         cfg = run_config(args.run)
         T = args.seq_len or cfg.train.eval_seq_len or cfg.train.seq_len
         report = context.loss_by_context(model, cfg.data, T=T, rows=args.rows, windows=args.windows,
-                                         device=args.device, run_dir=args.run)
+                                         device=args.device, run_dir=args.run, reach=trained_reach(model, cfg))
         report.update(run=str(args.run), trained_state=cfg.train.state)
         if report["windows_read"] < args.windows:
             print(f"note: the held-out set holds {report['windows_read']} windows of T = {T} per row "
                   f"({report['rows']} rows); read those, not --windows {args.windows}", file=sys.stderr)
-        title = f"{args.run}: trained with state={cfg.train.state}, forget_mode={cfg.model.forget_mode}"
-        return save(context.plot(report, title), report, out, "context")
+        note_stateless(report, [f"{b['context_from']}-{b['context_to']}" for b in report["buckets"]
+                                if b.get("out_of_reach")], "context bucket")
+        return save(context.plot(report, run_title(args.run, cfg, report, token_shift=False)), report, out, "context")
     if args.command == "recall":
         cfg = run_config(args.run)
         T = args.seq_len or cfg.train.seq_len
+        window = trained_reach(model, cfg)
         if cfg.data.source == MQAR_SOURCE:
             distances = parse_distances(args.distances or "0,1,2,4,8,16,32")
             report = recall.mqar_recall(model, mqar_for(cfg.data, tokenizer, T), distances=distances,
-                                        episodes=args.episodes or 128, seed=args.seed, device=args.device)
+                                        episodes=args.episodes or 128, seed=args.seed, device=args.device, reach=window)
         else:
             distances = parse_distances(args.distances or "1,2,4,8,16,32,64")
             report = recall.recall(model, passkey_for(cfg.data, tokenizer), T=T, distances=distances,
-                                   episodes=args.episodes or 32, lead=args.lead, seed=args.seed, device=args.device)
+                                   episodes=args.episodes or 32, lead=args.lead, seed=args.seed, device=args.device,
+                                   reach=window)
         report.update(run=str(args.run), trained_state=cfg.train.state)
-        title = (f"{args.run}: trained with state={cfg.train.state}, token_shift={cfg.model.token_shift}, "
-                 f"forget_mode={cfg.model.forget_mode}")
-        paths = save(recall.plot(report, title), report, out, "recall")
+        note_stateless(report, [str(r["distance_windows"]) for r in report["distances"] if r.get("out_of_reach")],
+                       "distance")
+        paths = save(recall.plot(report, run_title(args.run, cfg, report)), report, out, "recall")
         if not args.no_trackers:
             logged = log_to_run_trackers(args.run, cfg, "recall", recall.recall_metrics(report), paths[1])
             if logged:

@@ -30,3 +30,12 @@ def save(fig, report: dict, out: Path, name: str) -> tuple[Path, Path]:
 def head_labels(report_layers: list[dict]) -> list[str]:
     """'<layer>/h<i>' for every head of every layer entry (entries have 'layer' and per-head lists)."""
     return [f"{e['layer']}/h{h}" for e in report_layers for h in range(e["n_head"])]
+
+
+def mark_out_of_reach(ax, xs: list, reach: int | None) -> None:
+    """A grey band at each x a stateless model cannot read from (in_window.py), one legend entry:
+    out of reach is shown as such, never drawn as a value. vlines, not axvline: its limits wait
+    for the axis scale (a symlog axis set afterwards would otherwise get linear margins)."""
+    if xs:
+        ax.vlines(xs, 0, 1, transform=ax.get_xaxis_transform(), color="0.6", lw=10, alpha=0.35, zorder=0,
+                  label=f"out of reach (past its {reach}-token window)")

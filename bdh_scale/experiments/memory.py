@@ -32,11 +32,15 @@ printed, or one SLURM job each) and resume where they stopped. `collect` (also t
 reads every finished run, measures loss by context (carried and window readings of the held-out
 rows, train/evaluate.py) and passkey recall (analysis/recall.py), and writes one table and two
 figures: loss by context per dataset and T, and recall against distance per T.
+
+A variant without a state (model.arch: gpt, the softmax control) is measured by the same
+instruments on the same episodes: its window reading only (no carried column), and every
+distance or context bucket past its window marked out of reach (null in the JSON, "out of reach"
+in the table, a grey band in the figures; analysis/in_window.py).
 """
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -46,13 +50,15 @@ import yaml
 
 from bdh_scale import rundir
 from bdh_scale.analysis.context import loss_by_context
-from bdh_scale.analysis.figures import new_figure
+from bdh_scale.analysis.in_window import cell, value
 from bdh_scale.analysis.recall import mqar_recall, recall
 from bdh_scale.data.build import mqar_for, passkey_for
 from bdh_scale.errors import UsageError
 from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
+from bdh_scale.experiments.memory_figures import plot_context, plot_mqar, plot_recall, save_figure
 from bdh_scale.experiments.scaling import as_overrides, outputs
 from bdh_scale.experiments.sweep import format_table, write_table
+from bdh_scale.model.archs import reach
 from bdh_scale.utils.atomic import write_json_atomic
 from bdh_scale.utils.bounded import read_yaml
 
@@ -129,120 +135,50 @@ def measure(point: dict, spec: dict, out_dir: str, device) -> dict | None:
            "token_shift": getattr(c, "token_shift", None), "params": model.num_params(),
            "tokens": metrics[-1]["tokens"], "train_seconds": round(metrics[-1].get("elapsed_s", 0.0)),
            "trained_val_loss": last_val["val_loss"]}
+    reach_tokens = reach(model, max(cfg.train.lengths()))  # None: a state, no window bounds it
+    if reach_tokens is not None:
+        row["reach_tokens"] = reach_tokens
     if point["mqar"]:
         rc = spec.get("mqar_recall", {})
         report = mqar_recall(model, mqar_for(cfg.data, tokenizer, point["T"]),
                              distances=rc.get("distances", [0, 1, 2, 4, 8]), episodes=rc.get("episodes", 64),
-                             seed=rc.get("seed", 1), device=device)
+                             seed=rc.get("seed", 1), device=device, reach=reach_tokens)
         row.update(pairs=cfg.data.mqar.pairs, trained_answer_accuracy=last_val.get("val_answer_accuracy"),
                    chance_accuracy=report["chance_accuracy"], chance_without_pairs=report["chance_without_pairs"],
                    mqar_recall=report["distances"])
         return row
     ctx = spec.get("context", {})
     context = loss_by_context(model, cfg.data, T=point["T"], rows=ctx.get("rows", 8),
-                              windows=ctx.get("windows", 16), device=device, run_dir=run)
-    row.update(val_loss_window=context["val_loss_window"], val_loss_carried=context["val_loss_carried"],
+                              windows=ctx.get("windows", 16), device=device, run_dir=run, reach=reach_tokens)
+    row.update(val_loss_window=context["val_loss_window"], val_loss_carried=context.get("val_loss_carried"),
                context=context["buckets"])
     if point["recall"]:
         rc = spec.get("recall", {})
         report = recall(model, passkey_for(cfg.data, tokenizer), T=point["T"], distances=rc.get("distances", [1, 2, 4]),
                         episodes=rc.get("episodes", 32), lead=rc.get("lead", 32), seed=rc.get("seed", 1),
-                        device=device)
+                        device=device, reach=reach_tokens)
         row["recall"] = report["distances"]
     return row
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
-    """Flat rows for the CSV and the printed table."""
+    """Flat rows for the CSV and the printed table. A stateless run has no carried reading (its
+    cells empty) and its window cells past its reach say "out of reach"."""
     flat = []
     for r in rows:
         f = {k: v for k, v in r.items() if k not in ("context", "recall", "mqar_recall")}
         if "context" in r:
-            f["carried_minus_window"] = r["val_loss_carried"] - r["val_loss_window"]
+            carried = r["val_loss_carried"]
+            f["carried_minus_window"] = None if carried is None else carried - r["val_loss_window"]
             last = r["context"][-1]
-            f[f"late_carried_{last['context_from']}+"] = last["carried"]
-            f[f"late_window_{last['context_from']}+"] = last["window"]
-        for d in r.get("mqar_recall", []):
-            f[f"mqar_d{d['distance_windows']}_carried"] = d["carried"]["accuracy"]
-            f[f"mqar_d{d['distance_windows']}_window"] = d["window"]["accuracy"]
-        for d in r.get("recall", []):
-            f[f"recall_d{d['distance_windows']}_carried"] = d["carried"]["exact_match"]
-            f[f"recall_d{d['distance_windows']}_window"] = d["window"]["exact_match"]
+            f[f"late_carried_{last['context_from']}+"] = last.get("carried")
+            f[f"late_window_{last['context_from']}+"] = cell(last["window"])
+        for key, metric, prefix in (("mqar_recall", "accuracy", "mqar"), ("recall", "exact_match", "recall")):
+            for d in r.get(key, []):
+                f[f"{prefix}_d{d['distance_windows']}_carried"] = value(d.get("carried"), metric)
+                f[f"{prefix}_d{d['distance_windows']}_window"] = cell(value(d["window"], metric))
         flat.append(f)
     return flat
-
-
-def draw_pair(ax, i: int, label: str, xs, carried, window):
-    """One run on one panel: its carried reading solid, its independent windows dotted, one colour."""
-    ax.plot(xs, carried, "o-", color=f"C{i}", label=f"{label} carried")
-    ax.plot(xs, window, ":", color=f"C{i}", alpha=0.7)
-
-
-def finish_panel(ax, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_xscale("symlog", base=2, linthresh=1)  # log from 1 on, and room for a distance of 0
-    ax.set_title(f"{title} (solid: carried state, dotted: independent windows)", fontsize=9)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-
-
-def plot_context(rows: list[dict]):
-    rows = [r for r in rows if "context" in r]
-    groups = sorted({(r["dataset"], r["T"]) for r in rows})
-    fig, axes = new_figure(len(groups), height=3.8)
-    for ax, (dataset, T) in zip(axes, groups):
-        for i, r in enumerate(r for r in rows if (r["dataset"], r["T"]) == (dataset, T)):
-            b = [x for x in r["context"] if x["carried"] is not None]
-            draw_pair(ax, i, r["variant"], [max(x["context_from"], 1) for x in b],
-                      [x["carried"] for x in b], [x["window"] for x in b])
-        finish_panel(ax, f"{dataset}, T = {T}: loss by context",
-                     "tokens of context before the token (bucket start)", "nats/token")
-    return fig
-
-
-def plot_recall(rows: list[dict]):
-    """Per T: exact-match recall and the loss on the answer's tokens against the distance."""
-    rows = [r for r in rows if "recall" in r]
-    Ts = sorted({r["T"] for r in rows})
-    fig, axes = new_figure(2 * max(1, len(Ts)), height=3.4)
-    for k, T in enumerate(Ts):
-        for ax, metric, ylabel in ((axes[2 * k], "exact_match", "exact match"),
-                                   (axes[2 * k + 1], "answer_loss", "answer loss, nats/token")):
-            for i, r in enumerate(r for r in rows if r["T"] == T):
-                ds = [d["distance_windows"] for d in r["recall"]]
-                draw_pair(ax, i, r["variant"], ds, [d["carried"][metric] for d in r["recall"]],
-                          [d["window"][metric] for d in r["recall"]])
-            if metric == "answer_loss":  # a model that only knows the answer is digits: log 10 nats
-                ax.axhline(math.log(10), color="k", lw=0.8, ls="--", label="uniform over digits")
-            finish_panel(ax, f"passkey, T = {T}: {ylabel}", "distance between fact and question (windows of T)",
-                         ylabel)
-        axes[2 * k].set_ylim(-0.02, 1.02)
-    return fig
-
-
-def plot_mqar(rows: list[dict]):
-    """Per MQAR dataset and T: answer accuracy against the distance between pairs and queries."""
-    rows = [r for r in rows if "mqar_recall" in r]
-    groups = sorted({(r["dataset"], r["T"]) for r in rows})
-    fig, axes = new_figure(len(groups), height=3.8)
-    for ax, (dataset, T) in zip(axes, groups):
-        here = [r for r in rows if (r["dataset"], r["T"]) == (dataset, T)]
-        for i, r in enumerate(here):
-            ds = [d["distance_windows"] for d in r["mqar_recall"]]
-            draw_pair(ax, i, r["variant"], ds, [d["carried"]["accuracy"] for d in r["mqar_recall"]],
-                      [d["window"]["accuracy"] for d in r["mqar_recall"]])
-        ax.axhline(here[0]["chance_accuracy"], color="k", lw=0.8, ls="--", label="chance, pairs in view")
-        ax.axhline(here[0]["chance_without_pairs"], color="k", lw=0.8, ls="-.", label="chance, pairs out of view")
-        finish_panel(ax, f"{dataset} ({here[0]['pairs']} pairs), T = {T}: MQAR recall",
-                     "windows between pairs and queries", "accuracy on the values")
-        ax.set_ylim(-0.02, 1.02)
-    return fig
-
-
-def save_figure(fig, path: str) -> None:
-    fig.tight_layout()  # panel titles clear of the axis labels above them
-    fig.savefig(path, dpi=110)
 
 
 def report(spec: dict, out_dir: str, device) -> int:

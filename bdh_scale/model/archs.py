@@ -35,3 +35,11 @@ def build_model(config: BDHConfig):
 def is_stateful(model) -> bool:
     """Whether a built model carries a state across windows."""
     return ARCHS[model.arch].stateful
+
+
+def reach(model, trained: int) -> int | None:
+    """How many tokens back a built model can read after training on windows of `trained` tokens.
+    None for a stateful model: its state spans windows, so no window bounds it. A stateless one
+    sees one window: the trained length, or fewer where its positions end (GPT: block_size),
+    which is what its generation reads too (gen_context)."""
+    return None if is_stateful(model) else model.gen_context(trained)
