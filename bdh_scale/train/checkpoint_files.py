@@ -43,7 +43,8 @@ from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from bdh_scale.errors import CheckpointError, CheckpointUnreadable
-from bdh_scale.utils.bounded import read_json, short
+from bdh_scale.utils.bounded import read_json
+from bdh_scale.utils.quote import short
 from bdh_scale.utils.tree import map_tensors
 
 MODEL = "model.safetensors"
