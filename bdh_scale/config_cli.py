@@ -128,7 +128,8 @@ def dotted_overrides(argv: list[str], own: tuple[str, ...] = ()) -> list[str]:
             raise ConfigError(f"unknown option {short(arg)}{hint} (options are --section.key value, e.g. "
                               "--train.lr 1e-3; bdh-train --help lists every key)")
         if not sep:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+            following = argv[i + 1] if i + 1 < len(argv) else None
+            if following is None or following.startswith("--") or following.partition("=")[0] in known:
                 raise ConfigError(f"option --{flag} needs a value, e.g. --{flag} {yaml.safe_dump(known[flag][1]).split()[0]}")
             value = argv[i + 1]
             i += 1

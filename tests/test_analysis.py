@@ -200,6 +200,28 @@ def test_heads_ablating_a_head_with_zero_decoder_rows_costs_nothing(run_dir):
     assert all(abs(d) > 1e-6 for d in others)  # every other head does change the output
 
 
+def test_heads_silenced_together_start_with_the_free_one_and_match_a_direct_reading(run_dir):
+    """k = 1 is the head whose removal alone costs least; each k is measured with all k heads
+    silenced at once, which equals silencing them by hand."""
+    from bdh_scale.analysis.heads import silenced_loss
+    from bdh_scale.analysis.inputs import val_tokens
+    from bdh_scale.rundir import load_run
+
+    report = analyze("heads", run_dir, "--max-tokens", 600, "--seq-len", 64, "--together", 3)
+    curve = report["together"]
+    single = {f"{e['layer']}/h{h}": e["relative"][h] for e in report["layers"] for h in range(e["n_head"])}
+    cheapest = min(single, key=single.get)
+    assert [c["k"] for c in curve] == [1, 2, 3] and curve[0]["heads"] == [cheapest]
+    assert curve[0]["relative"] == pytest.approx(single[cheapest], abs=1e-9)
+    assert all(a["heads"] == b["heads"][:-1] for a, b in zip(curve, curve[1:]))
+    assert f"layers.{SILENT[0]}/h{SILENT[1]}" in curve[2]["heads"]  # the free head is among the three cheapest
+    model, tok = load_run(run_dir)
+    tokens = val_tokens(run_dir, tok, 600, None)
+    third = [tuple(h.split("/h")) for h in curve[2]["heads"]]
+    by_hand = silenced_loss(model, [(n, int(h)) for n, h in third], tokens, 64, 8)
+    assert by_hand == pytest.approx(curve[2]["loss"], rel=1e-6)
+
+
 def test_analyses_read_the_bdh_hrm_hybrid_and_refuse_what_does_not_apply(tmp_path, capsys):
     run = make_run(tmp_path, tiny(arch="bdh_hrm", hrm_h_layers=1, hrm_l_layers=1))
     report = analyze("sparsity", run, "--max-tokens", 200, "--seq-len", 64)

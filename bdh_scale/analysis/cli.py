@@ -90,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
     windowed(p)
     p.add_argument("--threshold", type=float, default=0.01,
                    help="relative loss increase below which a head is prunable (default 0.01)")
+    p.add_argument("--together", type=int, default=6,
+                   help="also silence the k least important heads at once, k = 1..this (default 6; 0: skip)")
     return ap
 
 
@@ -176,7 +178,7 @@ def run(args) -> tuple:
     if args.command == "state":
         report = state.rho_norms(model, tokens, args.chunk)
         return save(state.plot(report), report, out, "state")
-    report = heads.head_ablation(model, tokens, args.seq_len, args.batch_size, args.threshold)
+    report = heads.head_ablation(model, tokens, args.seq_len, args.batch_size, args.threshold, args.together)
     return save(heads.plot(report), report, out, "heads")
 
 

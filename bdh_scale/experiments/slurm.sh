@@ -29,6 +29,9 @@
 #SBATCH --output=slurm-%x-%j.out
 
 set -euo pipefail
+# Readable logs: Python writes each line as it comes (no block buffering into the file), and the trainer,
+# seeing no terminal, prints a plain progress line every train.log_every steps instead of a bar.
+export PYTHONUNBUFFERED=1
 
 if [ "$#" -lt 1 ]; then
     echo "usage: sbatch [--nodes N] launch/slurm.sh RECIPE [section.key=value ...]" >&2
