@@ -24,7 +24,7 @@ from bdh_scale.data.config import DataConfig
 from bdh_scale.data.mqar import SOURCE as MQAR_SOURCE
 from bdh_scale.data.passkey import SOURCE as PASSKEY_SOURCE
 from bdh_scale.errors import ConfigError
-from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.registry import ARCHS
 from bdh_scale.utils.bounded import load_yaml, read_text
 from bdh_scale.utils.quote import short
@@ -180,7 +180,7 @@ class TrackingConfig(Section):
 
 @dataclass
 class RunConfig(Section):
-    model: BDHConfig = field(default_factory=BDHConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

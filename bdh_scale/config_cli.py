@@ -28,7 +28,16 @@ from bdh_scale.utils.schema import _type_name
 @functools.lru_cache(maxsize=None)
 def field_comments(cls) -> dict[str, str]:
     """{field: its comment}: the comment at the end of the field's line, else the comment lines
-    right above it."""
+    right above it; fields a section gathers from other classes (the model section's per
+    architecture) are read where they are defined."""
+    found = {}
+    for base in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(base) and base is not object:
+            found.update(_own_comments(base))
+    return found
+
+
+def _own_comments(cls) -> dict[str, str]:
     source = inspect.getsource(cls)
     comments: dict[int, str] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):

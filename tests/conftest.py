@@ -16,12 +16,12 @@ keep_freed_host_memory()  # as the trainer does on a CPU: the suite runs its mod
 
 @pytest.fixture
 def tiny_config():
-    from bdh_scale.model import BDHConfig
+    from bdh_scale.model import ModelConfig
 
     def make(**kw):
         base = dict(n_layer=2, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)
         base.update(kw)
-        return BDHConfig(**base)
+        return ModelConfig(**base)
 
     return make
 

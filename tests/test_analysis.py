@@ -8,11 +8,11 @@ import torch
 import yaml
 
 from bdh_scale.analysis import cli
-from bdh_scale.model.probes import capture_codes
+from bdh_scale.model.bdh.probes import capture_codes
 from bdh_scale.config import load_config
 from bdh_scale.data.tokenizer import ByteTokenizer
-from bdh_scale.model import BDHConfig, build_model
-from bdh_scale.model.bdh import layer_norm
+from bdh_scale.model import ModelConfig, build_model
+from bdh_scale.model.bdh.bdh import layer_norm
 from bdh_scale.model import load_pretrained
 
 TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog, {i * 7 % 13} times.\n" for i in range(60))
@@ -23,7 +23,7 @@ def tiny(**kw):
     base = dict(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=8, dropout=0.0, attn_backend="parallel")
     base.update(kw)
     torch.manual_seed(0)
-    return build_model(BDHConfig(**base))
+    return build_model(ModelConfig(**base))
 
 
 def make_run(root: Path, model, *overrides) -> Path:

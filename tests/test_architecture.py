@@ -11,7 +11,7 @@ from tests.helpers.imports import cycles, import_graph
 LAYERS = [
     ("bdh_scale", "bdh_scale.errors", "bdh_scale.utils"),
     ("bdh_scale.model", "bdh_scale.data"),
-    ("bdh_scale.config", "bdh_scale.rundir"),
+    ("bdh_scale.config", "bdh_scale.config_cli", "bdh_scale.rundir"),
     ("bdh_scale.train",),
     ("bdh_scale.generate", "bdh_scale.analysis", "bdh_scale.bench", "bdh_scale.experiments", "bdh_scale.harness"),
 ]
@@ -51,8 +51,8 @@ def test_training_imports_neither_matplotlib_nor_the_tools_nor_lm_eval():
 
 
 def test_every_architecture_a_recipe_may_name_is_registered():
-    from bdh_scale.model import ARCHS, BDHConfig
+    from bdh_scale.model import ARCHS, ModelConfig
 
-    assert set(typing.get_args(typing.get_type_hints(BDHConfig, include_extras=True)["arch"])) == set(ARCHS)
+    assert set(typing.get_args(typing.get_type_hints(ModelConfig, include_extras=True)["arch"])) == set(ARCHS)
     for name, arch in ARCHS.items():
         assert arch.model.arch == name

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from bdh_scale.model.attention import AttnState, attend_chunked, attend_parallel, pick_backend
+from bdh_scale.model.bdh.attention import AttnState, attend_chunked, attend_parallel, pick_backend
 
 B, H, N, D = 2, 2, 24, 8
 SCALE = N**-0.5

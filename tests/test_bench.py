@@ -8,7 +8,7 @@ import pytest
 
 from bdh_scale.bench import cli as bench
 from bdh_scale.bench.cases import MEASURES
-from bdh_scale.model import BDH, BDHConfig
+from bdh_scale.model import BDH, ModelConfig
 
 TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.mlp_internal_dim_multiplier=4"]
 
@@ -30,7 +30,7 @@ def test_bench_measures_every_section_and_saves_json(in_process, tmp_path, capsy
     variants = ("plain", "parallel", "chunked", "auto")
     assert {(r["variant"], r["T"]) for r in result["train"]} == {(v, T) for v in variants for T in (8, 16)}
     assert all(r["tokens_per_s"] > 0 and r["share_of_peak"] > 0 for r in result["train"])
-    cfg = BDHConfig(**result["model"])
+    cfg = ModelConfig(**result["model"])
     param_mb = BDH(cfg).num_params() * 4 / 2**20
     for r in result["memory"]:  # B = 1 sweep
         kinds = r["by_kind_mb"]

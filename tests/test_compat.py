@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from bdh_scale.model.pathway import load_pathway_state_dict
+from bdh_scale.model.bdh.pathway import load_pathway_state_dict
 from tests.helpers.pathway_reference import ReferenceBDH
 
 
@@ -35,5 +35,5 @@ def test_wrong_state_dicts_are_refused(reference):
         load_pathway_state_dict({k: v for k, v in sd.items() if k != "encoder_v"})
     with pytest.raises(ValueError, match="rope_theta"):
         load_pathway_state_dict(sd, n_layer=3, rope_theta=1e4)
-    with pytest.raises(TypeError, match="unknown BDHConfig"):
+    with pytest.raises(TypeError, match="unknown ModelConfig"):
         load_pathway_state_dict(sd, n_layers=3)

@@ -17,7 +17,7 @@ import torch._dynamo
 from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.utils import counters
 
-from bdh_scale.model import BDH, BDHConfig
+from bdh_scale.model import BDH, ModelConfig
 
 
 class GraphCounter:
@@ -58,7 +58,7 @@ OPTIONS = {
 def test_training_forward_and_backward_compile_to_one_graph_each_without_breaks(name):
     opts = dict(OPTIONS[name])
     carry, docs, ckpt = opts.pop("carry", False), opts.pop("docs", False), opts.pop("checkpointing", False)
-    cfg = BDHConfig(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=2, vocab_size=64,
+    cfg = ModelConfig(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=2, vocab_size=64,
                     **{"dropout": 0.0, **opts})
     torch._dynamo.reset()
     counters.clear()

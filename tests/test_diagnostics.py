@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bdh_scale.model import BDH, BDHConfig, build_model
+from bdh_scale.model import BDH, ModelConfig, build_model
 from bdh_scale.model.flops import flops_per_token
 from bdh_scale.train.diagnostics import MFU, activation_and_state, carried_rho_norms
 from tests.helpers.tiny_runs import train_in_process
@@ -24,7 +24,7 @@ def counted_forward_flops(model, T):
 def test_bdh_flops_per_token_matches_torch_flop_counter():
     """torch counts every GEMM of a forward, including the masked upper half of the T x T scores;
     our count charges T/2 earlier tokens per token. Adding that half back must give torch's total."""
-    cfg = BDHConfig(attn_backend="parallel", **SMALL)
+    cfg = ModelConfig(attn_backend="parallel", **SMALL)
     T = 48
     counted = counted_forward_flops(build_model(cfg).eval(), T)
     ours = flops_per_token(cfg, T, training=False) * T
@@ -35,7 +35,7 @@ def test_bdh_flops_per_token_matches_torch_flop_counter():
 def test_gpt_flops_per_token_matches_torch_flop_counter_outside_attention():
     """The GPT's projections, MLP and head against torch's count; its fused SDPA kernel is opaque to
     the counter on CPU, so the attention term (2 ctx D per layer) is checked by formula only."""
-    cfg = BDHConfig(arch="gpt", block_size=64, **SMALL)
+    cfg = ModelConfig(arch="gpt", block_size=64, **SMALL)
     T = 48
     counted = counted_forward_flops(build_model(cfg).eval(), T)
     attention = 2 * cfg.n_layer * 2 * (T / 2) * cfg.n_embd * T
@@ -43,10 +43,10 @@ def test_gpt_flops_per_token_matches_torch_flop_counter_outside_attention():
 
 
 def test_training_flops_are_three_forwards_and_hrm_counts_its_cycles():
-    cfg = BDHConfig(**SMALL)
+    cfg = ModelConfig(**SMALL)
     assert flops_per_token(cfg, 64) == 3 * flops_per_token(cfg, 64, training=False)
-    hrm = BDHConfig(arch="bdh_hrm", **SMALL)
-    one_pass = flops_per_token(BDHConfig(**{**SMALL, "n_layer": 1}), 64, training=False)
+    hrm = ModelConfig(arch="bdh_hrm", **SMALL)
+    one_pass = flops_per_token(ModelConfig(**{**SMALL, "n_layer": 1}), 64, training=False)
     head = 2 * hrm.n_embd * hrm.vocab_size
     layer = one_pass - head
     passes = hrm.hrm_h_cycles * (hrm.hrm_l_cycles * hrm.hrm_l_layers + hrm.hrm_h_layers)
@@ -55,7 +55,7 @@ def test_training_flops_are_three_forwards_and_hrm_counts_its_cycles():
 
 
 def test_mfu_is_model_flops_over_the_given_peak():
-    cfg = BDHConfig(**SMALL)
+    cfg = ModelConfig(**SMALL)
     mfu = MFU(cfg, torch.device("cpu"), "no", num_processes=2, peak_tflops=0.5)
     row = mfu(T=64, tokens_per_s=1000.0)
     assert row["mfu"] == pytest.approx(flops_per_token(cfg, 64) * 1000.0 / 1e12)
@@ -68,7 +68,7 @@ def test_a_peak_measured_on_a_busy_start_up_is_measured_again_before_mfu_reads_a
     import bdh_scale.train.diagnostics as diagnostics
 
     monkeypatch.setattr(diagnostics, "device_peak_flops", lambda device, dtype: 1e6)  # 1 MFLOP/s: far too low
-    cfg = BDHConfig(**SMALL)
+    cfg = ModelConfig(**SMALL)
     mfu = MFU(cfg, torch.device("cpu"), "no", num_processes=1, peak_tflops=None)
     tokens_per_s = 1e9 / flops_per_token(cfg, 64)  # 1 GFLOP/s of model FLOPs: below any real CPU's peak
     row = mfu(T=64, tokens_per_s=tokens_per_s)
@@ -78,7 +78,7 @@ def test_a_peak_measured_on_a_busy_start_up_is_measured_again_before_mfu_reads_a
 
 def test_an_mfu_above_one_is_never_logged(capsys):
     """Against a given peak no measurement can fix, an impossible utilisation is null, said once."""
-    cfg = BDHConfig(**SMALL)
+    cfg = ModelConfig(**SMALL)
     mfu = MFU(cfg, torch.device("cpu"), "no", num_processes=1, peak_tflops=1e-6)  # 1 MFLOP/s
     rows = [mfu(T=64, tokens_per_s=1000.0) for _ in range(3)]
     assert [r["mfu"] for r in rows] == [None] * 3 and rows[0]["model_tflops"] > 1e-6
@@ -99,7 +99,7 @@ def test_a_known_gpu_gets_its_datasheet_dense_peak_in_half_precision():
 
 def test_activation_and_state_reads_the_real_codes_and_state():
     torch.manual_seed(0)
-    model = BDH(BDHConfig(**SMALL))
+    model = BDH(ModelConfig(**SMALL))
     x = torch.randint(0, 64, (3, 20))
     row = activation_and_state(model, x)
     state = model(x, return_state=True).state
@@ -108,7 +108,7 @@ def test_activation_and_state_reads_the_real_codes_and_state():
         assert 0 < row[f"act/xy_active_l{i}"] <= min(row[f"act/x_active_l{i}"], row[f"act/y_active_l{i}"]) < 1
     assert carried_rho_norms([state, state])["state/carried_rho_norm_l0"] == pytest.approx(row["state/rho_norm_l0"])
     assert model.training  # restored
-    assert activation_and_state(build_model(BDHConfig(arch="gpt", **SMALL)), x) == {}
+    assert activation_and_state(build_model(ModelConfig(arch="gpt", **SMALL)), x) == {}
 
 
 def test_dashboard_extras_do_not_change_training(tmp_path):

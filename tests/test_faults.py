@@ -9,7 +9,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from bdh_scale.model import BDH, BDHConfig
+from bdh_scale.model import BDH, ModelConfig
 from bdh_scale.train import setup
 from bdh_scale.train.checkpoint import list_checkpoints, verify
 from bdh_scale.errors import TrainingStopped
@@ -94,7 +94,7 @@ def test_guard_rules_without_and_with_a_scaler():
 
 
 def test_nonfinite_carried_lanes_are_reset_and_the_others_kept():
-    model = BDH(BDHConfig(n_layer=1, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0,
+    model = BDH(ModelConfig(n_layer=1, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0,
                           attn_backend="chunked"))
     state = model(torch.randint(0, 256, (3, 8)), return_state=True).state.detach()
     before = [dict(layer.state_dict()) for layer in state.layers]

@@ -1,6 +1,6 @@
 """model.attn_backend=fla: the adapter onto flash-linear-attention's chunk_simple_gla contract equals
 BDH's exact forms, proven on the CPU with the plain-PyTorch stand-in of that contract
-(model/attention/fla_reference.py; the Triton kernel itself runs only in `make gpu-check`).
+(model/bdh/attention/fla_reference.py; the Triton kernel itself runs only in `make gpu-check`).
 
 * the stand-in is fla's contract: [B, T, H, K] layout, inclusive causal read, default scale
   K^-1/2, per-sequence initial and final states, cu_seqlens as sequences laid end to end;
@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from bdh_scale.errors import ConfigError
-from bdh_scale.model import BDH, BDHConfig
-from bdh_scale.model.attention import AttnState, attend_chunked, fla
-from bdh_scale.model.attention.fla_reference import simple_gla_reference
-from bdh_scale.model.attention.fla_tune import fla_wins, tune
+from bdh_scale.model import BDH, ModelConfig
+from bdh_scale.model.bdh.attention import AttnState, attend_chunked, fla
+from bdh_scale.model.bdh.attention.fla_reference import simple_gla_reference
+from bdh_scale.model.bdh.attention.fla_tune import fla_wins, tune
 
 H, B, T, N, D = 2, 2, 40, 16, 8
 SCALE = 0.37  # not fla's default N^-1/2: the adapter must pass BDH's own
@@ -136,7 +136,7 @@ TINY = dict(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=2, dropo
 
 def model(backend, **kw):
     torch.manual_seed(0)
-    return BDH(BDHConfig(**TINY, attn_backend=backend, **kw))
+    return BDH(ModelConfig(**TINY, attn_backend=backend, **kw))
 
 
 @pytest.mark.parametrize("kw", [dict(forget_mode="data"), dict(forget_mode="scalar", diff_attn=True, score_scale="none")],
@@ -187,7 +187,7 @@ def test_generation_with_fla_gives_the_tokens_of_the_chunked_form():
 
 def test_fla_has_no_window_and_says_so():
     with pytest.raises(ConfigError, match="model.attn_backend: fla has no local window"):
-        BDHConfig(**TINY, attn_backend="fla", attn_window=8).check()
+        ModelConfig(**TINY, attn_backend="fla", attn_window=8).check()
 
 
 def test_training_with_fla_on_a_cpu_is_one_error_before_anything_is_written(tmp_path):

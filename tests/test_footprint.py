@@ -6,7 +6,7 @@ benchmark: python -m bdh_scale.bench.footprint.)"""
 import pytest
 import torch
 
-from bdh_scale.model import BDHConfig, build_model
+from bdh_scale.model import ModelConfig, build_model
 from bdh_scale.model.footprint import FLOAT, _activation_floats, parameter_count
 
 BASE = dict(n_layer=2, n_embd=64, n_head=4, mlp_internal_dim_multiplier=16, dropout=0.0, vocab_size=256)
@@ -14,11 +14,11 @@ BASE = dict(n_layer=2, n_embd=64, n_head=4, mlp_internal_dim_multiplier=16, drop
 
 @pytest.mark.parametrize("arch", ["bdh", "gpt", "bdh_hrm"])
 def test_the_parameter_count_is_the_built_models(arch):
-    cfg = BDHConfig(**BASE, arch=arch, token_shift="layer" if arch == "bdh" else "none")
+    cfg = ModelConfig(**BASE, arch=arch, token_shift="layer" if arch == "bdh" else "none")
     assert parameter_count(cfg) == sum(p.numel() for p in build_model(cfg).parameters())
 
 
-def saved_bytes(cfg: BDHConfig, B: int, T: int, checkpointing: bool) -> int:
+def saved_bytes(cfg: ModelConfig, B: int, T: int, checkpointing: bool) -> int:
     """Bytes of the distinct storages autograd keeps for the backward of one training forward."""
     torch.manual_seed(0)
     model = build_model(cfg).train()
@@ -41,6 +41,6 @@ def saved_bytes(cfg: BDHConfig, B: int, T: int, checkpointing: bool) -> int:
                                            ({"dropout": 0.1, "token_shift": "layer"}, 4, 64, False),
                                            ({}, 2, 128, True), ({"arch": "gpt"}, 2, 64, False)])
 def test_the_activations_counted_are_those_autograd_keeps(over, B, T, ckpt):
-    cfg = BDHConfig(**{**BASE, **over})
+    cfg = ModelConfig(**{**BASE, **over})
     kept, _ = _activation_floats(cfg, B, T, ckpt, carry=False)
     assert 0.8 < kept * FLOAT / saved_bytes(cfg, B, T, ckpt) < 1.25

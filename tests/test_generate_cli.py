@@ -9,7 +9,7 @@ import torch
 
 from bdh_scale import generate
 from bdh_scale.data.tokenizer import load_tokenizer
-from bdh_scale.model import BDH, BDHConfig, build_model
+from bdh_scale.model import BDH, ModelConfig, build_model
 
 
 def run_generate(capsys, *argv) -> tuple[int, str, str]:
@@ -115,7 +115,7 @@ def test_a_reset_run_samples_within_its_training_window(byte_run, monkeypatch, c
 
 def test_a_model_without_tokenizer_is_refused_naming_what_to_pass(tmp_path, capsys):
     torch.manual_seed(0)
-    build_model(BDHConfig(n_layer=1, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4)).save_pretrained(tmp_path / "m")
+    build_model(ModelConfig(n_layer=1, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4)).save_pretrained(tmp_path / "m")
     code, out, err = run_generate(capsys, tmp_path / "m", "--tokens", "5")
     assert code == 2 and out == "" and "--tokenizer bytes" in one_error_line(err)
     code, out, _ = run_generate(capsys, tmp_path / "m", "--tokens", "5", "--tokenizer", "bytes")

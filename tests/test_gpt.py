@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bdh_scale.model.gpt import GPT, GPTConfig
+from bdh_scale.model.gpt.gpt import GPT, GPTConfig
 from bdh_scale.model.output import ModelOutput
 
 

@@ -13,7 +13,7 @@ from lm_eval.api.instance import Instance
 
 from bdh_scale.harness import cli
 from bdh_scale.harness.lm import BDHLM
-from bdh_scale.model import BDHConfig, build_model
+from bdh_scale.model import ModelConfig, build_model
 from bdh_scale.rundir import load_run
 
 TEXT = ("ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is the sun.\n"
@@ -130,7 +130,7 @@ def test_bdh_eval_runs_local_tasks_offline_and_reports_the_bits_per_byte_of_the_
 
 def test_bad_inputs_are_one_error_line(byte_run, tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)
-    gpt = build_model(BDHConfig(arch="gpt", n_layer=1, n_embd=16, n_head=2))
+    gpt = build_model(ModelConfig(arch="gpt", n_layer=1, n_embd=16, n_head=2))
     gpt.save_pretrained(tmp_path / "gpt", tokenizer="bytes")  # no recipe
     cases = [([str(byte_run), "--tasks", "no_such_task_anywhere", "--include-path", str(tmp_path)], "unknown task"),
              ([str(tmp_path / "gpt"), "--tasks", "x", "--context", "carry"], "no state to carry"),

@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 
-from bdh_scale.model import BDHConfig, build_model, load_pretrained
+from bdh_scale.model import ModelConfig, build_model, load_pretrained
 from bdh_scale.model.hf import codegen
 from bdh_scale.model.hf.export import MODEL_TYPE
 from bdh_scale.train.checkpoint import list_checkpoints
@@ -77,8 +77,8 @@ def test_the_shipped_code_imports_only_the_standard_library_torch_and_transforme
 
 @pytest.mark.parametrize("planted,message", [
     ("from bdh_scale.model.pretrained import read_config\n", "cannot ship"),
-    ("import bdh_scale.model.bdh\n", "import bdh_scale"),
-    ("from bdh_scale.model import attention\n", "imports a module"),
+    ("import bdh_scale.model.bdh.bdh\n", "import bdh_scale"),
+    ("from bdh_scale.model.bdh import attention\n", "imports a module"),
     ("def f():\n    from bdh_scale.data.config import DataConfig\n", "would both ship as config.py"),
 ])
 def test_what_cannot_be_shipped_is_one_clear_error(planted, message, tmp_path, monkeypatch):
@@ -102,7 +102,7 @@ def test_what_cannot_be_shipped_is_one_clear_error(planted, message, tmp_path, m
 def test_a_bad_config_json_is_one_config_error_in_transformers_too(tmp_path):
     from transformers import AutoConfig
 
-    build_model(BDHConfig(**TINY)).save_pretrained(tmp_path)
+    build_model(ModelConfig(**TINY)).save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "n_head": 3}))
     with pytest.raises(ValueError, match="model.n_embd: 16 is not divisible by n_head=3") as e:  # the shipped ConfigError
@@ -115,7 +115,7 @@ def test_transformers_save_and_push_carry_the_code_and_bdh_scale_reads_what_they
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(0)
-    model = build_model(BDHConfig(arch=arch, **TINY)).eval()
+    model = build_model(ModelConfig(arch=arch, **TINY)).eval()
     model.save_pretrained(tmp_path / "ours", tokenizer="bytes")
     theirs = AutoModelForCausalLM.from_pretrained(tmp_path / "ours", trust_remote_code=True)
     theirs.save_pretrained(tmp_path / "theirs")

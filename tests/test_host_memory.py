@@ -11,10 +11,10 @@ STEPS = """
 import resource, sys, torch
 from bdh_scale.utils.host_memory import keep_freed_host_memory
 tuned = keep_freed_host_memory() if sys.argv[1] == "tuned" else False
-from bdh_scale.model import BDH, BDHConfig
+from bdh_scale.model import BDH, ModelConfig
 torch.manual_seed(0)
 # (H, B, T, N) = (2, 16, 256, 2048) floats: 64 MiB neuron tensors, above glibc's mmap threshold
-model = BDH(BDHConfig(n_layer=1, n_embd=64, n_head=2, mlp_internal_dim_multiplier=64, dropout=0.0))
+model = BDH(ModelConfig(n_layer=1, n_embd=64, n_head=2, mlp_internal_dim_multiplier=64, dropout=0.0))
 idx = torch.randint(0, 256, (16, 257))
 faults = []
 for step in range(8):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bdh_scale.data import DataConfig, build_data
-from bdh_scale.model import BDH, BDHConfig
+from bdh_scale.model import BDH, ModelConfig
 from bdh_scale.train.evaluate import context_edges, evaluate, my_rows
 
 ONE = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cpu"), unwrap_model=lambda m: m)
@@ -17,7 +17,7 @@ T, ROWS, BATCHES = 16, 3, 5
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    model = BDH(BDHConfig(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0,
+    model = BDH(ModelConfig(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0,
                           forget_mode="scalar")).eval()
     data = build_data(DataConfig(source="tinyshakespeare", max_tokens=20_000, prefetch=0), batch_size=2)
     yield model, data

@@ -7,9 +7,9 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from bdh_scale.model import BDH, BDHConfig
-from bdh_scale.model.attention import attend_chunked, attend_parallel, causal_self_attention
-from bdh_scale.model.plain import PlainBDH
+from bdh_scale.model import BDH, ModelConfig
+from bdh_scale.model.bdh.attention import attend_chunked, attend_parallel, causal_self_attention
+from bdh_scale.model.bdh.plain import PlainBDH
 from bdh_scale.train import setup
 from bdh_scale.train.schedule import lr_at
 from tests.helpers.tiny_runs import metrics, rank_state, train_in_process, weights
@@ -57,9 +57,9 @@ def test_attention_kernels_under_bf16_autocast_match_fp32_forward_and_backward(n
 @pytest.mark.parametrize("backend", ["parallel", "chunked"])
 def test_bdh_under_bf16_autocast_is_as_close_to_fp32_as_the_plain_formulation(backend):
     """A whole forward and backward in bf16 on the CPU: the model's kernels lose no more to bf16
-    than autocast makes the plain formulation (model/plain.py, the same weights) lose."""
+    than autocast makes the plain formulation (model/bdh/plain.py, the same weights) lose."""
     torch.manual_seed(0)
-    model = BDH(BDHConfig(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0,
+    model = BDH(ModelConfig(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0,
                           attn_backend=backend, vocab_size=64))
     idx, targets = torch.randint(0, 64, (2, 24)), torch.randint(0, 64, (2, 24))
 

@@ -213,7 +213,7 @@ def test_gradient_checkpointing_gives_same_gradients(tiny_config):
 
 
 def test_plain_formulation_equals_optimized_path(tiny_config):
-    from bdh_scale.model.plain import PlainBDH
+    from bdh_scale.model.bdh.plain import PlainBDH
 
     for shared in (False, True):
         model = make_model(tiny_config, "none", None, False, per_layer_params=not shared)

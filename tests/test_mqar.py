@@ -7,7 +7,7 @@ import torch
 from bdh_scale.data import DataConfig, build_data
 from bdh_scale.data.mqar import MQAR, MQARConfig, MQARLanes
 from bdh_scale.errors import ConfigError, DataError
-from bdh_scale.model import BDH, BDHConfig
+from bdh_scale.model import BDH, ModelConfig
 from bdh_scale.model.output import IGNORE
 from bdh_scale.train.evaluate import OneProcess, evaluate
 from tests.helpers.tiny_runs import main_in_process, snapshot
@@ -202,7 +202,7 @@ def test_bdh_analyze_recall_scores_a_gpt_run_in_its_window_and_marks_longer_dist
     assert d0["window"]["answer_loss"] == pytest.approx(torch.nn.functional.cross_entropy(at, values).item(), rel=1e-5)
     assert recall_metrics(report) == {"recall/window_d0": d0["window"]["accuracy"]}
     assert (run / "analysis/recall.png").stat().st_size > 1000
-    bdh = BDH(BDHConfig(n_layer=1, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)).eval()
+    bdh = BDH(ModelConfig(n_layer=1, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)).eval()
     stateful = mqar_recall(bdh, mqar(), distances=[0, 1], episodes=4, seed=1, device="cpu")
     assert stateful["readings"] == ["carried", "window"] and stateful["reach_tokens"] is None
     assert all({"carried", "window"} <= set(d) and "out_of_reach" not in d for d in stateful["distances"])

@@ -127,9 +127,9 @@ def test_group_split_on_bdh_layout():
 
 @pytest.mark.parametrize("per_layer", [True, False])
 def test_group_split_on_real_bdh(per_layer):
-    from bdh_scale.model import BDH, BDHConfig
+    from bdh_scale.model import BDH, ModelConfig
 
-    cfg = BDHConfig(n_layer=2, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, per_layer_params=per_layer,
+    cfg = ModelConfig(n_layer=2, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, per_layer_params=per_layer,
                     forget_mode="scalar", diff_attn=True)
     roles = split_params(BDH(cfg))
     proj = ("encoder", "encoder_v", "decoder")
@@ -207,7 +207,7 @@ def test_adamw_build_decays_matrices_only():
 
 
 def test_gpt_linear_weights_are_out_in():
-    from bdh_scale.model.gpt import GPT, GPTConfig
+    from bdh_scale.model.gpt.gpt import GPT, GPTConfig
 
     roles = split_params(GPT(GPTConfig(n_layer=1, n_embd=16, n_head=2, block_size=8)))
     assert names(roles, "muon_out_in") == ["blocks.0.attn.proj.weight", "blocks.0.attn.qkv.weight",

@@ -8,7 +8,7 @@ from bdh_scale.analysis.recall import recall, score
 from bdh_scale.data.passkey import FACT, QUESTION, Passkey, PasskeyConfig
 from bdh_scale.data.tokenizer import ByteTokenizer
 from bdh_scale.errors import ConfigError
-from bdh_scale.model import BDHConfig, build_model
+from bdh_scale.model import ModelConfig, build_model
 
 FILLER = np.frombuffer(b"".join(f"filler line {i} of the corpus.\n".encode() for i in range(400)), dtype=np.uint8)
 
@@ -66,7 +66,7 @@ def test_answers_are_scored_exactly():
 
 def test_recall_reports_both_readings_per_distance():
     torch.manual_seed(0)
-    model = build_model(BDHConfig(n_layer=1, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)).eval()
+    model = build_model(ModelConfig(n_layer=1, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)).eval()
     report = recall(model, passkey(), T=32, distances=[1, 2], episodes=4, lead=5, seed=0, device="cpu")
     assert [r["gap_tokens"] for r in report["distances"]] == [32, 64]
     assert report["readings"] == ["carried", "window"] and report["reach_tokens"] is None
@@ -81,7 +81,7 @@ def test_a_stateless_model_is_scored_in_its_window_and_out_of_reach_past_it():
     read from the fact on (fact, gap, question, key: 83 + gap) fit up to a gap of 45; such an
     episode is read in one forward, the longer gaps are null."""
     torch.manual_seed(0)
-    gpt = build_model(BDHConfig(arch="gpt", n_layer=1, n_embd=16, n_head=2, block_size=128, dropout=0.0)).eval()
+    gpt = build_model(ModelConfig(arch="gpt", n_layer=1, n_embd=16, n_head=2, block_size=128, dropout=0.0)).eval()
     report = recall(gpt, passkey(), T=16, distances=[0, 2, 3], episodes=3, lead=4, seed=0, device="cpu", reach=128)
     assert report["readings"] == ["window"] and report["reach_tokens"] == 128 and not report["stateful"]
     near, far = report["distances"][:2], report["distances"][2]
@@ -100,7 +100,7 @@ def test_a_stateless_model_reads_the_last_tokens_of_an_episode_that_fits_from_it
     """Past the lead, the window starts inside the filler before the fact: the answer is read
     from the last `reach` tokens, as generation would read it."""
     torch.manual_seed(0)
-    gpt = build_model(BDHConfig(arch="gpt", n_layer=1, n_embd=16, n_head=2, block_size=128, dropout=0.0)).eval()
+    gpt = build_model(ModelConfig(arch="gpt", n_layer=1, n_embd=16, n_head=2, block_size=128, dropout=0.0)).eval()
     report = recall(gpt, passkey(), T=16, distances=[2], episodes=2, lead=30, seed=0, device="cpu", reach=128)
     (r,) = report["distances"]
     assert not r["out_of_reach"]  # 30 + 83 + 32 = 145 tokens read, 115 of them from the fact on

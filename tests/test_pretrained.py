@@ -13,10 +13,10 @@ from tokenizers import Tokenizer
 
 from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer
 from bdh_scale.errors import ModelError
-from bdh_scale.model import BDH, BDHConfig, build_model, load_pretrained
-from bdh_scale.model.gpt import GPT
+from bdh_scale.model import BDH, ModelConfig, build_model, load_pretrained
+from bdh_scale.model.gpt.gpt import GPT
 from bdh_scale.model.hf.codegen import generate as generate_code
-from bdh_scale.model.hrm import BDHHRM
+from bdh_scale.model.hrm.hrm import BDHHRM
 from bdh_scale.rundir import load_run
 from bdh_scale.train.checkpoint import list_checkpoints
 from bdh_scale.train.export import push_final
@@ -100,7 +100,7 @@ def test_model_card_says_what_the_model_is_and_how_it_was_made(byte_run):
 def test_push_to_hub_and_load_by_hub_id(cls, arch, tmp_path, monkeypatch):
     hub = mock_hub.install(monkeypatch, tmp_path)
     torch.manual_seed(0)
-    model = build_model(BDHConfig(arch=arch, n_layer=2, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4,
+    model = build_model(ModelConfig(arch=arch, n_layer=2, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4,
                                   dropout=0.0))
     model.tokenizer = ByteTokenizer()
     model.push_to_hub(f"me/tiny-{arch}")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bdh_scale.model import BDH, BDHState, load_pretrained
-from bdh_scale.model.hrm import BDHHRM
+from bdh_scale.model.hrm.hrm import BDHHRM
 from tests.helpers.naive_bdh import naive_logits
 from tests.test_model import assert_chunked_gradients_equal_parallel, assert_close, logits, make_model
 

@@ -8,12 +8,12 @@
     bdh-analyze heads       runs/<name>    val loss change when each head is zeroed; prunable heads
 
 Each writes <name>.json and <name>.png into <run>/analysis/ (or --out). Module map:
-inputs.py (run, tokens, windows), model/probes.py (hooks on BDHLayer: sparse codes, head masks),
+inputs.py (run, tokens, windows), model/bdh/probes.py (hooks on BDHLayer: sparse codes, head masks),
 one module per analysis, in_window.py (the one reading of a model without a state, e.g. the GPT
 baseline: context and recall score it inside its window, out of reach past it), figures.py (Agg
 canvas, no display), cli.py (`bdh-analyze`).
 """
-from bdh_scale.model.probes import ablate_heads, bdh_layers, capture_codes
+from bdh_scale.model.bdh.probes import ablate_heads, bdh_layers, capture_codes
 from bdh_scale.analysis.heads import head_ablation
 from bdh_scale.analysis.selectivity import neuron_selectivity
 from bdh_scale.analysis.sparsity import activation_sparsity

@@ -26,7 +26,7 @@ from bdh_scale.analysis import context, heads, recall, selectivity, sparsity, st
 from bdh_scale.analysis.figures import save
 from bdh_scale.analysis.trackers import log_to_run_trackers
 from bdh_scale.analysis.inputs import labelled_files, load_model, out_dir, run_config, val_tokens
-from bdh_scale.model.archs import reach
+from bdh_scale.model.registry import reach
 
 
 def common(p: argparse.ArgumentParser, max_tokens: int, text: bool = True) -> None:

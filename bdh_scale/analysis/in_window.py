@@ -1,6 +1,6 @@
 """The one reading of a model without a state (the GPT baseline, BDH-HRM): what its window holds.
 
-Such a model predicts from the last `reach` tokens it is given (model/archs.py, reach: the window
+Such a model predicts from the last `reach` tokens it is given (model/registry.py, reach: the window
 it trained on, no more than its positions). The memory analyses score it only where everything
 an answer depends on fits in that window; beyond, a distance or a context bucket is out of reach.
 Out of reach is reported as null (JSON) or "out of reach" (tables, figures), never as a number:

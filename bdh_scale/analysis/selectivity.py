@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from bdh_scale.model.probes import capture_codes
+from bdh_scale.model.bdh.probes import capture_codes
 from bdh_scale.analysis.figures import new_figure
 from bdh_scale.analysis.inputs import text_tokens, windows
 

@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from bdh_scale.model.attention import AttnState, attend_chunked, attend_parallel, pick_backend
+from bdh_scale.model.bdh.attention import AttnState, attend_chunked, attend_parallel, pick_backend
 from bdh_scale.utils.host_memory import proc_status_kib
 
 

@@ -4,7 +4,7 @@ so that its peak memory, its allocator setting and its compiled code are its own
 A case is a JSON dict: kind (train | memory | generate | session | bptt), the model config, the variant
 and its sizes; or kind stream, a data-pipeline measurement (bench/data.py). Variants:
 
-  plain        the reference formulation (model/plain.py), trained as the reference code trains:
+  plain        the reference formulation (model/bdh/plain.py), trained as the reference code trains:
                torch's default AdamW, in a process with the default allocator
   plain+reuse  the same, in a process that reuses freed host memory as bdh-scale's trainer does
   parallel, chunked, auto

@@ -76,9 +76,9 @@ def state_step_floor(model_cfg: dict, dev, tokens: int) -> dict:
     is that of reading a buffer the size of those bytes, so a cache that holds the model (a
     server CPU's L3 can) counts as it does for the real steps; writes are counted as reads,
     which they are no faster than."""
-    from bdh_scale.model import BDHConfig
+    from bdh_scale.model import ModelConfig
 
-    cfg = BDHConfig(**model_cfg)
+    cfg = ModelConfig(**model_cfg)
     H, D, N = cfg.n_head, cfg.n_embd, cfg.n_neurons
     weights = cfg.n_layer * 3 * H * D * N + 2 * cfg.vocab_size * D
     rho = cfg.n_layer * H * N * D

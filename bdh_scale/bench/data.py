@@ -204,12 +204,12 @@ def h100_need(per_worker: dict, vocab: dict) -> dict:
     and how many tokenizer workers of the measured rate that takes."""
     import torch
 
-    from bdh_scale.model import BDH, BDHConfig
+    from bdh_scale.model import BDH, ModelConfig
     from bdh_scale.model.flops import flops_per_token
 
     out = {"assumptions": H100, "per_tokenizer": {}}
     for tok, rate in per_worker.items():
-        cfg = BDHConfig(**H100["model"], vocab_size=vocab[tok])
+        cfg = ModelConfig(**H100["model"], vocab_size=vocab[tok])
         with torch.device("meta"):
             out["params"] = BDH(cfg).num_params()
         need = H100["peak_flops"] * H100["mfu"] / flops_per_token(cfg, H100["T"])

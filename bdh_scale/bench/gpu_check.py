@@ -180,7 +180,7 @@ def fsdp_case(args: list) -> tuple[dict, str | None]:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    from bdh_scale.model.attention import fla
+    from bdh_scale.model.bdh.attention import fla
 
     device_type = "cuda" if torch.cuda.is_available() else "cpu"
     if device_type != "cuda" and not args.dry_run:
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
 
 def run_check(args, device_type: str) -> int:
     from bdh_scale.bench.cli import machine
-    from bdh_scale.model.attention import fla
+    from bdh_scale.model.bdh.attention import fla
     from bdh_scale.utils.perf import compute_dtype, device_peak_flops
 
     dry = args.dry_run

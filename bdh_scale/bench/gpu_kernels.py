@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from bdh_scale.model.attention import AttnState, attend_chunked, attend_parallel, fla
-from bdh_scale.model.attention.fla_tune import best_time
+from bdh_scale.model.bdh.attention import AttnState, attend_chunked, attend_parallel, fla
+from bdh_scale.model.bdh.attention.fla_tune import best_time
 
 FORMS = ("parallel", "chunked", "fla")
 
@@ -82,7 +82,7 @@ def contract(device) -> dict:
         return out
     from fla.ops.simple_gla.naive import naive_recurrent_simple_gla
 
-    from bdh_scale.model.attention.fla_reference import simple_gla_reference
+    from bdh_scale.model.bdh.attention.fla_reference import simple_gla_reference
 
     layout = lambda x: rearrange(x, "h b t x -> b t h x").contiguous()  # noqa: E731  (fla's layout)
     q_, k_, v_ = layout(k), layout(k), layout(v.expand(H, -1, -1, -1))

@@ -80,12 +80,12 @@ def measure(model_cfg: dict, contexts: list[int], tokens: int, repeats: int, dev
     of that state, so the runs are short and many, interleaved across cases."""
     from transformers import AutoModelForCausalLM
 
-    from bdh_scale.model import BDH, BDHConfig
+    from bdh_scale.model import BDH, ModelConfig
 
     if device.type == "cpu":
         keep_freed_host_memory()  # as bdh-bench's other BDH cases and the trainer run
     torch.manual_seed(0)
-    ours = BDH(BDHConfig(**model_cfg)).to(device).eval()
+    ours = BDH(ModelConfig(**model_cfg)).to(device).eval()
     with tempfile.TemporaryDirectory() as d:
         ours.save_pretrained(d, tokenizer="bytes")
         theirs = AutoModelForCausalLM.from_pretrained(d, trust_remote_code=True).to(device).eval()

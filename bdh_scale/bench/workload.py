@@ -44,13 +44,13 @@ def device() -> torch.device:
 
 def build(model_cfg: dict, variant: str, dev: torch.device):
     """(model, config) for a variant, on `dev`, seeded; the allocator set as the variant runs."""
-    from bdh_scale.model import BDH, BDHConfig
-    from bdh_scale.model.plain import PlainBDH
+    from bdh_scale.model import BDH, ModelConfig
+    from bdh_scale.model.bdh.plain import PlainBDH
 
     if variant != "plain" and dev.type == "cpu":
         keep_freed_host_memory()
     backend = {"plain": "parallel", "plain+reuse": "parallel", "compiled": "auto"}.get(variant, variant)
-    cfg = BDHConfig(**{**model_cfg, "attn_backend": backend})
+    cfg = ModelConfig(**{**model_cfg, "attn_backend": backend})
     torch.manual_seed(0)
     model = BDH(cfg).to(dev)
     if variant == "compiled":

@@ -58,7 +58,7 @@ from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
 from bdh_scale.experiments.memory_figures import plot_context, plot_mqar, plot_recall, save_figure
 from bdh_scale.experiments.scaling import as_overrides, outputs
 from bdh_scale.experiments.sweep import format_table, write_table
-from bdh_scale.model.archs import reach
+from bdh_scale.model.registry import reach
 from bdh_scale.utils.atomic import write_json_atomic
 from bdh_scale.utils.bounded import read_yaml
 

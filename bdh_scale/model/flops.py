@@ -8,23 +8,23 @@ the scaling sweeps. Counted as 2 x multiply-adds of the model's math, the usual 
 """
 from __future__ import annotations
 
-from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.config import ModelConfig
 
 
-def bdh_layer_macs(cfg: BDHConfig, ctx: float) -> float:
+def bdh_layer_macs(cfg: ModelConfig, ctx: float) -> float:
     """One BDH layer, one token: encoder, encoder_v and decoder (D x N per head each), then the
     scores over ctx earlier tokens (N per pair) and their values (D per pair)."""
     H, D, N = cfg.n_head, cfg.n_embd, cfg.n_neurons
     return 3 * D * H * N + H * ctx * (N + D)
 
 
-def gpt_layer_macs(cfg: BDHConfig, ctx: float) -> float:
+def gpt_layer_macs(cfg: ModelConfig, ctx: float) -> float:
     """One GPT-2 block, one token: qkv + proj (4 D^2), the 4x MLP (8 D^2), QK^T and AV (2 ctx D)."""
     D = cfg.n_embd
     return 12 * D * D + 2 * ctx * D
 
 
-def flops_per_token(cfg: BDHConfig, T: int, training: bool = True) -> float:
+def flops_per_token(cfg: ModelConfig, T: int, training: bool = True) -> float:
     """Model FLOPs for one token of a length-T window (forward, or forward + backward)."""
     ctx = min(T / 2, cfg.attn_window or T)
     head = cfg.n_embd * cfg.vocab_size

@@ -21,20 +21,20 @@ from dataclasses import dataclass
 
 import torch
 
-from bdh_scale.model.archs import build_model
-from bdh_scale.model.bdh import attention_plan
-from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.registry import build_model
+from bdh_scale.model.bdh.bdh import attention_plan
+from bdh_scale.model.config import ModelConfig
 
 FLOAT = 4  # bytes of an fp32 value: weights, gradients and moments are fp32 in every precision
 
 
-def build_on_meta(cfg: BDHConfig):
+def build_on_meta(cfg: ModelConfig):
     """The model of `cfg` with shapes only (the meta device): its parameters cost nothing."""
     with torch.device("meta"):
         return build_model(cfg)
 
 
-def parameter_count(cfg: BDHConfig) -> int:
+def parameter_count(cfg: ModelConfig) -> int:
     return sum(p.numel() for p in build_on_meta(cfg).parameters())
 
 
@@ -57,7 +57,7 @@ class Footprint:
                 f"activations {self.activations / gib:,.2f}, allocator and runtime {self.overhead / gib:,.2f})")
 
 
-def _bdh_layer_floats(cfg: BDHConfig, B: int, T: int, kind: str, chunk: int) -> tuple[float, float]:
+def _bdh_layer_floats(cfg: ModelConfig, B: int, T: int, kind: str, chunk: int) -> tuple[float, float]:
     """(saved, backward temporaries) of one BDH layer, in floats."""
     H, D, N = cfg.n_head, cfg.n_embd, cfg.n_neurons
     per_neuron = 4.1 + (1.0 if cfg.dropout > 0 else 0.0) + (1.25 if cfg.diff_attn else 0.0)
@@ -73,7 +73,7 @@ def _bdh_layer_floats(cfg: BDHConfig, B: int, T: int, kind: str, chunk: int) -> 
     return saved, temp
 
 
-def _activation_floats(cfg: BDHConfig, B: int, T: int, checkpointing: bool, carry: bool) -> tuple[float, float]:
+def _activation_floats(cfg: ModelConfig, B: int, T: int, checkpointing: bool, carry: bool) -> tuple[float, float]:
     """(kept for the backward, the backward's largest temporaries) of one forward and backward of
     B x T tokens, in floats."""
     V, D = cfg.vocab_size, cfg.n_embd
@@ -90,7 +90,7 @@ def _activation_floats(cfg: BDHConfig, B: int, T: int, checkpointing: bool, carr
     return layers * layer + logits, temp + logit_temp
 
 
-def training_step(cfg: BDHConfig, batch_size: int, seq_len: int, *, optim: str = "adamw", precision: str = "no",
+def training_step(cfg: ModelConfig, batch_size: int, seq_len: int, *, optim: str = "adamw", precision: str = "no",
                   checkpointing: bool = False, carry: bool = False, bptt_windows: int = 1, grad_accum: int = 1,
                   shards: int = 1, ddp: bool = False) -> Footprint:
     """One process's peak in a training step of `batch_size` lanes x `seq_len` tokens (one
@@ -110,7 +110,7 @@ def training_step(cfg: BDHConfig, batch_size: int, seq_len: int, *, optim: str =
     return Footprint(P, int(fixed), int(activations))
 
 
-def loading(cfg: BDHConfig) -> Footprint:
+def loading(cfg: ModelConfig) -> Footprint:
     """Loading a saved model: the weights as read from the file and the model they are copied into."""
     P = parameter_count(cfg)
     return Footprint(P, 2 * P * FLOAT, 0)

@@ -40,7 +40,7 @@ from bdh_scale.data.tokenizer import TOKENIZER_FILE, load_tokenizer
 from bdh_scale.errors import ModelError
 from bdh_scale.model.base import ModelBase
 from bdh_scale.model.card import PAPER, model_card
-from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.hf.export import MODEL_TYPE, transformers_keys, write_transformers_files
 from bdh_scale.utils.atomic import atomic_path
 from bdh_scale.utils.bounded import read_json, read_yaml
@@ -148,7 +148,7 @@ def model_file(name: str, filename: str, required: bool = True, **hub_kwargs) ->
 
 # -- reading ----------------------------------------------------------------------------------
 
-def write_model_config(directory: Path, config: BDHConfig, with_tokenizer: bool) -> None:
+def write_model_config(directory: Path, config: ModelConfig, with_tokenizer: bool) -> None:
     """<directory>/config.json, the model section with transformers' keys beside it, and the files
     that make the directory load with transformers too (model/hf/export.py). `with_tokenizer`:
     the directory holds tokenizer.json."""
@@ -157,20 +157,20 @@ def write_model_config(directory: Path, config: BDHConfig, with_tokenizer: bool)
     write_transformers_files(directory, config, with_tokenizer)
 
 
-def config_from(fields: dict, overrides: dict, where: str) -> BDHConfig:
+def config_from(fields: dict, overrides: dict, where: str) -> ModelConfig:
     """The model section from config.json's fields, with `overrides` applied. A config.json for
     transformers (model_type bdh_scale, also as transformers' save_pretrained rewrites it) holds
     transformers' own keys beside the section's: those are not the model's."""
-    known = {f.name for f in dataclasses.fields(BDHConfig)}
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
     if fields.get("model_type") == MODEL_TYPE:
         fields = {k: v for k, v in fields.items() if k in known}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ModelError(f"{where}/{CONFIG_NAME}: unknown fields {', '.join(unknown)}; not a bdh-scale model config")
-    return BDHConfig(**{**fields, **overrides})
+    return ModelConfig(**{**fields, **overrides})
 
 
-def read_config(name: str | Path, **hub_kwargs) -> BDHConfig:
+def read_config(name: str | Path, **hub_kwargs) -> ModelConfig:
     """The model config saved with model `name` (a directory or a Hub id)."""
     fields = read_json(model_file(str(name), CONFIG_NAME, **hub_kwargs), error=ModelError, what="model config")
     if not isinstance(fields, dict):

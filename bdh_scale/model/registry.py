@@ -1,36 +1,45 @@
-"""Loading a saved model whatever its architecture: config.json names it, archs.py builds it. The
-architectures themselves (ARCHS, build_model, is_stateful) are in archs.py and re-exported here.
+"""Every model architecture the trainer builds, in one place: `model.arch` of a recipe -> its class
+and whether it carries a state across windows (train.state: carry, carried validation, generation
+from a state). Everything that depends on the architecture asks here. Loading a saved model of any
+architecture is load.load_pretrained; this module needs nothing but the model classes, so a
+model's transformers code (model/hf/) ships it too.
 """
 from __future__ import annotations
 
-from bdh_scale.errors import ModelError
-from bdh_scale.model.archs import ARCHS, Arch, build_model, is_stateful
-from bdh_scale.model.footprint import loading
-from bdh_scale.model.pretrained import read_config
-from bdh_scale.utils.memory import available_bytes
+from dataclasses import dataclass
 
-__all__ = ["ARCHS", "Arch", "build_model", "is_stateful", "load_pretrained"]
-
-
-def load_pretrained(name, **kwargs):
-    """The model saved by save_pretrained in a directory or a Hub repo (owner/name), whatever its
-    architecture, with its tokenizer, card and recipe (model/pretrained.py). kwargs: as
-    from_pretrained (Hub options, model fields that do not change the weights)."""
-    config = read_config(name, **kwargs)
-    check_loadable(config, name)
-    return ARCHS[config.arch].model.from_pretrained(name, **kwargs)
+from bdh_scale.model.bdh.bdh import BDH
+from bdh_scale.model.config import ModelConfig
+from bdh_scale.model.gpt.gpt import GPT
+from bdh_scale.model.hrm.hrm import BDHHRM
 
 
-def count(n: int) -> str:
-    return f"{n / 1e9:,.1f}B" if n >= 1e9 else f"{n / 1e6:,.1f}M"
+@dataclass(frozen=True)
+class Arch:
+    model: type  # a Pretrained nn.Module: from_config(ModelConfig), from_pretrained(dir or Hub id)
+    stateful: bool  # carries a synaptic state from one window to the next
 
 
-def check_loadable(config, name) -> None:
-    """ModelError, before a weight is allocated, when the model config.json describes cannot be
-    loaded in this machine's memory (a config.json of n_embd: 10000000 would take it all)."""
-    need = loading(config)
-    room, bound = available_bytes("cpu")
-    if need.total > room:
-        raise ModelError(f"{name}: its config.json describes a {config.arch} of {count(need.params)} parameters, "
-                         f"which needs about {need.total / 2**30:,.1f} GiB to load, and there are "
-                         f"{room / 2**30:,.1f} GiB {bound}; is it the model you meant?")
+ARCHS: dict[str, Arch] = {
+    "bdh": Arch(BDH, stateful=True),  # BDH: sparse positive neurons, Hebbian linear attention, state rho
+    "gpt": Arch(GPT, stateful=False),  # GPT-2-style Transformer baseline (softmax attention)
+    "bdh_hrm": Arch(BDHHRM, stateful=False),  # BDH-HRM hybrid: H and L modules of BDH layers
+}
+
+
+def build_model(config: ModelConfig):
+    """The model a recipe asks for (config.arch)."""
+    return ARCHS[config.arch].model.from_config(config)
+
+
+def is_stateful(model) -> bool:
+    """Whether a built model carries a state across windows."""
+    return ARCHS[model.arch].stateful
+
+
+def reach(model, trained: int) -> int | None:
+    """How many tokens back a built model can read after training on windows of `trained` tokens.
+    None for a stateful model: its state spans windows, so no window bounds it. A stateless one
+    sees one window: the trained length, or fewer where its positions end (GPT: block_size),
+    which is what its generation reads too (gen_context)."""
+    return None if is_stateful(model) else model.gen_context(trained)

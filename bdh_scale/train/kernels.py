@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from bdh_scale.errors import ConfigError
-from bdh_scale.model.attention import fla
-from bdh_scale.model.attention.fla_tune import fla_wins, tune
+from bdh_scale.model.bdh.attention import fla
+from bdh_scale.model.bdh.attention.fla_tune import fla_wins, tune
 from bdh_scale.train.distributed import from_main
 from bdh_scale.utils.perf import compute_dtype
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from bdh_scale.model import BDHConfig, build_model
-from bdh_scale.model.token_shift import TokenShift
+from bdh_scale.model import ModelConfig, build_model
+from bdh_scale.model.bdh.token_shift import TokenShift
 
 TINY = dict(n_layer=2, n_embd=16, n_head=2, mlp_internal_dim_multiplier=4, dropout=0.0)
 
@@ -15,7 +15,7 @@ def tiny_model(seed: int = 0, **options):
     zero at initialisation, so its taps get random weights here: a dropped tap or a lost shift
     state would otherwise leave the logits unchanged."""
     torch.manual_seed(seed)
-    model = build_model(BDHConfig(**{**TINY, **options}))
+    model = build_model(ModelConfig(**{**TINY, **options}))
     for module in model.modules():
         if isinstance(module, TokenShift):
             torch.nn.init.normal_(module.weight, std=0.3)

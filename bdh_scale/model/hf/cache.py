@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from bdh_scale.model.attention.state import BDHState
+from bdh_scale.model.bdh.attention.state import BDHState
 from bdh_scale.utils.tree import map_tensors
 
 

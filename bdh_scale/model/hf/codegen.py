@@ -42,7 +42,7 @@ class CodegenError(RuntimeError):
 @dataclass(frozen=True)
 class Shipped:
     filename: str  # in the model directory, e.g. attention.py
-    module: str  # bdh_scale.model.attention
+    module: str  # bdh_scale.model.bdh.attention
     source: Path  # the package file it is made from
     text: str  # the file's text as shipped
 

@@ -1,7 +1,7 @@
 """The recipe's model section (model/config.py) as a transformers config: what AutoConfig builds
 from a model directory's config.json (auto_map, trust_remote_code=True).
 
-config.json holds every field of BDHConfig, so bdh-scale and transformers read the same file. The
+config.json holds every field of ModelConfig, so bdh-scale and transformers read the same file. The
 fields are checked as a recipe's are (a bad value is one ConfigError naming it), and written in full
 by save_pretrained: a value at its default is written too, so the file does not depend on the
 defaults of the version that reads it. transformers' own keys (model_type, auto_map, architectures,
@@ -13,10 +13,10 @@ import dataclasses
 
 from transformers import PretrainedConfig
 
-from bdh_scale.model.archs import ARCHS
-from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.registry import ARCHS
+from bdh_scale.model.config import ModelConfig
 
-FIELDS = tuple(f.name for f in dataclasses.fields(BDHConfig))
+FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 
 
 class BDHScaleConfig(PretrainedConfig):
@@ -25,7 +25,7 @@ class BDHScaleConfig(PretrainedConfig):
     attribute_map = {"hidden_size": "n_embd", "num_hidden_layers": "n_layer", "num_attention_heads": "n_head"}
 
     def __init__(self, use_cache: bool | None = None, **kwargs):
-        section = BDHConfig(**{name: kwargs.pop(name) for name in FIELDS if name in kwargs})
+        section = ModelConfig(**{name: kwargs.pop(name) for name in FIELDS if name in kwargs})
         for name in FIELDS:
             setattr(self, name, getattr(section, name))
         # generation reads through the carried state of a BDH; the stateless models have none
@@ -33,9 +33,9 @@ class BDHScaleConfig(PretrainedConfig):
         kwargs.setdefault("tie_word_embeddings", False)  # BDH's lm_head is its own matrix (GPT ties it itself)
         super().__init__(**kwargs)
 
-    def model_section(self) -> BDHConfig:
+    def model_section(self) -> ModelConfig:
         """The recipe's model section this config stands for."""
-        return BDHConfig(**{name: getattr(self, name) for name in FIELDS})
+        return ModelConfig(**{name: getattr(self, name) for name in FIELDS})
 
     def to_diff_dict(self) -> dict:
         return {**super().to_diff_dict(), **dataclasses.asdict(self.model_section()), "use_cache": self.use_cache}

@@ -11,7 +11,7 @@ the `model.` prefix) and its logits are bdh-scale's. This module only speaks tra
   whatever the context length. GPT and BDH-HRM have no state: generate reruns them on the last
   block_size (hrm_gen_context) tokens, as bdh-scale's own generation does.
 * padding: rows padded on the left (attention_mask 0 before the first token) start their stream
-  at their first token (a document start: model/bdh.py resets the state there, GPT and BDH-HRM
+  at their first token (a document start: model/bdh/bdh.py resets the state there, GPT and BDH-HRM
   attend within it), so a padded row scores and generates exactly as it would alone. Padding on
   the right only leaves the padded positions' logits unused (the models are causal), so it is
   accepted when no state is kept; a state that read padding at its end, or a mask with a gap, is
@@ -28,7 +28,7 @@ import transformers
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from bdh_scale.model.archs import ARCHS
+from bdh_scale.model.registry import ARCHS
 from bdh_scale.model.hf.cache import BDHScaleCache
 from bdh_scale.model.hf.configuration_bdh import BDHScaleConfig
 from bdh_scale.model.output import lm_loss

@@ -17,12 +17,12 @@ synaptic state rho it carries between calls.
 
 The maths of both forms is in docs/design.md.
 """
-from bdh_scale.model.attention.backend import pick_backend
-from bdh_scale.model.attention.causal_self import causal_self_attention
-from bdh_scale.model.attention.chunked import attend_chunked
-from bdh_scale.model.attention.gates import ForgetGate
-from bdh_scale.model.attention.parallel import attend_parallel, decay_mask
-from bdh_scale.model.attention.state import AttnState, BDHState
+from bdh_scale.model.bdh.attention.backend import pick_backend
+from bdh_scale.model.bdh.attention.causal_self import causal_self_attention
+from bdh_scale.model.bdh.attention.chunked import attend_chunked
+from bdh_scale.model.bdh.attention.gates import ForgetGate
+from bdh_scale.model.bdh.attention.parallel import attend_parallel, decay_mask
+from bdh_scale.model.bdh.attention.state import AttnState, BDHState
 
 __all__ = ["AttnState", "BDHState", "ForgetGate", "attend_chunked", "attend_parallel", "causal_self_attention",
            "decay_mask", "pick_backend"]

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import torch
 
-from bdh_scale.model.attention.blocks import rho_forward, segments
-from bdh_scale.model.attention.chunked_backward import RhoChunks
-from bdh_scale.model.attention.state import AttnState
-from bdh_scale.model.attention.window import window_chunks
+from bdh_scale.model.bdh.attention.blocks import rho_forward, segments
+from bdh_scale.model.bdh.attention.chunked_backward import RhoChunks
+from bdh_scale.model.bdh.attention.state import AttnState
+from bdh_scale.model.bdh.attention.window import window_chunks
 
 
 def attend_chunked(

@@ -45,12 +45,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bdh_scale.model.bdh import BDH, BDHLayer, active_boundaries, layer_norm, projection_params, shifted, token_shifts
-from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.bdh.bdh import BDH, BDHLayer, active_boundaries, layer_norm, projection_params, shifted, token_shifts
+from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.output import ModelOutput, lm_loss, scored_mean, token_ce
 from bdh_scale.model.pretrained import Pretrained
 from bdh_scale.model.sampling import RerunGeneration
-from bdh_scale.model.rope import RopeCache
+from bdh_scale.model.bdh.rope import RopeCache
 
 STATELESS = ('the bdh_hrm hybrid is stateless and cannot carry state across chunks; '
              'set train.state to "reset"')
@@ -61,7 +61,7 @@ ACT_MIN_MASS = 1e-3  # training stops adding segments once every token's unhalte
 class BDHStack(nn.Module):
     """H or L: BDH layers applied in sequence without state, the way BDH.forward applies them."""
 
-    def __init__(self, config: BDHConfig, n_layers: int):
+    def __init__(self, config: ModelConfig, n_layers: int):
         super().__init__()
         self.config = config
         if not config.per_layer_params:  # shared within the stack, as BDH shares them across layers
@@ -89,7 +89,7 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
 
     arch = "bdh_hrm"
 
-    def __init__(self, config: BDHConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         D = config.n_embd

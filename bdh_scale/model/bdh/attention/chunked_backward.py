@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from bdh_scale.model.attention.blocks import ChunkWeights, chunk_starts, chunks, mm_into, rho_forward, rho_update
+from bdh_scale.model.bdh.attention.blocks import ChunkWeights, chunk_starts, chunks, mm_into, rho_forward, rho_update
 
 
 class RhoChunks(torch.autograd.Function):

@@ -49,7 +49,7 @@ def stand_in(kernel=None):
     """Run the fla backend with `kernel` (default: the plain-PyTorch reference of fla's contract)
     in place of fla's Triton kernel, on any device: how the adapter is tested without a GPU."""
     if kernel is None:
-        from bdh_scale.model.attention.fla_reference import simple_gla_reference as kernel
+        from bdh_scale.model.bdh.attention.fla_reference import simple_gla_reference as kernel
     _override.append(kernel)
     try:
         yield kernel

@@ -17,16 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bdh_scale.model.attention import (AttnState, BDHState, ForgetGate, attend_chunked, attend_parallel,
+from bdh_scale.model.bdh.attention import (AttnState, BDHState, ForgetGate, attend_chunked, attend_parallel,
                                        causal_self_attention, pick_backend)
-from bdh_scale.model.attention.fla import attend_fla, warn_fallback
-from bdh_scale.model.attention.fla import unavailable as fla_unavailable
-from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.bdh.attention.fla import attend_fla, warn_fallback
+from bdh_scale.model.bdh.attention.fla import unavailable as fla_unavailable
+from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.output import ModelOutput, lm_loss
 from bdh_scale.model.pretrained import Pretrained
-from bdh_scale.model.rope import RopeCache, rotate
+from bdh_scale.model.bdh.rope import RopeCache, rotate
 from bdh_scale.model.sampling import sample_next, starts_after
-from bdh_scale.model.token_shift import TokenShift
+from bdh_scale.model.bdh.token_shift import TokenShift
 
 
 class AttnPlan(NamedTuple):
@@ -38,7 +38,7 @@ class AttnPlan(NamedTuple):
     in_place: bool = False  # update the given state's rho in place (generation, no autograd)
 
 
-def attention_plan(c: BDHConfig, T: int, stateful: bool, need_state: bool, in_place: bool = False,
+def attention_plan(c: ModelConfig, T: int, stateful: bool, need_state: bool, in_place: bool = False,
                    fla_lengths=frozenset()) -> AttnPlan:
     """Which attention form computes a call of T tokens (BDH.plan; also what the memory estimate of
     model/footprint.py counts). fla_lengths: the lengths attn_backend auto measured faster with fla."""
@@ -78,8 +78,8 @@ def active_boundaries(doc_start: torch.Tensor | None) -> torch.Tensor | None:
     return doc_start if doc_start is not None and bool(doc_start.any()) else None
 
 
-def token_shifts(config: BDHConfig, n_layers: int) -> nn.ModuleList:
-    """The previous-token path's modules (model/token_shift.py): one for `embed`, one per layer
+def token_shifts(config: ModelConfig, n_layers: int) -> nn.ModuleList:
+    """The previous-token path's modules (model/bdh/token_shift.py): one for `embed`, one per layer
     for `layer`, none without it."""
     n = {"none": 0, "embed": 1, "layer": n_layers}[config.token_shift]
     return nn.ModuleList(TokenShift(config.n_embd, config.token_shift_kernel) for _ in range(n))
@@ -101,7 +101,7 @@ def diff_lambda_init(layer_index: int) -> float:
 class SparseProduct(nn.Module):
     """xy_sparse = x_sparse * y_sparse, the gated neurons that reach the decoder.
 
-    A module of its own so that analyses can hook it (model/probes.py): a forward pre-hook
+    A module of its own so that analyses can hook it (model/bdh/probes.py): a forward pre-hook
     reads both sparse codes as the layer computed them, a forward hook can silence heads.
     Its arguments are (B, H, T, N) views of the layer's heads-first tensors.
     """
@@ -120,7 +120,7 @@ class BDHLayer(nn.Module):
     activations themselves.
     """
 
-    def __init__(self, config: BDHConfig, layer_index: int):
+    def __init__(self, config: ModelConfig, layer_index: int):
         super().__init__()
         nh, D, N = config.n_head, config.n_embd, config.n_neurons
         self.config = config
@@ -197,7 +197,7 @@ class BDHLayer(nn.Module):
 class BDH(Pretrained, nn.Module):
     arch = "bdh"
 
-    def __init__(self, config: BDHConfig):
+    def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
         nh, D, N = config.n_head, config.n_embd, config.n_neurons

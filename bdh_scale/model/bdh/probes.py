@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from bdh_scale.model.bdh import BDHLayer
+from bdh_scale.model.bdh.bdh import BDHLayer
 
 
 def bdh_layers(model) -> list[tuple[str, BDHLayer]]:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bdh_scale.model.config import BDHConfig
+from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.output import ModelOutput, lm_loss
 from bdh_scale.model.pretrained import Pretrained
 from bdh_scale.model.sampling import RerunGeneration
@@ -152,15 +152,15 @@ class GPT(RerunGeneration, Pretrained, nn.Module):
 
     # -- the recipe's model section (save_pretrained / from_pretrained) ------------------------
     @classmethod
-    def from_config(cls, config: BDHConfig) -> "GPT":
+    def from_config(cls, config: ModelConfig) -> "GPT":
         return cls(GPTConfig(n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
                              vocab_size=config.vocab_size, dropout=config.dropout, block_size=config.block_size))
 
-    def model_config(self) -> BDHConfig:
+    def model_config(self) -> ModelConfig:
         """This model as the recipe's model section (arch gpt), which config.json holds; bias=True
         has no field there, so it is refused."""
         c = self.config
         if c.bias:
             raise ValueError("save_pretrained: bias=True cannot be described by the model config (no bias field)")
-        return BDHConfig(arch="gpt", n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
+        return ModelConfig(arch="gpt", n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
                          vocab_size=c.vocab_size, dropout=c.dropout, block_size=c.block_size)

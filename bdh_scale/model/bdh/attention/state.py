@@ -94,7 +94,7 @@ class AttnState:
 @dataclass
 class BDHState:
     """Everything a BDH model needs to continue a stream: one AttnState per layer, the position,
-    and the previous-token path's last inputs (model.token_shift; model/token_shift.py).
+    and the previous-token path's last inputs (model.token_shift; model/bdh/token_shift.py).
 
     The position is shared by all lanes of a batch. Scores depend only on t - s, so a lane whose
     state was reset (rho zeroed) may go on at any absolute position: only queries and the keys

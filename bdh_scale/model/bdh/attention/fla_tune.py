@@ -12,11 +12,11 @@ import time
 
 import torch
 
-from bdh_scale.model.attention import fla
-from bdh_scale.model.attention.backend import pick_backend
-from bdh_scale.model.attention.causal_self import causal_self_attention
-from bdh_scale.model.attention.chunked import attend_chunked
-from bdh_scale.model.attention.state import AttnState
+from bdh_scale.model.bdh.attention import fla
+from bdh_scale.model.bdh.attention.backend import pick_backend
+from bdh_scale.model.bdh.attention.causal_self import causal_self_attention
+from bdh_scale.model.bdh.attention.chunked import attend_chunked
+from bdh_scale.model.bdh.attention.state import AttnState
 from bdh_scale.utils.perf import synchronize
 
 REPEATS = 3

@@ -11,8 +11,8 @@ import dataclasses
 
 import torch
 
-from bdh_scale.model import BDH, BDHConfig
-from bdh_scale.model.rope import rope_freqs
+from bdh_scale.model import BDH, ModelConfig
+from bdh_scale.model.bdh.rope import rope_freqs
 
 REQUIRED = ("encoder", "encoder_v", "decoder", "embed.weight", "lm_head")
 
@@ -21,7 +21,7 @@ def load_pathway_state_dict(state_dict: dict, **config) -> BDH:
     """Build a BDH whose forward equals the reference model that produced `state_dict`.
 
     Shapes give n_head, n_embd, N and vocab_size; pass n_layer (reference default 6) and any
-    other BDHConfig field as keyword arguments. per_layer_params=True copies the shared weights
+    other ModelConfig field as keyword arguments. per_layer_params=True copies the shared weights
     into every layer (a start for fine-tuning with untied layers).
     """
     missing = [k for k in REQUIRED if k not in state_dict]
@@ -29,14 +29,14 @@ def load_pathway_state_dict(state_dict: dict, **config) -> BDH:
         raise KeyError(f"not a pathwaycom/bdh state dict: missing {missing}; expected keys {list(REQUIRED)}")
     nh, D, N = state_dict["encoder"].shape
     vocab = state_dict["embed.weight"].shape[0]
-    fields = {f.name for f in dataclasses.fields(BDHConfig)}
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(config) - fields)
     if unknown:
-        raise TypeError(f"unknown BDHConfig fields {unknown}; valid: {sorted(fields)}")
+        raise TypeError(f"unknown ModelConfig fields {unknown}; valid: {sorted(fields)}")
     settings = dict(n_layer=6, dropout=0.0, per_layer_params=False, score_scale="none", attn_backend="parallel")
     settings.update(config)
     settings.update(n_head=nh, n_embd=D, vocab_size=vocab, mlp_internal_dim_multiplier=N * nh // D)
-    cfg = BDHConfig(**settings)
+    cfg = ModelConfig(**settings)
     if cfg.n_neurons != N:
         raise ValueError(f"encoder has N={N} neurons per head, which n_embd={D}, n_head={nh} cannot express")
     _check_freqs(state_dict, N, cfg.rope_theta)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from bdh_scale.model.attention.blocks import chunk_starts, chunks, decay_weights, local_log_decay
-from bdh_scale.model.attention.state import AttnState
+from bdh_scale.model.bdh.attention.blocks import chunk_starts, chunks, decay_weights, local_log_decay
+from bdh_scale.model.bdh.attention.state import AttnState
 
 
 def window_chunks(q, k, v, state, log_g, w, C, need_state, acc, seg=None):
