@@ -6,7 +6,7 @@ A spec (YAML) crosses datasets x window lengths x variants, every run the same m
 the same tokens, and asks for the measurements made on each finished run:
 
     name: memory_cpu
-    outputs: docs/memory_cpu                   # -> .json, .csv, _context.png, _recall.png
+    outputs: docs/results/memory_cpu           # -> .json, .csv, _context.png, _recall.png
     set: {train.max_steps: 400, ...}           # every run
     datasets:                                  # label -> recipe and its own overrides
       europarl: {recipe: recipes/europarl_small.yaml, set: {...}}

@@ -13,7 +13,7 @@ own overrides and a list of sizes (each a dict of overrides):
     arches:
       bdh: {set: {model.arch: bdh}, sizes: [{model.n_embd: 48}, {model.n_embd: 64}]}
       gpt: {set: {model.arch: gpt, model.n_layer: 4}, sizes: [{model.n_embd: 64}]}
-    outputs: docs/scaling_cpu          # -> .png, .json, .csv (optional; default <out_dir>/sweeps/<name>)
+    outputs: docs/results/scaling_cpu        # -> .png, .json, .csv (optional; default <out_dir>/sweeps/<name>)
 
 Modes: run (train every point here, one after another, then collect), print (one command per
 point), slurm (one sbatch job per point through launch/slurm.sh; --dry-run prints them), collect

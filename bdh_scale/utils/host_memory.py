@@ -5,7 +5,7 @@ glibc's malloc serves every request above 32 MiB (its largest mmap threshold) wi
 and unmaps it on free. A BDH layer's neuron tensors are (H, B, T, N) floats, 67 MB at the seed
 config, so each of them is a new mapping, and the kernel zero-fills every 4 KiB page on first
 touch: an elementwise pass into fresh memory costs several times one into reused memory
-(docs/performance.md has the measurements).
+(docs/guides/performance.md has the measurements).
 
 With mmap switched off (M_MMAP_MAX = 0) every allocation comes from the heap, and with a high
 trim threshold a freed block stays there for the next step's tensor of the same size. The

@@ -6,7 +6,7 @@ import math
 
 def pick_backend(T: int, N: int, D: int, window: int | None = None) -> tuple[str, int]:
     """(backend, chunk size) for `attn_backend: auto`, by a cost model fit to CPU timings
-    (docs/performance.md, "Choosing the attention form").
+    (docs/guides/performance.md, "Choosing the attention form").
 
     Per token and head, a training step (forward and backward) costs about T (2N + 3D)
     multiply-adds in the parallel form (the whole T x T map, symmetric backward) and

@@ -107,7 +107,7 @@ def rho_update(rho, kc, vc, cw: ChunkWeights, in_place=False):
     gamma = None if cw.gamma is None or rho is None else cw.gamma[..., None, None]
     kT = kc.transpose(-1, -2)
     # One token (generation) is an outer product: a GEMM with inner size 1 is several times
-    # slower than addcmul, and addcmul in place into rho faster again (docs/performance.md).
+    # slower than addcmul, and addcmul in place into rho faster again (docs/guides/performance.md).
     one = kc.size(-2) == 1
     if rho is None:
         return kT * vd if one else kT @ vd  # (..., N, D), per head even with shared v
@@ -125,7 +125,7 @@ def rho_update(rho, kc, vc, cw: ChunkWeights, in_place=False):
 
 def mm_into(out, a, b, alpha=1.0):
     """out += alpha * a @ b over the leading dims (broadcast into out's), written by the GEMM itself:
-    no (M, N) temporary and no second pass to add it (docs/performance.md: about a quarter faster
+    no (M, N) temporary and no second pass to add it (docs/guides/performance.md: about a quarter faster
     for dq's (C, N) blocks).
     Returns out."""
     lead = out.shape[:-2]
