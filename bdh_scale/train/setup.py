@@ -142,7 +142,7 @@ def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator, precision
                                 betas=(tc.beta1, tc.beta2), muon_lr=tc.muon_lr, fused=fused or None)
     if accelerator.distributed_type == DistributedType.FSDP:
         # FSDP2 warns once that the model returns views (the carried state is a lanes-first view of
-        # the heads-first tensors, attention/state.py): an in-place op on them would skip its hook.
+        # the heads-first tensors, model/bdh/attention/state.py): an in-place op on them would skip its hook.
         # The loop never writes into a model output in place.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view tensor")
     return accelerator.prepare(model, optimizer)
