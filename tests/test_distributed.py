@@ -175,7 +175,7 @@ def test_sweep_runs_a_grid_and_collects_one_table(tmp_path, capsys):
     assert len(printed) == 2 and "train.run_name=g-n_layer1" in printed[0] and "train.resume=auto" in printed[0]
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "launch/sweep.py"), *argv], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "bdh_scale.experiments.sweep", *argv], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "sweeps/g.json").read_text())
@@ -183,7 +183,7 @@ def test_sweep_runs_a_grid_and_collects_one_table(tmp_path, capsys):
         ("g-n_layer1", "1", "done", 2), ("g-n_layer2", "2", "done", 2)]
     assert all(r["val_loss"] > 0 for r in rows)
     assert (tmp_path / "sweeps/g.csv").read_text().startswith("run_name,model.n_layer,status")
-    again = subprocess.run([sys.executable, str(ROOT / "launch/sweep.py"), *argv], capture_output=True, text=True,
+    again = subprocess.run([sys.executable, "-m", "bdh_scale.experiments.sweep", *argv], capture_output=True, text=True,
                            cwd=ROOT, env=env, timeout=300)
     assert again.stdout.count("finished already, skipped") == 2  # a rerun continues, it does not redo
     assert Path(tmp_path / "g-n_layer1-1").exists() is False

@@ -61,7 +61,7 @@ def test_the_experiment_trains_every_run_and_writes_its_table_and_figures(tmp_pa
     spec["datasets"]["mqar"]["variants"].append("gpt")  # the softmax control on the same episodes
     spec_path = tmp_path / "m.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
-    proc = subprocess.run([sys.executable, str(ROOT / "launch/memory.py"), str(spec_path),
+    proc = subprocess.run([sys.executable, "-m", "bdh_scale.experiments.memory", str(spec_path),
                            "--out_dir", str(tmp_path / "runs")], capture_output=True, text=True, cwd=ROOT,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The measurements behind `bdh-bench`, each run in a fresh worker process (bench.py starts them),
+"""The measurements behind `bdh-bench`, each run in a fresh worker process (cli.py starts them),
 so that its peak memory, its allocator setting and its compiled code are its own.
 
 A case is a JSON dict: kind (train | memory | generate | session | bptt), the model config, the variant

@@ -1,6 +1,6 @@
 """The memory experiment: what does a carried synaptic state buy, and from what distance?
 
-    python launch/memory.py launch/memory_cpu.yaml [--mode run|print|slurm|collect] [--out_dir runs]
+    bdh-memory launch/memory_cpu.yaml [--mode run|print|slurm|collect] [--out_dir runs]
 
 A spec (YAML) crosses datasets x window lengths x variants, every run the same model size and
 the same tokens, and asks for the measurements made on each finished run:
@@ -211,7 +211,7 @@ def report(spec: dict, out_dir: str, device) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="launch/memory.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="bdh-memory", description=__doc__.split("\n\n")[0])
     p.add_argument("spec", help="memory experiment spec YAML, e.g. launch/memory_cpu.yaml")
     add_launch_args(p, run_mode="run")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

@@ -2,7 +2,7 @@
 lanes and token budget; final val loss against parameters and compute, L(N) = a N^-b + c fitted
 per architecture, a PNG and a table.
 
-    python launch/scaling.py launch/scaling_cpu.yaml [--mode run|print|slurm|collect] [--out_dir runs]
+    bdh-scaling launch/scaling_cpu.yaml [--mode run|print|slurm|collect] [--out_dir runs]
 
 A spec (YAML) names the base recipe, overrides for every run (`set`), and per architecture its
 own overrides and a list of sizes (each a dict of overrides):
@@ -133,7 +133,7 @@ def report(spec: dict, out_dir: str) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="launch/scaling.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="bdh-scaling", description=__doc__.split("\n\n")[0])
     p.add_argument("spec", help="scaling spec YAML, e.g. launch/scaling_cpu.yaml")
     add_launch_args(p, run_mode="run")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)

@@ -1,6 +1,6 @@
 """Sweeps: a grid of recipe overrides, one run per point, and one table of the runs' final metrics.
 
-    python launch/sweep.py recipes/shakespeare_cpu.yaml --name depth \\
+    bdh-sweep recipes/shakespeare_cpu.yaml --name depth \\
         --grid model.n_layer=2,4 --grid train.seq_len=128,256 [--set train.max_steps=300] \\
         [--mode sequential|print|slurm|collect] [--launcher python|accelerate] [--config_file FILE]
 
@@ -150,7 +150,7 @@ def format_table(rows: list[dict]) -> str:
 # -- the command line -----------------------------------------------------------------------------
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="launch/sweep.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="bdh-sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("recipe", help="YAML recipe every point starts from")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a recipe key and its values; repeat for more keys (cartesian product)")

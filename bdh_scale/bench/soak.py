@@ -2,10 +2,10 @@
 tokenizer workers) sampled with psutil while it trains, per process the RSS first seen, after
 warm-up, last and at most, printed as a table and saved as JSON.
 
-    python launch/soak.py --steps 3000                      # both cases below, runs/soak/soak.json
-    python launch/soak.py --steps 3000 --cases stream --every-s 0.5 model.n_embd=64   # overrides for every case
+    python -m bdh_scale.bench.soak --steps 3000                      # both cases below, runs/soak/soak.json
+    python -m bdh_scale.bench.soak --steps 3000 --cases stream --every-s 0.5 model.n_embd=64   # overrides for every case
 
-Cases (each a real `train.py` subprocess of recipes/shakespeare_cpu.yaml):
+Cases (each a real trainer subprocess of recipes/shakespeare_cpu.yaml, run from the repository root):
   shakespeare  the recipe as it is (token lanes of the bundled corpus), max_steps=--steps
   stream       the recipe on stream lanes over a local JSON Lines corpus of tiny Shakespeare's
                lines (written under the output folder), data.workers=2, carried state; the
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "shakespeare_cpu.yaml"
+RECIPE = Path("recipes") / "shakespeare_cpu.yaml"  # run from the repository root
 MB = 1 << 20
 
 
@@ -102,11 +101,11 @@ def sample_tree(proc: psutil.Popen, run_dir: Path, every_s: float) -> dict[int, 
 
 def soak(case: str, steps: int, out: Path, every_s: float, warmup: float, extra: list[str]) -> dict:
     run_dir = out / f"soak_{case}"
-    cmd = [sys.executable, str(ROOT / "train.py"), str(RECIPE), *overrides(case, steps, out, extra)]
+    cmd = [sys.executable, "-m", "bdh_scale.train.cli", str(RECIPE), *overrides(case, steps, out, extra)]
     print("$", " ".join(cmd), flush=True)
     t0 = time.monotonic()
     with open(out / f"{case}.log", "w") as log:
-        proc = psutil.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = psutil.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         samples = sample_tree(proc, run_dir, every_s)
     warm_step = int(steps * warmup)
     processes = []
@@ -127,7 +126,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--cases", default="shakespeare,stream", help="comma-separated: shakespeare, stream")
-    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "soak")
+    ap.add_argument("--out", type=Path, default=Path("runs") / "soak")
     ap.add_argument("--every-s", type=float, default=1.0, help="seconds between samples")
     ap.add_argument("--warmup", type=float, default=0.1, help="share of the steps before 'after warm-up'")
     ap.add_argument("override", nargs="*", help="recipe overrides for every case (section.key=value)")
