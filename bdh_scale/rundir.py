@@ -202,6 +202,7 @@ def load_run(source: str | Path, tokenizer=None):
     from bdh_scale.errors import ModelError
     from bdh_scale.model import load_pretrained
     from bdh_scale.model.pretrained import CONFIG_NAME
+    from bdh_scale.utils.bounded import read_yaml
 
     root = Path(source).expanduser()
     name = str(source)
