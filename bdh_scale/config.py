@@ -26,6 +26,7 @@ from bdh_scale.data.passkey import SOURCE as PASSKEY_SOURCE
 from bdh_scale.errors import ConfigError
 from bdh_scale.model.config import BDHConfig
 from bdh_scale.model.registry import ARCHS
+from bdh_scale.train.init_from import with_source_model
 from bdh_scale.utils.bounded import load_yaml, read_text, short
 from bdh_scale.utils.schema import Between, NonNegFloat, NonNegInt, PosFloat, PosInt, Range, Section, words
 
@@ -87,6 +88,9 @@ class TrainConfig(Section):
     # process group's timeout, so a rank that died or hangs stops the others with one line
     collective_timeout_s: PosFloat = 600.0
     push_to_hub: str | None = None  # Hub repo id (owner/name): final/ is uploaded there at the end (needs HF_TOKEN or `hf auth login`)
+    # a new run starts from these weights (step 0, fresh optimizer): a run's final/, a checkpoint, a run
+    # directory or a Hub id; the model fields the recipe leaves out are the source's (train/init_from.py)
+    init_from: str | None = None
 
     def check(self) -> None:
         if not 0 <= self.min_lr <= self.lr:
@@ -107,6 +111,12 @@ class TrainConfig(Section):
                 validate_repo_id(self.push_to_hub)
             except HFValidationError:
                 self.bad("push_to_hub", f"{short(self.push_to_hub)} is not a Hub repo id; use owner/name, or null")
+        if self.init_from is not None and not self.init_from.strip():
+            self.bad("init_from", "empty; use a run directory, its final/, a checkpoint, a Hub id (owner/name), or null")
+        if self.init_from is not None and self.resume not in (None, "auto", "auto_or_fail"):
+            self.bad("init_from", f"given with train.resume={short(self.resume)}: both name the weights to start from; "
+                                  "give one (with train.resume=auto a new run starts from init_from, a requeued one "
+                                  "resumes)")
         if self.bptt_windows > 1 and self.state != "carry":
             self.bad("bptt_windows", f"{self.bptt_windows} windows are backpropagated through the carried state, and "
                                      "train.state=reset carries none; set train.state=carry or train.bptt_windows=1")
@@ -302,6 +312,7 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> RunConf
     tree = read_recipe(recipe) if recipe is not None else {}
     for key, value in parse_overrides(list(overrides)):
         _set_dotted(tree, key, value)
+    tree = with_source_model(tree)  # train.init_from: the model fields the recipe leaves out are the source's
     if recipe is not None and not tree.get("model"):  # the defaults are a 151M-parameter model: never by accident
         raise ConfigError(f"recipe '{recipe}' has no model section, so it would build the 151M-parameter default "
                           "model; name the model's size (n_layer, n_embd, n_head, ...) as recipes/shakespeare_cpu.yaml "
