@@ -191,6 +191,20 @@ def no_weights(root: Path) -> str:
     return f"{root} holds no trained model: no {FINAL}/ (the run has not finished){newest}"
 
 
+def model_dir(source: str | Path) -> str:
+    """The model directory or Hub id that `source` names: a run directory's final/, else `source`
+    itself (a model directory, a checkpoint or a Hub id). ModelError for a run that has none."""
+    from bdh_scale.errors import ModelError
+    from bdh_scale.model.pretrained import CONFIG_NAME
+
+    root = Path(source).expanduser()
+    if root.is_dir() and not (root / CONFIG_NAME).is_file():  # a run directory
+        if not (root / FINAL / CONFIG_NAME).is_file():
+            raise ModelError(no_weights(root))
+        return str(root / FINAL)
+    return str(source)
+
+
 def load_run(source: str | Path, tokenizer=None):
     """(model, tokenizer) from a run directory (runs/<name>: its final/), a model directory (a run's
     final/, a checkpoint) or a Hugging Face Hub id (model/pretrained.py).
@@ -202,15 +216,10 @@ def load_run(source: str | Path, tokenizer=None):
     from bdh_scale.data.tokenizer import load_tokenizer
     from bdh_scale.errors import ModelError
     from bdh_scale.model import load_pretrained
-    from bdh_scale.model.pretrained import CONFIG_NAME
+    from bdh_scale.utils.bounded import read_yaml
 
     root = Path(source).expanduser()
-    name = str(source)
-    if root.is_dir() and not (root / CONFIG_NAME).is_file():  # a run directory
-        if not (root / FINAL / CONFIG_NAME).is_file():
-            raise ModelError(no_weights(root))
-        name = str(root / FINAL)
-    model = load_pretrained(name)
+    model = load_pretrained(model_dir(source))
     if model.recipe is None and (root / CONFIG).is_file():
         model.recipe = read_yaml(root / CONFIG, error=ModelError, what="run config")
     tok = model.tokenizer

@@ -11,7 +11,7 @@ from tests.helpers.imports import cycles, import_graph
 LAYERS = [
     ("bdh_scale", "bdh_scale.errors", "bdh_scale.utils"),
     ("bdh_scale.model", "bdh_scale.data"),
-    ("bdh_scale.config", "bdh_scale.config_cli", "bdh_scale.rundir"),
+    ("bdh_scale.config", "bdh_scale.rundir"),
     ("bdh_scale.train",),
     ("bdh_scale.generate", "bdh_scale.analysis", "bdh_scale.bench", "bdh_scale.experiments", "bdh_scale.harness"),
 ]

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from bdh_scale.config import load_config
-from bdh_scale.config_cli import dotted_overrides, keys, sections
+from bdh_scale.config.cli import dotted_overrides, keys, sections
 from bdh_scale.errors import ConfigError
 from bdh_scale.train.distributed import launcher_processes
 from bdh_scale.train.schedule import lr_at

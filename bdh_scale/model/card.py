@@ -49,6 +49,8 @@ def training_rows(recipe: dict | None, training: dict | None) -> list[str]:
     rows = []
     if recipe:
         data, train = recipe.get("data", {}), recipe.get("train", {})
+        if train.get("init_from"):  # the weights this training started from (train/init_from.py)
+            rows.append(row("initial weights", f"`{train['init_from']}` (train.init_from)"))
         rows.append(row("data", f"`{data.get('source')}`"))
         state = train.get("state")
         how = "state carried across windows (TBPTT)" if state == "carry" else "independent windows (state reset)"

@@ -17,7 +17,7 @@ OWN_FLAGS = ("--help", "-h", "--print-config")
 
 
 def parse_args(argv):
-    from bdh_scale.config_cli import help_listing
+    from bdh_scale.config.cli import help_listing
 
     p = argparse.ArgumentParser(
         prog="bdh-train", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     is one `error:` line (BDH_TRACEBACK=1 adds the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        from bdh_scale.config_cli import dotted_overrides, resolved_yaml
+        from bdh_scale.config.cli import dotted_overrides, resolved_yaml
 
         args = parse_args(dotted_overrides(argv, OWN_FLAGS))
         cfg = load_config(args.recipe, args.overrides)

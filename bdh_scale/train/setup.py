@@ -32,6 +32,7 @@ from bdh_scale.train.diagnostics import MFU
 from bdh_scale.train.distributed import (check_launch, check_parallel_plan, describe_plan, from_main, fsdp_requested,
                                          shard_cpu_processes, use_cpu_processes)
 from bdh_scale.train.faults import BadStepGuard, FaultInjection, watch_launcher
+from bdh_scale.train.init_from import start_weights
 from bdh_scale.train.kernels import check_backend, compile_model, tune_attention
 from bdh_scale.train.memory_check import check_memory
 from bdh_scale.train.optim import build_optimizer
@@ -123,11 +124,13 @@ def make_data(cfg: RunConfig, accelerator: Accelerator, resume_from: Path | None
     return data
 
 
-def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator, precision: str):
+def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator, precision: str, weights: dict | None = None):
     """(prepared model, optimizer): the attention forms chosen, the model compiled in place if asked,
-    fused AdamW where it exists."""
+    fused AdamW where it exists. `weights`: the state dict to start from (train.init_from)."""
     tc = cfg.train
     model = build_model(cfg.model)
+    if weights is not None:  # on every rank, before DDP or FSDP wrap (and shard) the model
+        model.load_state_dict(weights)
     model.gradient_checkpointing = tc.gradient_checkpointing  # non-reentrant: safe under DDP
     tune_attention(model, cfg, accelerator, precision)
     if tc.compile:
@@ -215,10 +218,11 @@ def setup(cfg: RunConfig) -> Run:
         if resume_from is not None and (relaid := relay_lanes(layout, accelerator.num_processes, tc)):
             accelerator.print(relaid)  # another number of processes: the same global lanes, dealt anew
         data = make_data(cfg, accelerator, resume_from)
+        weights = start_weights(cfg, data.tokenizer, accelerator, resume_from)  # train.init_from, checked
         # Every rank initializes the same weights: FSDP keeps each rank's own shard of its own init
         # (DDP would broadcast rank 0's). Dropout then differs across ranks; data order never does.
         set_seed(tc.seed)
-        model, optimizer = make_model_and_optimizer(cfg, accelerator, precision)
+        model, optimizer = make_model_and_optimizer(cfg, accelerator, precision, weights)
         set_seed(tc.seed, device_specific=True)
         raw_model = accelerator.unwrap_model(model)
         preflight(cfg, data, model, accelerator)

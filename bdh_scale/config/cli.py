@@ -19,7 +19,7 @@ import typing
 
 import yaml
 
-from bdh_scale.config import RunConfig
+from bdh_scale.config.sections import RunConfig
 from bdh_scale.errors import ConfigError
 from bdh_scale.utils.quote import short
 from bdh_scale.utils.schema import _type_name

@@ -1,24 +1,13 @@
-"""Run configuration: typed sections loaded from a YAML recipe, with dotted overrides.
+"""The train and tracking sections of a recipe, and the whole recipe (RunConfig) with the rules that
+tie its sections together. The model and data sections live with their code (model/config.py,
+data/config.py); recipe.py reads a YAML file and overrides into a RunConfig."""
 
-    cfg = load_config("recipes/shakespeare_cpu.yaml", ["train.max_steps=200", "model.n_layer=4"])
-
-A recipe has the sections model / data / train / tracking; every key must be a field of its
-section's dataclass (model/config.py, data/config.py, and train / tracking here). A typo is an
-error naming the key and the closest valid ones. Types, allowed words and bounds are the fields'
-annotations, checked once when a section is built (utils/schema.py); rules that tie fields or
-sections together are each section's check(). Every failure is one ConfigError.
-"""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Literal
-
-import yaml
 
 from bdh_scale.data.config import DataConfig
 from bdh_scale.data.mqar import SOURCE as MQAR_SOURCE
@@ -26,7 +15,6 @@ from bdh_scale.data.passkey import SOURCE as PASSKEY_SOURCE
 from bdh_scale.errors import ConfigError
 from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.registry import ARCHS
-from bdh_scale.utils.bounded import load_yaml, read_text
 from bdh_scale.utils.quote import short
 from bdh_scale.utils.schema import Between, NonNegFloat, NonNegInt, PosFloat, PosInt, Range, Section, words
 
@@ -92,6 +80,9 @@ class TrainConfig(Section):
     # process group's timeout, so a rank that died or hangs stops the others with one line
     collective_timeout_s: PosFloat = 600.0
     push_to_hub: str | None = None  # Hub repo id (owner/name): final/ is uploaded there at the end (needs HF_TOKEN or `hf auth login`)
+    # a new run starts from these weights (step 0, fresh optimizer): a run's final/, a checkpoint, a run
+    # directory or a Hub id; the model fields the recipe leaves out are the source's (train/init_from.py)
+    init_from: str | None = None
 
     def check(self) -> None:
         if not 0 <= self.min_lr <= self.lr:
@@ -112,6 +103,12 @@ class TrainConfig(Section):
                 validate_repo_id(self.push_to_hub)
             except HFValidationError:
                 self.bad("push_to_hub", f"{short(self.push_to_hub)} is not a Hub repo id; use owner/name, or null")
+        if self.init_from is not None and not self.init_from.strip():
+            self.bad("init_from", "empty; use a run directory, its final/, a checkpoint, a Hub id (owner/name), or null")
+        if self.init_from is not None and self.resume not in (None, "auto", "auto_or_fail"):
+            self.bad("init_from", f"given with train.resume={short(self.resume)}: both name the weights to start from; "
+                                  "give one (with train.resume=auto a new run starts from init_from, a requeued one "
+                                  "resumes)")
         if self.bptt_windows > 1 and self.state != "carry":
             self.bad("bptt_windows", f"{self.bptt_windows} windows are backpropagated through the carried state, and "
                                      "train.state=reset carries none; set train.state=carry or train.bptt_windows=1")
@@ -226,94 +223,3 @@ class RunConfig(Section):
         return dataclasses.asdict(self)
 
 
-# -- loading ------------------------------------------------------------------------------------
-
-def _build(cls, values, where: str):
-    """The dataclass `cls` from a mapping: unknown keys refused with the closest valid ones; each
-    section checks its own values as it is built."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where or 'recipe'}: expected a mapping of fields, got {type(values).__name__} "
-                          f"{short(values)}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        label = key if isinstance(key, str) and len(key) <= 60 else short(key)
-        dotted = f"{where}.{label}" if where else str(label)
-        if key not in names:
-            close = difflib.get_close_matches(str(label), names, n=3, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            section = f"'{where}'" if where else "a recipe"
-            raise ConfigError(f"unknown key '{dotted}'{hint} (valid keys of {section}: {', '.join(names)})")
-        kwargs[key] = _build(hints[key], value, dotted) if dataclasses.is_dataclass(hints[key]) else value
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override '{dotted}': '{p}' is a value, not a section")
-    node[leaf] = value
-
-
-MAX_OVERRIDE_CHARS = 1 << 16  # a command line's section.key=value; longer values belong in a recipe
-
-
-def parse_overrides(overrides: list[str]) -> list[tuple[str, object]]:
-    """'a.b=value' pairs; values are read as YAML (numbers, true/false, null, lists), bounded as a
-    recipe is (utils/bounded.py)."""
-    pairs = []
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key or "." not in key:
-            raise ConfigError(f"override {short(item)}: expected section.key=value, e.g. train.max_steps=200")
-        if len(item) > MAX_OVERRIDE_CHARS:
-            raise ConfigError(f"override {short(item)}: {len(item):,} characters, more than the "
-                              f"{MAX_OVERRIDE_CHARS:,} an override may have; put long values in the recipe")
-        try:
-            value = load_yaml(raw, f"override {short(key)}") if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {short(item)}: value is not valid YAML ({getattr(e, 'problem', e)})") from None
-        pairs.append((key, value))
-    return pairs
-
-
-def read_recipe(path: str | Path) -> dict:
-    """The mapping a YAML recipe holds; ConfigError if it is missing, too big, not a mapping, or
-    nests aliases past the bound of utils/bounded.py."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"recipe '{path}' not found; pass a YAML file such as recipes/shakespeare_cpu.yaml")
-    text = read_text(path, what="recipe")
-    try:
-        tree = load_yaml(text, f"recipe '{path}'")
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"recipe '{path}' is not valid YAML{at}: {getattr(e, 'problem', None) or short(str(e))}") from None
-    if tree is None or tree == {}:
-        raise ConfigError(f"recipe '{path}' is empty; a recipe names at least its model, data and train settings "
-                          "(start from recipes/shakespeare_cpu.yaml)")
-    if not isinstance(tree, dict):
-        raise ConfigError(f"recipe '{path}' must be a mapping with sections model/data/train/tracking")
-    return tree
-
-
-def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a recipe (None: all defaults), apply dotted overrides; the result is checked."""
-    tree = read_recipe(recipe) if recipe is not None else {}
-    for key, value in parse_overrides(list(overrides)):
-        _set_dotted(tree, key, value)
-    if recipe is not None and not tree.get("model"):  # the defaults are a 151M-parameter model: never by accident
-        raise ConfigError(f"recipe '{recipe}' has no model section, so it would build the 151M-parameter default "
-                          "model; name the model's size (n_layer, n_embd, n_head, ...) as recipes/shakespeare_cpu.yaml "
-                          "does, or with model.* overrides")
-    return config_from_dict(tree)
-
-
-def config_from_dict(tree: dict) -> RunConfig:
-    """The RunConfig of a recipe's mapping (RunConfig.to_dict() read back, e.g. a model's recipe.yaml)."""
-    return _build(RunConfig, tree, "")
