@@ -216,7 +216,6 @@ def load_run(source: str | Path, tokenizer=None):
     from bdh_scale.data.tokenizer import load_tokenizer
     from bdh_scale.errors import ModelError
     from bdh_scale.model import load_pretrained
-    from bdh_scale.utils.bounded import read_yaml
 
     root = Path(source).expanduser()
     model = load_pretrained(model_dir(source))
