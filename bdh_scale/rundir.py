@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,30 +157,6 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     """The rows of a run's metrics.jsonl ([] when it has none)."""
     path = Path(run_dir) / METRICS
     return [row for _, row in _rows(path)] if path.is_file() else []
-
-
-def run_config(run_dir: str | Path):
-    """The resolved RunConfig a run was trained with, or None when the directory has no config.yaml
-    (a bare save_pretrained directory)."""
-    from bdh_scale.config import load_config
-
-    path = Path(run_dir) / CONFIG
-    return load_config(path) if path.is_file() else None
-
-
-def recipe_of(model):
-    """The RunConfig a loaded model was trained with (its recipe.yaml, or the run's config.yaml),
-    or None when it is not known (a model saved without one)."""
-    from bdh_scale.config import config_from_dict
-    from bdh_scale.errors import ConfigError
-
-    if model.recipe is None:
-        return None
-    try:
-        return config_from_dict(model.recipe)
-    except ConfigError as e:  # e.g. a recipe of another bdh-scale version: the model still loads
-        warnings.warn(f"the model's recipe cannot be read ({e}); its training window is unknown", stacklevel=2)
-        return None
 
 
 def no_weights(root: Path) -> str:

@@ -175,7 +175,8 @@ def test_bdh_analyze_recall_scores_a_gpt_run_in_its_window_and_marks_longer_dist
     from bdh_scale.analysis import cli
     from bdh_scale.analysis.recall import mqar_recall, read_windows, recall_metrics
     from bdh_scale.data.build import mqar_for
-    from bdh_scale.rundir import load_run, run_config
+    from bdh_scale.config.recipe import run_config
+    from bdh_scale.rundir import load_run
     from tests.helpers.tiny_runs import train_in_process
 
     run = train_in_process(tmp_path, "mqgpt", "data.source=synthetic:mqar", "data.score=answers",

@@ -145,7 +145,8 @@ def test_passkey_source_trains_with_document_resets_and_bdh_analyze_recall_write
 
     from bdh_scale.analysis import cli
     from bdh_scale.data.build import passkey_for
-    from bdh_scale.rundir import load_run, run_config
+    from bdh_scale.config.recipe import run_config
+    from bdh_scale.rundir import load_run
     from tests.helpers.tiny_runs import train_in_process
 
     result = train_in_process(tmp_path, "pk", "data.source=synthetic:passkey", "data.passkey.episodes=120",

@@ -33,7 +33,7 @@ def load_model(run: str | Path, device: str = "cpu"):
 
 def run_config(run: str | Path):
     """The RunConfig of a run directory (its config.yaml); AnalysisError if it has none."""
-    from bdh_scale.rundir import run_config as read
+    from bdh_scale.config.recipe import run_config as read
 
     cfg = read(run)
     if cfg is None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+import warnings
 from pathlib import Path
 
 import yaml
 
+from bdh_scale import rundir
 from bdh_scale.config.sections import RunConfig
 from bdh_scale.config.source_model import with_source_model
 from bdh_scale.errors import ConfigError
@@ -116,3 +118,24 @@ def load_config(recipe: str | Path | None, overrides: list[str] = ()) -> RunConf
 def config_from_dict(tree: dict) -> RunConfig:
     """The RunConfig of a recipe's mapping (RunConfig.to_dict() read back, e.g. a model's recipe.yaml)."""
     return _build(RunConfig, tree, "")
+
+
+# -- the config a run or a model was trained with ------------------------------------------------
+
+def run_config(run_dir: str | Path):
+    """The resolved RunConfig a run was trained with, or None when the directory has no config.yaml
+    (a bare save_pretrained directory)."""
+    path = Path(run_dir) / rundir.CONFIG
+    return load_config(path) if path.is_file() else None
+
+
+def recipe_of(model):
+    """The RunConfig a loaded model was trained with (its recipe.yaml, or the run's config.yaml),
+    or None when it is not known (a model saved without one)."""
+    if model.recipe is None:
+        return None
+    try:
+        return config_from_dict(model.recipe)
+    except ConfigError as e:  # e.g. a recipe of another bdh-scale version: the model still loads
+        warnings.warn(f"the model's recipe cannot be read ({e}); its training window is unknown", stacklevel=2)
+        return None

@@ -51,6 +51,7 @@ import yaml
 from bdh_scale import rundir
 from bdh_scale.analysis.context import loss_by_context
 from bdh_scale.analysis.in_window import cell, value
+from bdh_scale.config.recipe import run_config
 from bdh_scale.analysis.recall import mqar_recall, recall
 from bdh_scale.data.build import mqar_for, passkey_for
 from bdh_scale.errors import UsageError
@@ -123,7 +124,7 @@ def measure(point: dict, spec: dict, out_dir: str, device) -> dict | None:
     run = Path(out_dir) / point["run_name"]
     if not (run / rundir.FINAL).is_dir():
         return None
-    cfg = rundir.run_config(run)
+    cfg = run_config(run)
     model, tokenizer = rundir.load_run(run)
     model = model.to(device).eval()
     metrics = rundir.read_metrics(run)
