@@ -4,7 +4,7 @@ bdh-analyze and the sweeps read it):
     config.yaml      the resolved run config, loadable as a recipe
     tokenizer/       the tokenizer the run used
     metrics.jsonl    one JSON object per logged step
-    checkpoints/     train/checkpoint.py
+    checkpoints/     train/checkpoint/checkpointer.py
     held_out/        stream lanes: the held-out set, read back on resume (data/heldout.py)
     final/           save_pretrained: config.json, model.safetensors, tokenizer.json, README.md (the model
                      card), recipe.yaml: a self-contained model directory, ready for the Hub
@@ -13,7 +13,7 @@ A run directory has one writer: the main process of the run holds its lock (util
 `.lock`) from before its first write to its exit, and a second run on it is refused naming the
 holder. A new run never overwrites an existing directory: it gets the next free suffix
 (<name>-1, <name>-2, ...). A resumed run (train.resume) is the same run going on, so it keeps
-its directory; which directory a resume writes is decided in train/resume.py. Rows of
+its directory; which directory a resume writes is decided in train/checkpoint/resume.py. Rows of
 metrics.jsonl after the resumed step are dropped: the resumed run logs them again.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """train.compile: the training forward and backward of BDH compile to one graph each, with no graph
 break, across its options (attention form, gates, window, differential attention, carried state,
 document resets, the token shift, dropout, gradient checkpointing), and a sequence-length curriculum compiles once
-per length (train/kernels.py states the bound).
+per length (train/compute.py states the bound).
 
 Graphs are read with AOTAutograd and compilers that only count what they are given (no code is
 generated, so this costs seconds): the forward graph and the backward graph dynamo hands over,
@@ -90,7 +90,7 @@ def test_training_forward_and_backward_compile_to_one_graph_each_without_breaks(
 def test_a_curriculum_compiles_once_per_window_length(tmp_path, monkeypatch):
     """Three lengths over six steps with a carried state: three forward graphs, three backward
     graphs, whatever the stream position, and no fallback to eager (the budget covers them)."""
-    from bdh_scale.train.kernels import graph_budget
+    from bdh_scale.train.compute import graph_budget
     from tests.helpers.tiny_runs import train_in_process
 
     counter = GraphCounter()

@@ -16,7 +16,7 @@ import pytest
 from bdh_scale.data import DataConfig, build_data
 from bdh_scale.data.records import check_first_records, record_dataset, record_rows
 from bdh_scale.errors import DataError
-from bdh_scale.train.checkpoint import list_checkpoints
+from bdh_scale.train.checkpoint.checkpointer import list_checkpoints
 from tests.helpers.corpus import documents, lane_streams, replace_line, write_short_docs
 from tests.helpers.http_files import FileServer
 from tests.helpers.tiny_runs import ROOT, clean_env, command, losses, main_in_process, metrics, RECIPE, overrides, \

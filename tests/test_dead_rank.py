@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from bdh_scale.train.checkpoint import list_checkpoints, verify
+from bdh_scale.train.checkpoint.checkpointer import list_checkpoints, verify
 from tests.helpers.tiny_runs import ROOT, children, clean_env, command, losses, metrics, rank_state, train_process
 
 # 40 steps, so that the kill lands well inside the run; a checkpoint every 3 steps.

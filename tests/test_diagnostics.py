@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bdh_scale.model import BDH, ModelConfig, build_model
 from bdh_scale.model.flops import flops_per_token
-from bdh_scale.train.diagnostics import MFU, activation_and_state, carried_rho_norms
+from bdh_scale.train.report.diagnostics import MFU, activation_and_state, carried_rho_norms
 from tests.helpers.tiny_runs import train_in_process
 
 SMALL = dict(n_layer=2, n_embd=32, n_head=2, mlp_internal_dim_multiplier=8, dropout=0.0, vocab_size=64)
@@ -65,7 +65,7 @@ def test_mfu_is_model_flops_over_the_given_peak():
 def test_a_peak_measured_on_a_busy_start_up_is_measured_again_before_mfu_reads_above_one(monkeypatch):
     """The start-up GEMMs were slowed 10^5-fold (another job): the first step that would log more
     than 100% re-measures the peak instead, and logs a utilisation below 1."""
-    import bdh_scale.train.diagnostics as diagnostics
+    import bdh_scale.train.report.diagnostics as diagnostics
 
     monkeypatch.setattr(diagnostics, "device_peak_flops", lambda device, dtype: 1e6)  # 1 MFLOP/s: far too low
     cfg = ModelConfig(**SMALL)

@@ -11,9 +11,11 @@ from accelerate import Accelerator
 
 from bdh_scale.model import BDH, ModelConfig
 from bdh_scale.train import setup
-from bdh_scale.train.checkpoint import list_checkpoints, verify
+from bdh_scale.train.checkpoint.checkpointer import list_checkpoints, verify
 from bdh_scale.errors import TrainingStopped
-from bdh_scale.train.faults import BadStepGuard, FaultInjection, reset_nonfinite_lanes
+from bdh_scale.train.faults import inject
+from bdh_scale.train.faults.guard import BadStepGuard, reset_nonfinite_lanes
+from bdh_scale.train.faults.inject import FaultInjection
 from tests.helpers.tiny_runs import metrics, rank_state, start_process, train_in_process, weights
 
 SHORT = ["train.batch_size=4", "data.prefetch=0", "train.state=carry"]
@@ -106,13 +108,20 @@ def test_nonfinite_carried_lanes_are_reset_and_the_others_kept():
 
 
 def test_fault_injection_is_inert_unless_asked():
-    none = FaultInjection.from_env({})
     loss = torch.tensor(1.0)
-    assert none.poison(loss, 3) is loss and none.kill_at is None
+    inject.arm({})
+    assert inject._armed is None and inject.at("loss", 3, loss) is loss and inject.at("after_step", 3) is None
+    none = FaultInjection.from_env({})
+    assert none.poison(loss, 3) is loss and none.kill_at is None and not none.any()
     some = FaultInjection.from_env({"BDH_INJECT_NAN_AT_STEP": "2, 5", "BDH_KILL_AT": "in_checkpoint:4"})
     assert some.nan_steps == {2, 5} and some.kill_at == ("in_checkpoint", 4)
     with pytest.raises(ValueError, match="after_step:N or in_checkpoint:N"):
         FaultInjection.from_env({"BDH_KILL_AT": "soon"})
+    inject.arm({"BDH_INJECT_NAN_AT_STEP": "2"})
+    try:
+        assert torch.isnan(inject.at("loss", 2, loss)) and inject.at("loss", 3, loss) is loss
+    finally:
+        inject.arm({})
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)])

@@ -15,7 +15,7 @@ import torch
 from bdh_scale.model import ModelConfig, build_model, load_pretrained
 from bdh_scale.model.hf import codegen
 from bdh_scale.model.hf.export import MODEL_TYPE
-from bdh_scale.train.checkpoint import list_checkpoints
+from bdh_scale.train.checkpoint.checkpointer import list_checkpoints
 from tests.helpers import mock_hub
 from tests.helpers.imports import import_graph
 from tests.helpers.tiny_models import tiny_model

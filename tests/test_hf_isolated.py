@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from bdh_scale import generate as bdh_generate
 from bdh_scale.rundir import load_run
-from bdh_scale.train.checkpoint import list_checkpoints
+from bdh_scale.train.checkpoint.checkpointer import list_checkpoints
 from tests.helpers import remote_env
 from tests.helpers.tiny_models import tiny_model
 

@@ -18,8 +18,8 @@ from bdh_scale.model.gpt.gpt import GPT
 from bdh_scale.model.hf.codegen import generate as generate_code
 from bdh_scale.model.hrm.hrm import BDHHRM
 from bdh_scale.rundir import load_run
-from bdh_scale.train.checkpoint import list_checkpoints
-from bdh_scale.train.export import push_final
+from bdh_scale.train.checkpoint.checkpointer import list_checkpoints
+from bdh_scale.train.final import push_final
 from tests.helpers import mock_hub
 from tests.helpers.tiny_runs import metrics, train_in_process
 

@@ -6,7 +6,7 @@ import socket
 import subprocess
 import time
 
-from bdh_scale.train.checkpoint import checkpoint_step, list_checkpoints, verify
+from bdh_scale.train.checkpoint.checkpointer import checkpoint_step, list_checkpoints, verify
 from tests.helpers.tiny_runs import (ROOT, alive, children, clean_env, command, metrics, rank_state, start_process,
                                      train_process)
 

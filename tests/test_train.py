@@ -147,7 +147,7 @@ def test_recipes_that_are_empty_or_not_text_and_unwritable_outputs_are_refused(t
 
 
 def test_too_little_free_disk_for_a_checkpoint_is_refused(tmp_path, capsys, monkeypatch):
-    from bdh_scale.train import preflight
+    from bdh_scale.train.checks import preflight
 
     monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: SimpleNamespace(total=1 << 30, used=0, free=1 << 20))
     line = refused(tmp_path, capsys, "train.checkpoint_every=2")

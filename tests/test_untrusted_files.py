@@ -1,6 +1,6 @@
 """Nothing a file says can take the machine: recipes, overrides and the files of a model directory
 are read bounded (utils/bounded.py), and sizes are checked before memory is taken
-(model/footprint.py, train/memory_check.py). Every case runs the real command in a subprocess
+(model/footprint.py, train/checks/memory.py). Every case runs the real command in a subprocess
 whose address space is capped, so that a regression fails in seconds instead of eating the machine."""
 import json
 import os
@@ -134,7 +134,7 @@ def test_a_config_json_too_big_to_be_a_config_is_refused(model_dir):
 
 
 def test_a_manifest_too_big_makes_a_checkpoint_damaged(byte_run, tmp_path):
-    from bdh_scale.train.checkpoint import MAX_MANIFEST_BYTES, list_checkpoints, verify
+    from bdh_scale.train.checkpoint.checkpointer import MAX_MANIFEST_BYTES, list_checkpoints, verify
 
     ckpt = tmp_path / "step"
     shutil.copytree(list_checkpoints(byte_run)[-1], ckpt)

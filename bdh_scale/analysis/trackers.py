@@ -17,8 +17,8 @@ def log_to_run_trackers(run_dir: str | Path, cfg, name: str, metrics: dict, png:
     from accelerate import Accelerator
     from matplotlib.image import imread
 
-    from bdh_scale.train.checkpoint import list_checkpoints, saved_trackers
-    from bdh_scale.train.tracking import Trackers
+    from bdh_scale.train.checkpoint.checkpointer import list_checkpoints, saved_trackers
+    from bdh_scale.train.report.tracking import Trackers
 
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)

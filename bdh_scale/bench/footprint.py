@@ -44,8 +44,8 @@ def worker(recipe: str, overrides: list[str]) -> dict:
 
     from bdh_scale.config import load_config
     from bdh_scale.train.loop import train
-    from bdh_scale.train.memory_check import step_footprint
-    from bdh_scale.train.precision import resolve_mixed_precision
+    from bdh_scale.train.checks.memory import step_footprint
+    from bdh_scale.train.compute import resolve_mixed_precision
 
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(recipe, [*overrides, *QUIET, f"train.out_dir={out}"])

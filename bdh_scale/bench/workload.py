@@ -62,7 +62,7 @@ def optimizer(model, variant: str, dev: torch.device):
     """The reference's AdamW for the plain variants, the trainer's (fused on CPU/CUDA) otherwise."""
     if variant in PLAIN:
         return torch.optim.AdamW(model.parameters(), lr=1e-4)
-    from bdh_scale.train.optim import build_optimizer
+    from bdh_scale.train.optim.build import build_optimizer
 
     return build_optimizer(model, name="adamw", lr=1e-4, weight_decay=0.1, fused=dev.type in ("cpu", "cuda"))
 

@@ -56,9 +56,9 @@ class TrainConfig(Section):
     host_memory_reuse: bool = True  # CPU, Linux: keep freed memory for the next step's tensors (utils/host_memory.py)
     gradient_checkpointing: bool = False  # recompute each layer in backward (non-reentrant)
     # refuse, before anything is allocated or written, a run whose step is estimated not to fit in
-    # the device's memory (train/memory_check.py); false: try anyway
+    # the device's memory (train/checks/memory.py); false: try anyway
     memory_check: bool = True
-    profile_steps: NonNegInt = 0  # steps traced by the torch profiler into <run_dir>/profile (0: none; train/profiling.py)
+    profile_steps: NonNegInt = 0  # steps traced by the torch profiler into <run_dir>/profile (0: none; train/report/profiling.py)
     profile_from: NonNegInt = 10  # the traced steps start after this step (and one warm-up step)
     eval_every: NonNegInt = 250  # steps between validations (0: only at the end)
     eval_batches: NonNegInt = 20  # held-out batches per validation (0: no validation)
@@ -71,9 +71,9 @@ class TrainConfig(Section):
     progress: bool = True  # a progress bar on a terminal; elsewhere (a log file) a plain line every log_every steps (false: plain lines always)
     checkpoint_every: NonNegInt = 500  # steps between checkpoints (0: only at the end and on SIGTERM/SIGINT)
     keep_checkpoints: NonNegInt = 2  # newest checkpoints kept in <run_dir>/checkpoints (0: write none)
-    resume: str | None = None  # auto | auto_or_fail | a checkpoint or run dir | null (train/resume.py)
+    resume: str | None = None  # auto | auto_or_fail | a checkpoint or run dir | null (train/checkpoint/resume.py)
     # resume on another number of processes: relay (the same global batch, lanes dealt anew, carried states
-    # reset) | refuse (train/resume.py)
+    # reset) | refuse (train/checkpoint/resume.py)
     world_size_change: Literal["relay", "refuse"] = "relay"
     max_bad_steps: PosInt = 5  # consecutive non-finite steps that stop the run (1: stop at the first)
     # seconds a collective (all-reduce, barrier) waits for the other processes before it fails: the

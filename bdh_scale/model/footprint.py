@@ -1,6 +1,6 @@
 """What a model needs in memory, from its config alone: nothing of the size asked for is allocated,
 so a config that cannot fit is refused in a second instead of taking the machine
-(train/memory_check.py; model/pretrained.py before it loads a model directory).
+(train/checks/memory.py; model/pretrained.py before it loads a model directory).
 
     parameter_count(cfg)        exact: the model built on the meta device (shapes, no storage)
     training_step(cfg, ...)     one optimizer step: weights, gradients, optimizer moments,
@@ -45,7 +45,7 @@ class Footprint:
     params: int        # parameters (count)
     fixed: int         # weights, gradients, optimizer moments, carried states
     activations: int   # saved for the backward, and the backward's largest temporaries
-    overhead: int = 0  # the allocator's and the runtime's share on a device (train/memory_check.py)
+    overhead: int = 0  # the allocator's and the runtime's share on a device (train/checks/memory.py)
 
     @property
     def total(self) -> int:

@@ -51,7 +51,7 @@ def start_weights(cfg, tokenizer, accelerator, resume_from: Path | None) -> dict
 
 def differences(ours: ModelConfig, theirs: ModelConfig) -> list[str]:
     """'model.<field>: recipe X, source Y' for every field that changes what the weights mean."""
-    from bdh_scale.train.checkpoint import MODEL_FREE_FIELDS  # here: it imports accelerate, not needed to read a recipe
+    from bdh_scale.train.checkpoint.checkpointer import MODEL_FREE_FIELDS  # here: it imports accelerate, not needed to read a recipe
 
     a, b = dataclasses.asdict(ours), dataclasses.asdict(theirs)
     follows_tokenizer = {"vocab_size"}  # set by the data's tokenizer (setup.make_data), compared as a tokenizer
@@ -61,7 +61,7 @@ def differences(ours: ModelConfig, theirs: ModelConfig) -> list[str]:
 
 def check_source(cfg, theirs: ModelConfig, their_tokenizer, tokenizer) -> None:
     """ConfigError naming every difference that would make the source's weights mean something else here."""
-    from bdh_scale.train.checkpoint import MODEL_FREE_FIELDS
+    from bdh_scale.train.checkpoint.checkpointer import MODEL_FREE_FIELDS
 
     diffs, fixes = differences(cfg.model, theirs), []
     if diffs:

@@ -19,11 +19,13 @@ from pathlib import Path
 from bdh_scale.config import RunConfig
 from bdh_scale.errors import DataFault
 from bdh_scale.rundir import FINAL
-from bdh_scale.train.export import push_final, save_final
-from bdh_scale.train.faults import StopSignals
-from bdh_scale.train.profiling import profiling
-from bdh_scale.train.progress import Progress
-from bdh_scale.train.report import LossWindow, eval_extras, sample, train_row, val_line, validate
+from bdh_scale.train.final import push_final, save_final
+from bdh_scale.train.faults import inject
+from bdh_scale.train.faults.signals import StopSignals
+from bdh_scale.train.report.profiling import profiling
+from bdh_scale.train.report.progress import Progress
+from bdh_scale.train.report.rows import LossWindow, eval_extras, sample, train_row, val_line, validate
+from bdh_scale.train.run import Run
 from bdh_scale.train.schedule import seq_len_at
 from bdh_scale.train.setup import setup
 from bdh_scale.train.step import train_step
@@ -48,7 +50,7 @@ def train(cfg: RunConfig) -> TrainResult:
             run.claim.release()  # the run directory is free for the next run (also when this one failed)
 
 
-def train_run(run) -> TrainResult:
+def train_run(run: Run) -> TrainResult:
     tc, acc = run.cfg.train, run.accelerator
     progress = Progress(tc, run.step, acc.is_main_process, acc.device)
     say = progress.say
@@ -83,7 +85,7 @@ def train_run(run) -> TrainResult:
             if row is not None:
                 run.log.write(row)
                 acc.log({k: v for k, v in row.items() if k != "sample"}, step=run.step)  # samples: a table
-            run.inject.kill_point("after_step", run.step)
+            inject.at("after_step", run.step)
             if run.checkpoints.due(run.step, at_end=last or step.stop is not None,
                                    in_bad_streak=run.guard.consecutive > 0):
                 save_checkpoint(run)
@@ -98,13 +100,13 @@ def train_run(run) -> TrainResult:
     return finish(run, final_val, stopped_by)
 
 
-def save_checkpoint(run) -> Path:
+def save_checkpoint(run: Run) -> Path:
     """The run's whole state at run.step: weights, optimizer, lanes, carried states, fault counters."""
     return run.checkpoints.save(run.step, run.tokens, run.model, run.optimizer, run.data.train, run.carried,
                                 run.guard.state_dict())
 
 
-def stop_on_data_fault(run, fault: DataFault) -> DataFault:
+def stop_on_data_fault(run: Run, fault: DataFault) -> DataFault:
     """The data failed mid-run (every rank knows, step.take_windows): save the last completed step,
     which the lanes are back at, and say where it is."""
     ckpt = run.checkpoints
@@ -122,7 +124,7 @@ def stop_on_data_fault(run, fault: DataFault) -> DataFault:
     return DataFault(fault.what, fault.advice, saved)
 
 
-def finish(run, final_val: dict, stopped_by: str | None) -> TrainResult:
+def finish(run: Run, final_val: dict, stopped_by: str | None) -> TrainResult:
     """Preempted or interrupted: the checkpoint is the result. Otherwise the final weights and a sample."""
     tc, acc = run.cfg.train, run.accelerator
     if stopped_by:

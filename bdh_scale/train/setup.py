@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import warnings
 from datetime import timedelta
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from accelerate import Accelerator, PartialState
@@ -24,62 +23,28 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectCon
 from bdh_scale.config import RunConfig
 from bdh_scale.data import DataBundle, build_data
 from bdh_scale.model import build_model
-from bdh_scale.rundir import METRICS, Claim, write_run_dir
+from bdh_scale.rundir import METRICS, write_run_dir
 from bdh_scale.errors import CheckpointError, CheckpointUnreadable
-from bdh_scale.train.checkpoint import (Checkpointer, Resumed, checkpoint_number, list_checkpoints, saved_trackers,
+from bdh_scale.train.checkpoint.checkpointer import (Checkpointer, Resumed, checkpoint_number, list_checkpoints, saved_trackers,
                                         trainer_state, verify)
-from bdh_scale.train.diagnostics import MFU
+from bdh_scale.train.report.diagnostics import MFU
 from bdh_scale.train.distributed import (check_launch, check_parallel_plan, describe_plan, from_main, fsdp_requested,
                                          shard_cpu_processes, use_cpu_processes)
-from bdh_scale.train.faults import BadStepGuard, FaultInjection, watch_launcher
+from bdh_scale.train.faults import inject
+from bdh_scale.train.faults.guard import BadStepGuard
+from bdh_scale.train.run import Run
+from bdh_scale.train.faults.signals import watch_launcher
 from bdh_scale.train.init_from import start_weights
-from bdh_scale.train.kernels import check_backend, compile_model, tune_attention
-from bdh_scale.train.memory_check import check_memory
-from bdh_scale.train.optim import build_optimizer
-from bdh_scale.train.precision import resolve_mixed_precision
-from bdh_scale.train.preflight import preflight, writable_ancestor
-from bdh_scale.train.resume import AUTO, plan_start, relay_lanes
+from bdh_scale.train.compute import check_backend, compile_model, resolve_mixed_precision, tune_attention
+from bdh_scale.train.checks.memory import check_memory
+from bdh_scale.train.optim.build import build_optimizer
+
+from bdh_scale.train.checks.preflight import preflight, writable_ancestor
+from bdh_scale.train.checkpoint.resume import AUTO, plan_start, relay_lanes
 from bdh_scale.train.schedule import make_scheduler
-from bdh_scale.train.export import missing_credentials
-from bdh_scale.train.tracking import MetricsLog, SampleTable, Trackers, accelerate_log_with
+from bdh_scale.train.final import missing_credentials
+from bdh_scale.train.report.tracking import MetricsLog, SampleTable, Trackers, accelerate_log_with
 from bdh_scale.utils.host_memory import keep_freed_host_memory
-
-
-@dataclass
-class Run:
-    """One training run: its parts, and where it stands (step, tokens, carried states)."""
-
-    cfg: RunConfig
-    accelerator: Accelerator
-    precision: str  # the mixed precision in effect (a CPU runs fp32 whatever the recipe asks)
-    data: DataBundle
-    model: object  # as prepared by Accelerate (DDP/FSDP wrapper, or the model itself)
-    raw_model: object  # the unwrapped model: init_state, diagnostics, samples
-    optimizer: object
-    scheduler: object
-    run_dir: Path
-    checkpoints: Checkpointer
-    guard: BadStepGuard
-    inject: FaultInjection
-    log: MetricsLog
-    trackers: Trackers
-    samples: SampleTable
-    mfu: MFU
-    claim: Claim | None = None  # the run directory's lock, held by the main process until the run ends
-    step: int = 0  # optimizer steps taken (skipped non-finite steps included)
-    tokens: int = 0  # tokens trained on, all ranks
-    bad_records: int = 0  # bad records skipped, all ranks (data.on_bad_record=skip; step.take_windows)
-    carried: list = field(default_factory=list)  # per micro-batch group of lanes: its TBPTT state or None
-
-    @property
-    def carry(self) -> bool:
-        return self.cfg.train.state == "carry"
-
-    @property
-    def extras(self) -> bool:
-        """Whether this process reads the dashboard extras: the main process, from the unwrapped
-        model; not under FSDP, where that holds only this rank's shard of every matrix."""
-        return self.accelerator.is_main_process and self.accelerator.distributed_type != DistributedType.FSDP
 
 
 def make_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
@@ -135,7 +100,7 @@ def make_model_and_optimizer(cfg: RunConfig, accelerator: Accelerator, precision
     tune_attention(model, cfg, accelerator, precision)
     if tc.compile:
         # In place: parameter names, state_dict and checkpoints stay those of the eager model, and
-        # DDP/FSDP wrap it as usual. Each new window length compiles once (train/kernels.py).
+        # DDP/FSDP wrap it as usual. Each new window length compiles once (train/compute.py).
         compile_model(model, tc)
     # Fused AdamW (one kernel for all parameters) exists for CPU and CUDA. Not with fp16: the loss
     # scaler then always calls the fused step (which skips inside), and Accelerate could no longer
@@ -165,7 +130,7 @@ def make_schedule(tc, optimizer, step: int):
 def claim_run_dir(cfg: RunConfig, accelerator: Accelerator):
     """(run directory, checkpoint to resume or None, its lane layout or None, the claim on the main
     process / None elsewhere): decided on the main process under the directory's lock
-    (train/resume.py), told to every rank."""
+    (train/checkpoint/resume.py), told to every rank."""
     held = {}
 
     def decide():
@@ -181,7 +146,7 @@ def claim_run_dir(cfg: RunConfig, accelerator: Accelerator):
 def load_readable(checkpoints: Checkpointer, found: Path, tc, model, optimizer, lanes, say) -> tuple[Resumed, Path]:
     """Load `found`; with train.resume=auto, a checkpoint whose files cannot be read (they pass the
     manifest, yet a reader fails on them) is skipped with a warning for the next older intact one,
-    as a damaged one is when the run is planned (train/resume.py). (what was loaded, from where)"""
+    as a damaged one is when the run is planned (train/checkpoint/resume.py). (what was loaded, from where)"""
     candidates = [found]
     if tc.resume in AUTO:
         candidates += [p for p in reversed(list_checkpoints(found.parent.parent))
@@ -226,8 +191,8 @@ def setup(cfg: RunConfig) -> Run:
         set_seed(tc.seed, device_specific=True)
         raw_model = accelerator.unwrap_model(model)
         preflight(cfg, data, model, accelerator)
-        inject = FaultInjection.from_env()  # test-only faults; inert unless BDH_* variables are set
-        checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer, inject)
+        inject.arm()  # test-only faults; inert unless BDH_* variables are set
+        checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer)
         resumed = Resumed(0, 0, [None] * tc.grad_accum_steps, None)
         if resume_from is not None:  # read and checked on every rank; nothing written yet
             resumed, resume_from = load_readable(checkpoints, resume_from, tc, model, optimizer, data.train,

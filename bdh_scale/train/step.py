@@ -17,7 +17,10 @@ from accelerate.utils import gather_object
 from bdh_scale.errors import DataFault
 from bdh_scale.model.output import IGNORE
 from bdh_scale.train.distributed import any_rank, full_value
-from bdh_scale.train.faults import reset_nonfinite_lanes
+from bdh_scale.train.faults import inject
+from bdh_scale.train.faults.guard import reset_nonfinite_lanes
+from bdh_scale.train.faults.signals import StopSignals
+from bdh_scale.train.run import Run
 
 
 @dataclass
@@ -40,7 +43,7 @@ def pooled(losses: list, counts: list) -> torch.Tensor:
     return sum(l * n for l, n in zip(losses, counts)) / total.clamp(min=1)
 
 
-def take_windows(run, T: int, k: int) -> list:
+def take_windows(run: Run, T: int, k: int) -> list:
     """The step's k windows of every lane. Stream lanes can fail (a bad record under
     data.on_bad_record=stop, a file gone, the network retries spent; data/streamlanes.py): every
     rank learns of it, and of the bad records skipped in all against data.max_bad_records, from one
@@ -69,7 +72,7 @@ def take_windows(run, T: int, k: int) -> list:
     return batches
 
 
-def train_step(run, T: int, signals, started: float) -> StepResult:
+def train_step(run: Run, T: int, signals: StopSignals, started: float) -> StepResult:
     """Advance `run` by one optimizer step: train.bptt_windows consecutive windows of T tokens per lane.
 
     With k = train.bptt_windows > 1 the graph runs through the carried state over the k windows
@@ -101,7 +104,7 @@ def train_step(run, T: int, signals, started: float) -> StepResult:
             carried = out.state  # with its graph: the next window of this step backpropagates into it
             losses.append(out.loss)
             counts.append((y != IGNORE).sum())
-        loss = run.inject.poison(pooled(losses, counts), run.step + 1)
+        loss = inject.at("loss", run.step + 1, pooled(losses, counts))
         with nullcontext() if sync else acc.no_sync(run.model):
             acc.backward(loss / tc.grad_accum_steps)
         if run.carry:

@@ -7,7 +7,7 @@ entry, never a truncated file that looks valid.
 A rename is atomic against a crash of the process, not of the machine: after a power loss the
 new name may point at data that never reached the disk. `durable=True` fsyncs what was written
 before the rename and the directory after it, for files whose existence means something (a
-checkpoint's manifest says the checkpoint is complete: train/checkpoint.py fsyncs every file
+checkpoint's manifest says the checkpoint is complete: train/checkpoint/checkpointer.py fsyncs every file
 before writing it).
 """
 from __future__ import annotations

@@ -174,7 +174,7 @@ def weights(checkpoint) -> dict:
 
     from bdh_scale.config import load_config
     from bdh_scale.model import build_model
-    from bdh_scale.train.checkpoint_files import SafeLoadPlanner, SafeReader
+    from bdh_scale.train.checkpoint.files import SafeLoadPlanner, SafeReader
 
     template = build_model(load_config(checkpoint / "config.yaml").model).state_dict()
     state = {"model": {k: torch.empty_like(v) for k, v in template.items()}}

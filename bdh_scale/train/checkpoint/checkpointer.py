@@ -45,8 +45,9 @@ from accelerate.utils import broadcast_object_list
 from bdh_scale.data.tokenizer import load_tokenizer
 from bdh_scale.errors import CheckpointError, Fault
 from bdh_scale.model.pretrained import write_model_config
-from bdh_scale.train import checkpoint_files as files
-from bdh_scale.train.optim import keep_recipe_hyperparameters
+from bdh_scale.train.checkpoint import files
+from bdh_scale.train.faults import inject
+from bdh_scale.train.optim.build import keep_recipe_hyperparameters
 from bdh_scale.utils.atomic import atomic_path, fsync_tree, write_json_atomic, write_text_atomic
 from bdh_scale.utils.bounded import read_json
 from bdh_scale.utils.disk import describe_write_failure, is_write_failure
@@ -181,7 +182,7 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def saved_trackers(path: str | Path | None) -> dict:
-    """The trackers' state a checkpoint kept (train/tracking.py; {} for none, or an older checkpoint)."""
+    """The trackers' state a checkpoint kept (train/report/tracking.py; {} for none, or an older checkpoint)."""
     return {} if path is None else trainer_state(path).get("trackers", {})
 
 
@@ -210,7 +211,7 @@ def check_compatible(path: Path, meta: dict, cfg, world_size: int, tokenizer, ha
     keys = ["world_size", "batch_size", "grad_accum_steps", "state"]
     if theirs_lanes["world_size"] != world_size and cfg.train.world_size_change == "relay" \
             and global_lanes(theirs_lanes) == global_lanes(ours_lanes):
-        keys = ["state"]  # the same lanes dealt to another number of processes (train/resume.py)
+        keys = ["state"]  # the same lanes dealt to another number of processes (train/checkpoint/resume.py)
     for key in keys:
         if theirs_lanes[key] != ours_lanes[key]:
             name = "number of processes" if key == "world_size" else f"train.{key}"
@@ -239,16 +240,15 @@ def check_compatible(path: Path, meta: dict, cfg, world_size: int, tokenizer, ha
 class Checkpointer:
     """Saves and loads the checkpoints of one run directory; every rank must call save/load."""
 
-    def __init__(self, run_dir: Path, accelerator, cfg, tokenizer, inject=None):
+    def __init__(self, run_dir: Path, accelerator, cfg, tokenizer):
         self.root = Path(run_dir) / CHECKPOINTS
         self.accelerator = accelerator
         self.cfg = cfg
         self.tokenizer = tokenizer
-        self.inject = inject
         self.every = cfg.train.checkpoint_every
         self.keep = cfg.train.keep_checkpoints
         self.last: Path | None = None  # the newest checkpoint written or loaded by this run
-        self.trackers: dict = {}  # kept in trainer_state.json for a resume (train/tracking.py)
+        self.trackers: dict = {}  # kept in trainer_state.json for a resume (train/report/tracking.py)
         self.last_step = -1
         self._warned_outside = False
 
@@ -304,8 +304,7 @@ class Checkpointer:
                     write_model_config(tmp, self.cfg.model, with_tokenizer=True)
                     self.tokenizer.save(tmp)
             acc.wait_for_everyone()
-            if self.inject is not None:
-                self.inject.kill_point("in_checkpoint", step)
+            inject.at("in_checkpoint", step)
             if acc.is_main_process:
                 listed = {str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": _sha256(f)} for f in _files(tmp)}
                 # On the disk before the manifest says they are complete (a power loss, not only a crash)
@@ -330,7 +329,7 @@ class Checkpointer:
         RNG, lanes and carried states. Reads only; nothing is written."""
         acc = self.accelerator
         meta = self.check(path)
-        # Another number of processes: the lanes were dealt anew (train/resume.py). All lanes share
+        # Another number of processes: the lanes were dealt anew (train/checkpoint/resume.py). All lanes share
         # one position, so rank 0's file places every rank's; the carried states and RNG streams
         # belonged to ranks of the old layout: states start empty, the RNG keeps this run's seed.
         relaid = meta["lanes"]["world_size"] != acc.num_processes

@@ -10,11 +10,13 @@ import time
 import torch
 
 from bdh_scale.model.sampling import sample_text
-from bdh_scale.train.diagnostics import activation_and_state, carried_rho_norms
+from bdh_scale.train.report.diagnostics import activation_and_state, carried_rho_norms
 from bdh_scale.train.distributed import slowest
 from bdh_scale.train.evaluate import evaluate
-from bdh_scale.train.progress import memory_in_use
+from bdh_scale.train.report.progress import memory_in_use
+from bdh_scale.train.run import Run
 from bdh_scale.train.schedule import sample_context
+from bdh_scale.train.step import StepResult
 
 
 class LossWindow:
@@ -33,7 +35,7 @@ class LossWindow:
         self.tokens += step.tokens
 
 
-def train_row(run, window: LossWindow, step, T: int, started: float) -> dict:
+def train_row(run: Run, window: LossWindow, step: StepResult, T: int, started: float) -> dict:
     """The metrics row of the steps in `window` (every rank takes part: loss and time are reduced)."""
     acc = run.accelerator
     mean = window.loss / window.n if window.n else torch.tensor(float("nan"))
@@ -46,7 +48,7 @@ def train_row(run, window: LossWindow, step, T: int, started: float) -> dict:
     if run.cfg.data.on_bad_record == "skip" or run.bad_records:
         row["data/bad_records"] = run.bad_records
     row.update(run.mfu(T, row["tokens_per_s"]))
-    row["memory_mib"] = memory_in_use(acc.device) / 2**20  # train/progress.py says which kind
+    row["memory_mib"] = memory_in_use(acc.device) / 2**20  # train/report/progress.py says which kind
     if run.carry and run.extras:
         row.update(carried_rho_norms(run.carried))
     if acc.scaler is not None:
@@ -64,7 +66,7 @@ def val_rows(tc, world: int) -> int:
     return tc.batch_size * tc.grad_accum_steps * world
 
 
-def validate(run) -> dict:
+def validate(run: Run) -> dict:
     """Held-out loss of the run's model (every rank takes part): the same windows every time, rows
     spread over the ranks, so the figure depends on the run's lanes, not on how processes hold them. A carry run is
     also read carried, as it trains (val_loss is then that reading), with its loss by context."""
@@ -84,7 +86,7 @@ def val_line(step: int, val: dict) -> str:
     return line
 
 
-def sample(run, model, n_tokens: int) -> str:
+def sample(run: Run, model, n_tokens: int) -> str:
     """A sample of n_tokens after the recipe's prompt, with a private RNG (training is unaffected)."""
     tc = run.cfg.train
     return sample_text(model, run.data.tokenizer, tc.sample_prompt, n_tokens, temperature=tc.sample_temperature,
@@ -93,7 +95,7 @@ def sample(run, model, n_tokens: int) -> str:
                        doc_separator=run.cfg.data.doc_separator if run.data.doc_reset else None)
 
 
-def eval_extras(run) -> dict:
+def eval_extras(run: Run) -> dict:
     """Dashboard extras at a validation, read on the main process: sparsity and rho norms on the
     first held-out rows, and a short sample (also sent to the W&B samples table)."""
     cfg, device = run.cfg, run.accelerator.device

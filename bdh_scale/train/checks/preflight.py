@@ -21,7 +21,7 @@ import torch
 from bdh_scale.errors import ConfigError, DataError
 from bdh_scale.train.distributed import from_main
 from bdh_scale.train.evaluate import my_rows
-from bdh_scale.train.report import eval_T, val_rows
+from bdh_scale.train.report.rows import eval_T, val_rows
 from bdh_scale.utils.tree import tensors
 
 DISK_MARGIN = 1.25  # free space wanted per checkpoint: its estimated size x this, plus DISK_SLACK

@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from bdh_scale.train.muon import MuonWithAdamW
+from bdh_scale.train.optim.muon import MuonWithAdamW
 
 EMBEDDING_NAME_PARTS = frozenset({"embed", "lm_head", "wte", "wpe"})
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bdh_scale.errors import CheckpointError
 from bdh_scale.rundir import FINAL, Claim, claim, claim_new
-from bdh_scale.train.checkpoint import CHECKPOINTS, find_checkpoint, global_lanes, newest_valid
+from bdh_scale.train.checkpoint.checkpointer import CHECKPOINTS, find_checkpoint, global_lanes, newest_valid
 
 AUTO = ("auto", "auto_or_fail")
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from accelerate.utils import ProfileKwargs
 
+from bdh_scale.train.run import Run
+
 PROFILE = "profile"  # inside the run directory
 
 
@@ -25,7 +27,7 @@ class _Off:
 
 
 @contextmanager
-def profiling(run, say):
+def profiling(run: Run, say):
     """A profiler to step once per training step (a no-op one unless train.profile_steps > 0)."""
     tc = run.cfg.train
     if not tc.profile_steps:

@@ -1,6 +1,10 @@
-"""How a run computes: whether its attention backend can run here (checked before step 1), which
-window lengths `auto` gives to flash-linear-attention on a GPU, and torch.compile with a graph
-budget that covers the curriculum.
+"""How a run computes: which mixed precision it gets on this device, whether its attention backend
+can run here (checked before step 1), which window lengths `auto` gives to flash-linear-attention
+on a GPU, and torch.compile with a graph budget that covers the curriculum.
+
+Precision: fp16 needs a loss scaler and a GPU (CUDA or MPS); bf16 is fast on recent CUDA GPUs only
+(on a CPU bf16 matmuls can be hundreds of times slower than fp32). A recipe written for an M1 or a
+GPU must still run on a laptop CPU, so instead of failing it falls back to fp32 and says so once.
 
 Compiled graphs (BDH.compile): one per training window length, two with document resets (windows
 with and without a boundary), plus those of validation and samples (a stateless and a carried
@@ -19,6 +23,21 @@ from bdh_scale.train.distributed import from_main
 from bdh_scale.utils.perf import compute_dtype
 
 EVAL_AND_SAMPLE_GRAPHS = 8  # validation (window, carried; each with and without boundaries), diagnostics, samples
+
+
+def resolve_mixed_precision(requested: str, device: torch.device) -> tuple[str, str | None]:
+    """(precision to use, notice to print or None)."""
+    kind = device.type
+    if requested == "no":
+        return "no", None
+    if kind == "cpu":
+        return "no", (f"notice: train.mixed_precision={requested} needs a GPU (CUDA or MPS); "
+                      "this run is on the CPU and uses fp32 instead")
+    if kind == "mps" and requested == "bf16":
+        return "fp16", "notice: bf16 is not supported on MPS; using fp16 with loss scaling instead"
+    if kind == "cuda" and requested == "bf16" and not torch.cuda.is_bf16_supported():
+        return "fp16", "notice: this GPU has no bf16; using fp16 with loss scaling instead"
+    return requested, None
 
 
 def check_backend(model_cfg, device) -> None:
