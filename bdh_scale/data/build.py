@@ -279,23 +279,10 @@ def build_mixture(cfg: DataConfig, *, batch_size: int, world_size: int, rank: in
 
         return build_mixed_stream(cfg, mixed, batch_size=batch_size, world_size=world_size, rank=rank, seed=seed,
                                   seq_len=seq_len, held_out_dir=held_out_dir)
-    from bdh_scale.data.mixstretch import mix_stretch
-    from bdh_scale.data.stream import concatenate
+    from bdh_scale.data.mixstretch import build_mixed_stretch
 
-    tokenizer, stream, by_source, describe, skipped = mix_stretch(mixed, seed)
-    lanes = Lanes(stream, batch_size, world_size, rank, seed=seed, pin_memory=cfg.pin_memory,
-                  describe=f"the train parts of the {describe}")
-    if seq_len is not None:
-        lanes.check_fits(seq_len)
-    if cfg.prefetch > 0:
-        from bdh_scale.data.prefetch import PrefetchLanes
-
-        lanes = PrefetchLanes(lanes, depth=cfg.prefetch)
-    val = concatenate([v for v, _ in by_source.values()])
-    return DataBundle(tokenizer=tokenizer, train=lanes, val=val,
-                      bytes_per_token=measure_bytes_per_token(tokenizer, val), source=describe,
-                      n_tokens=len(stream) + len(val), doc_reset=resolve_doc_reset(cfg, True, describe),
-                      bad_records=skipped, by_source=by_source)
+    return build_mixed_stretch(cfg, mixed, batch_size=batch_size, world_size=world_size, rank=rank, seed=seed,
+                               seq_len=seq_len)
 
 
 def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int, seq_len: int | None,

@@ -133,3 +133,28 @@ def mix_stretch(mixed: list[Part], seed: int):
         start[mine], length[mine] = starts[s][item[mine]], lengths[s][item[mine]]
     stream = MixedStream(trains, source, start, length)
     return tokenizer, stream, vals, describe(mixed, stream.shares()), skipped
+
+
+def build_mixed_stretch(cfg, mixed: list[Part], *, batch_size: int, world_size: int, rank: int, seed: int,
+                        seq_len: int | None):
+    """Stretch lanes over the mixed stream (prefetched as for one corpus), and each source's held-out set."""
+    from bdh_scale.data.build import DataBundle, measure_bytes_per_token, resolve_doc_reset
+    from bdh_scale.data.lanes import Lanes
+    from bdh_scale.data.stream import concatenate
+
+    tokenizer, stream, by_source, what, skipped = mix_stretch(mixed, seed)
+    if rank == 0:  # the weights are per document: what they make of the tokens is worth a line
+        print(f"data: {what}", flush=True)
+    lanes = Lanes(stream, batch_size, world_size, rank, seed=seed, pin_memory=cfg.pin_memory,
+                  describe=f"the train parts of the {what}")
+    if seq_len is not None:
+        lanes.check_fits(seq_len)
+    if cfg.prefetch > 0:
+        from bdh_scale.data.prefetch import PrefetchLanes
+
+        lanes = PrefetchLanes(lanes, depth=cfg.prefetch)
+    val = concatenate([v for v, _ in by_source.values()])
+    return DataBundle(tokenizer=tokenizer, train=lanes, val=val,
+                      bytes_per_token=measure_bytes_per_token(tokenizer, val), source=what,
+                      n_tokens=len(stream) + len(val), doc_reset=resolve_doc_reset(cfg, True, what),
+                      bad_records=skipped, by_source=by_source)
