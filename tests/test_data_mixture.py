@@ -113,6 +113,16 @@ def test_stretch_lanes_draw_documents_by_weight_and_hold_out_each_sources_tail(c
     assert not np.array_equal(other.read(0, 5000), train.read(0, 5000))  # the seed draws the order
 
 
+def test_a_weight_too_small_for_its_sources_size_is_refused_before_the_index_is_built(monkeypatch):
+    import bdh_scale.data.mixstretch as mixstretch
+    from bdh_scale.errors import DataError
+
+    monkeypatch.setattr(mixstretch, "MAX_DRAWS", 10_000)  # europarl_fr's 229 pieces at 1%: 22,900 draws
+    with pytest.raises(DataError, match=r"^data.sources\[1\]: 'europarl_fr' has 229 documents or pieces at weight "
+                                        r"0.01, so about 22,900 draws"):
+        build_data(DataConfig(sources=[entry("europarl_en", 0.99), entry("europarl_fr", 0.01)]), batch_size=2)
+
+
 # -- stream lanes --------------------------------------------------------------------------------
 
 def epoch_documents(data) -> list[str]:

@@ -30,6 +30,7 @@ from bdh_scale.errors import DataError
 
 PIECE_TOKENS = 2048  # an item of running text (the documents of a source of documents are its items)
 DRAWS = 1 << 16      # draws made at a time
+MAX_DRAWS = 1 << 25  # items in the mixed stream's index (about 40 bytes each while it is built)
 
 
 def items(stream: TokenStream) -> np.ndarray:
@@ -125,6 +126,7 @@ def mix_stretch(mixed: list[Part], seed: int):
         skipped += bad
     starts = [items(t) for t in trains]
     lengths = [np.diff(np.append(s, len(t))) for s, t in zip(starts, trains)]
+    check_draws(mixed, [len(s) for s in starts])
     source, item = draw([len(s) for s in starts], [p.weight for p in mixed], seed)
     start = np.empty(len(source), np.int64)
     length = np.empty(len(source), np.int64)
@@ -133,6 +135,20 @@ def mix_stretch(mixed: list[Part], seed: int):
         start[mine], length[mine] = starts[s][item[mine]], lengths[s][item[mine]]
     stream = MixedStream(trains, source, start, length)
     return tokenizer, stream, vals, describe(mixed, stream.shares()), skipped
+
+
+def check_draws(mixed: list[Part], counts: list[int]) -> None:
+    """DataError when reading every source through at its weight takes more than MAX_DRAWS draws: the
+    mixed stream ends only when its every source has been read, which a large source with a small
+    weight makes long."""
+    need = [n / p.weight for n, p in zip(counts, mixed)]
+    worst = max(range(len(mixed)), key=need.__getitem__)
+    if need[worst] > MAX_DRAWS:
+        p = mixed[worst]
+        raise DataError(f"{p.key}: '{p.name}' has {counts[worst]:,} documents or pieces at weight {p.weight:.3g}, so "
+                        f"about {need[worst]:,.0f} draws before it has been read through, more than stretch lanes index "
+                        f"({MAX_DRAWS:,}); raise its weight, cap it with its max_tokens, or stream the mixture "
+                        "(data.lanes=stream: files or Hub datasets)")
 
 
 def build_mixed_stretch(cfg, mixed: list[Part], *, batch_size: int, world_size: int, rank: int, seed: int,
