@@ -66,6 +66,14 @@ def val_tokens(run: str | Path, tokenizer, max_tokens: int, text: str | None = N
 
         return torch.from_numpy(np.load(held)[:max_tokens].astype(np.int64))
     data = run_config(run).data
+    if data.sources is not None:  # a mixture: its sources' held-out sets one after the other, as the run validated
+        from dataclasses import replace
+
+        from bdh_scale.data.build import build_data
+
+        bundle = build_data(replace(data, prefetch=0, workers=0), batch_size=1, held_out_dir=run)
+        bundle.close()
+        return torch.from_numpy(bundle.val.read(0, min(len(bundle.val), max_tokens)))
     if is_shard_dir(data.source):
         stream = open_shards(data.source, verify=False, tokenizer_spec=data.tokenizer)[0]
     else:

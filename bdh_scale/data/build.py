@@ -14,12 +14,16 @@ dir: it is memory-mapped and shared by all ranks through the page cache.
 Stream lanes: open the source as a `datasets` stream -> read the held-out set (data.val_split or
 the first documents, up to data.val_tokens; from the run directory's cache on resume) -> start
 this rank's reader and tokenizer processes, which feed its lanes while training runs.
+
+A mixture (data.sources, mixture.py) is the same story per source, its train parts interleaved by
+weight into one stream: build_mixture (mixstretch.py, mixstream.py). Every source keeps its own
+held-out set (DataBundle.by_source), for validation per source.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
@@ -56,6 +60,9 @@ class DataBundle:
     held_out: HeldOut | None = None  # stream lanes: the held-out set, to cache in the run dir
     score_answers: bool = False  # data.score: answers: only the answers the source marks are targets
     align: int = 1             # held-out rows begin at multiples of this (synthetic:mqar: one episode)
+    # a mixture (data.sources): name -> (that source's held-out stream, its bytes per token); `val` is
+    # then all of them one after the other, and held_out (stream lanes) name -> HeldOut
+    by_source: dict = field(default_factory=dict)
 
     @property
     def val_key(self) -> str:
@@ -64,9 +71,18 @@ class DataBundle:
 
     def save_held_out(self, run_dir) -> None:
         """Stream lanes: keep the held-out set in the run directory (main process), so that a
-        resumed run validates on, and holds out, exactly the same documents."""
-        if self.held_out is not None:
+        resumed run validates on, and holds out, exactly the same documents (a mixture: each
+        source's in held_out/<name>)."""
+        if isinstance(self.held_out, dict):
+            for name, held in self.held_out.items():
+                save_held_out(held, run_dir, name)
+        elif self.held_out is not None:
             save_held_out(self.held_out, run_dir)
+
+    def source_bundles(self) -> dict[str, "DataBundle"]:
+        """A mixture: name -> this bundle validating on that source's held-out set alone ({} for one source)."""
+        return {name: replace(self, val=val, bytes_per_token=bpt, by_source={})
+                for name, (val, bpt) in self.by_source.items()}
 
     def val_layout(self, T: int, rows: int, max_batches: int | None = None) -> tuple[int, int, int]:
         """(rows, windows per row, tokens per row's stretch) that val_batches will read: fewer rows
@@ -219,6 +235,9 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
     lane reads per optimizer step (train.bptt_windows), for a curriculum counted in steps
     (data.mqar.gap_schedule).
     """
+    if cfg.sources is not None:
+        return build_mixture(cfg, batch_size=batch_size, world_size=world_size, rank=rank, seed=seed,
+                             seq_len=seq_len, held_out_dir=held_out_dir)
     if lanes_kind(cfg) == "stream":
         return build_stream(cfg, batch_size=batch_size, world_size=world_size, rank=rank, seq_len=seq_len,
                             held_out_dir=held_out_dir)
@@ -246,6 +265,24 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
                       source=describe, n_tokens=len(stream),
                       doc_reset=resolve_doc_reset(cfg, stream.has_documents, describe),
                       score_answers=cfg.score == "answers", bad_records=skipped)
+
+
+def build_mixture(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int, seed: int,
+                  seq_len: int | None, held_out_dir=None) -> DataBundle:
+    """A mixture (data.sources): stream lanes over the interleaved `datasets` streams
+    (mixstream.py), or stretch lanes over the interleaved token streams (mixstretch.py)."""
+    from bdh_scale.data.mixture import mixture_lanes, parts
+
+    mixed = parts(cfg)
+    if mixture_lanes(cfg, mixed) == "stream":
+        from bdh_scale.data.mixstream import build_mixed_stream
+
+        return build_mixed_stream(cfg, mixed, batch_size=batch_size, world_size=world_size, rank=rank, seed=seed,
+                                  seq_len=seq_len, held_out_dir=held_out_dir)
+    from bdh_scale.data.mixstretch import build_mixed_stretch
+
+    return build_mixed_stretch(cfg, mixed, batch_size=batch_size, world_size=world_size, rank=rank, seed=seed,
+                               seq_len=seq_len)
 
 
 def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int, seq_len: int | None,

@@ -14,6 +14,8 @@ BUNDLED_DIR = Path(__file__).parent / "bundled"
 BUNDLED = {
     "tinyshakespeare": "tinyshakespeare/input.txt",
     "europarl_en_fr": "europarl/fr-en/{fr,en}.txt (formatted as <FR:...>/<EN:...> pairs)",
+    "europarl_en": "europarl/fr-en/en.txt (the English side alone, running text)",
+    "europarl_fr": "europarl/fr-en/fr.txt (the French side alone, running text)",
 }
 BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json",
             ".parquet": "parquet"}

@@ -16,6 +16,7 @@ from bdh_scale.data.passkey import PasskeyConfig
 from bdh_scale.utils.quote import short
 from bdh_scale.utils.schema import NonEmpty, NonNegInt, PosFloat, PosInt, Range, Section
 
+DEFAULT_SOURCE = "tinyshakespeare"  # what a recipe that names no data reads
 ANSWERING = ("synthetic:mqar", "synthetic:passkey")  # the sources that mark their answers (data.score)
 SOURCE_HINT = ("give a bundled name ('tinyshakespeare', 'europarl_en_fr'), a local path, a shard dir or a hub "
                "dataset name")
@@ -25,12 +26,18 @@ SOURCE_HINT = ("give a bundled name ('tinyshakespeare', 'europarl_en_fr'), a loc
 class DataConfig(Section):
     section = "data"
 
-    # where text/tokens come from: a bundled sample ("tinyshakespeare", "europarl_en_fr"), the
+    # where text/tokens come from: a bundled sample ("tinyshakespeare", "europarl_en_fr", or one side of
+    # it: "europarl_en", "europarl_fr"), the
     # synthetic recall sources "synthetic:passkey" and "synthetic:mqar" (data.passkey and
     # data.mqar below), a local
     # .txt/.jsonl/.json/.parquet file, directory or glob, a data_prep shard dir (has meta.json),
-    # or a Hugging Face Hub dataset name (e.g. "Helsinki-NLP/europarl")
-    source: Annotated[str, NonEmpty(SOURCE_HINT)] = "tinyshakespeare"
+    # or a Hugging Face Hub dataset name (e.g. "Helsinki-NLP/europarl"); null: "tinyshakespeare",
+    # unless data.sources names a mixture (the two exclude each other)
+    source: Annotated[str, NonEmpty(SOURCE_HINT)] | None = None
+    # a weighted mixture of corpora instead of one (data/mixture.py): a list of
+    # {source: ..., weight: ..., name: ...} entries, each also taking the per-source keys of
+    # data/mixture.py PER_SOURCE (text_column, hub_config, val_tokens, ...); null: one corpus, data.source
+    sources: list | None = None
     # column holding the text in jsonl/parquet/hub rows (text files always use their lines)
     text_column: Annotated[str, NonEmpty("give the column holding the text, e.g. 'text'")] = "text"
     # "bytes" (vocab 256, lossless for any byte string) or a tokenizers .json / run dir saved by
@@ -111,10 +118,17 @@ class DataConfig(Section):
     mqar: MQARConfig = field(default_factory=MQARConfig)
 
     def check(self) -> None:
+        if self.sources is not None:
+            from bdh_scale.data.mixture import check_mixture
+
+            check_mixture(self)  # the entries, and data.source left out
+        elif self.source is None:
+            self.source = DEFAULT_SOURCE
         t = self.translation
         if t is not None and (len(t) != 2 or not all(isinstance(x, str) and x for x in t) or t[0] == t[1]):
             self.bad("translation", f"{short(t)} is not two distinct language codes; use e.g. ['fr', 'en'] "
                                     "(source first) or null")
         if self.score == "answers" and self.source not in ANSWERING:
-            self.bad("score", f"'answers' scores the answers a synthetic source marks, and '{self.source}' marks none; "
+            what = f"'{self.source}' marks none" if self.sources is None else "a mixture (data.sources) marks none"
+            self.bad("score", f"'answers' scores the answers a synthetic source marks, and {what}; "
                               f"use data.score=all, or data.source={' or '.join(ANSWERING)}")

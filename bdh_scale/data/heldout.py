@@ -15,6 +15,8 @@ dataset has changed since.
     held_out/doc_starts.npy   where its documents start (empty without documents)
     held_out/digests.npy      (n, 16) uint8: content hashes of the documents held out of training
     held_out/meta.json        what it was read from (compared before it is used), pieces held out
+
+A mixture (data.sources) keeps each source's held-out set in held_out/<name>/, laid out the same.
 """
 
 from __future__ import annotations
@@ -114,9 +116,9 @@ def _split_source(source, split: str):
     return replace(source, open=lambda _split: source.open(split))
 
 
-def save_held_out(held: HeldOut, run_dir) -> Path:
-    """Write `held` into <run_dir>/held_out atomically (main process)."""
-    path = Path(run_dir) / HELD_OUT
+def save_held_out(held: HeldOut, run_dir, name: str | None = None) -> Path:
+    """Write `held` into <run_dir>/held_out (a mixture's source: held_out/<name>) atomically (main process)."""
+    path = Path(run_dir) / HELD_OUT / (name or "")
     with atomic_path(path, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         np.save(tmp / "tokens.npy", held.tokens)
@@ -126,9 +128,10 @@ def save_held_out(held: HeldOut, run_dir) -> Path:
     return path
 
 
-def load_held_out(run_dir, cfg: DataConfig, tokenizer) -> HeldOut | None:
-    """The held-out set cached in `run_dir` if it was read with this config and tokenizer, else None."""
-    path = Path(run_dir) / HELD_OUT
+def load_held_out(run_dir, cfg: DataConfig, tokenizer, name: str | None = None) -> HeldOut | None:
+    """The held-out set cached in `run_dir` (of a mixture's source `name`) if it was read with this
+    config and tokenizer, else None."""
+    path = Path(run_dir) / HELD_OUT / (name or "")
     try:
         meta = read_json(path / "meta.json", error=DataError, what="held-out metadata")
         want = identity(cfg, tokenizer)  # hashes the tokenizer: once

@@ -67,7 +67,7 @@ def _open(path: str):
     return xopen(path, "rb")
 
 
-def _value(record, column: str, translation) -> tuple[str | None, str | None]:
+def record_text(record, column: str, translation) -> tuple[str | None, str | None]:
     """(text, None), (None, why it is bad), or (None, None) for a pair left out quietly."""
     if not isinstance(record, dict):
         return None, f"a JSON {type(record).__name__}, not an object"
@@ -154,7 +154,7 @@ def _generate(files: list[str], column: str, translation: tuple | None) -> Itera
                 for place, record, bad in records:
                     text = None
                     if bad is None:
-                        text, bad = _value(record, column, translation)
+                        text, bad = record_text(record, column, translation)
                     if text is not None or bad is not None:
                         yield {"text": text, "bad": bad, "where": None if bad is None else f"'{path}' {place}"}
         except FileNotFoundError as e:

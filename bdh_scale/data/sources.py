@@ -73,6 +73,7 @@ class DatasetSource:
     rows: Callable[[object, int], Iterator[tuple[list, list]]]  # (dataset, rows per batch) -> (rows, bad records)
     revision: str | None = None                   # the Hub commit read; None for files
     files: tuple = ()                             # the files read, in order (none for a Hub dataset)
+    kind: str = "records"                         # what open() gives: text (lines), records (records.py), hub
 
 
 def dataset_source(cfg: DataConfig, raw_bytes: bool = False, revision: str | None = None) -> DatasetSource:
@@ -87,7 +88,7 @@ def dataset_source(cfg: DataConfig, raw_bytes: bool = False, revision: str | Non
         commit = revision or hub.hub_commit(cfg)
         return DatasetSource(f"hub dataset '{source}'@{commit[:10]}", rows_are_documents(cfg),
                              lambda split: open_hub_dataset(cfg, split, commit),
-                             lambda ds, n: hub_rows(cfg, ds, n), revision=commit)
+                             lambda ds, n: hub_rows(cfg, ds, n), revision=commit, kind="hub")
     if cfg.load_kwargs:
         raise DataError(f"data.load_kwargs: {cfg.load_kwargs} are arguments of datasets.load_dataset for a Hub "
                         f"dataset; the files '{source}' names take none: remove data.load_kwargs")
@@ -105,7 +106,7 @@ def dataset_source(cfg: DataConfig, raw_bytes: bool = False, revision: str | Non
     if builder == "text":
         def rows(ds, n):
             return rows_of(ds, cfg, describe, "text", "", latin1_bytes=raw_bytes, batch_size=n)
-        return DatasetSource(describe, False, open_files, rows, files=tuple(files))
+        return DatasetSource(describe, False, open_files, rows, files=tuple(files), kind="text")
     check_first_records(files[0], cfg.text_column, cfg.translation, describe)
     separator = "" if cfg.translation else cfg.doc_separator  # pairs end with their own newline
     return DatasetSource(describe, rows_are_documents(cfg), open_files,
@@ -151,6 +152,9 @@ def open_text_source(cfg: DataConfig, raw_bytes: bool = False) -> TextSource:
     if source == "tinyshakespeare":
         path = BUNDLED_DIR / "tinyshakespeare" / "input.txt"
         return TextSource("bundled 'tinyshakespeare'", lines_of([path], "tinyshakespeare"))
+    if source in ("europarl_en", "europarl_fr"):  # one side of the pair corpus, e.g. to mix the two (data.sources)
+        path = BUNDLED_DIR / "europarl" / "fr-en" / f"{source[-2:]}.txt"
+        return TextSource(f"bundled '{source}'", lines_of([path], source))
     if source == "europarl_en_fr":
         d = BUNDLED_DIR / "europarl" / "fr-en"
         return TextSource("bundled 'europarl_en_fr'",

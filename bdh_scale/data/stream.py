@@ -95,3 +95,14 @@ class TokenStream:
         if self.scored is None:
             return None
         return self.scored[np.asarray(starts, dtype=np.int64)[:, None] + np.arange(n)]
+
+
+def concatenate(streams: list[TokenStream]) -> TokenStream:
+    """One stream of several streams of documents (a mixture's held-out sets), their document starts kept."""
+    pieces, starts, at = [], [], 0
+    for s in streams:
+        pieces += s.pieces
+        lo, hi = np.searchsorted(s.doc_starts, [s.doc_shift, s.doc_shift + len(s)])
+        starts.append(np.asarray(s.doc_starts[lo:hi], dtype=np.int64) - s.doc_shift + at)
+        at += len(s)
+    return TokenStream(pieces, np.concatenate(starts))

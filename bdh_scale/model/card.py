@@ -51,7 +51,8 @@ def training_rows(recipe: dict | None, training: dict | None) -> list[str]:
         data, train = recipe.get("data", {}), recipe.get("train", {})
         if train.get("init_from"):  # the weights this training started from (train/init_from.py)
             rows.append(row("initial weights", f"`{train['init_from']}` (train.init_from)"))
-        rows.append(row("data", f"`{data.get('source')}`"))
+        mixed = [f"`{e.get('source')}` ({e.get('weight')})" for e in data.get("sources") or [] if isinstance(e, dict)]
+        rows.append(row("data", ", ".join(mixed) if mixed else f"`{data.get('source')}`"))
         state = train.get("state")
         how = "state carried across windows (TBPTT)" if state == "carry" else "independent windows (state reset)"
         rows.append(row("window", f"T = {train.get('seq_len')} tokens, {how}"))

@@ -16,6 +16,11 @@ and up to what distance, a carried state helps (docs/design.md, "Loss by context
 Rows are spread over the processes (rank r reads rows r, r+W, ...) and the sums reduced, so the
 figures do not depend on the number of processes. Every rank runs the same number of forwards
 (a rank short of rows repeats one with zero weight), which FSDP's collectives need.
+
+A mixture (data.sources) is scored source by source (`evaluate_sources`): each source's held-out
+set is read as a run on that source alone reads its own, and logged as val_loss/<name> and
+val_bpb/<name>. The overall val_loss is the mean over all the tokens they scored (their summed
+losses over their summed tokens), and val_bpb the bits over all their bytes.
 """
 from __future__ import annotations
 
@@ -196,3 +201,40 @@ def evaluate(model, data, *, T: int, batch_size: int, max_batches: int, accelera
         sums.reduce(accelerator)
     return Validation(window, readings.get(None), {k: v for k, v in readings.items() if k is not None},
                       data.bytes_per_token, T, n_rows, T * len(batches), answers=data.score_answers)
+
+
+@dataclass
+class SourcesValidation(Validation):
+    """A mixture's validation: the sums of its sources' (the overall figures), and each source's."""
+
+    parts: dict = field(default_factory=dict)  # name -> Validation
+
+    def record(self, carry: bool) -> dict:
+        row = super().record(carry)
+        for name, part in self.parts.items():
+            own = part.record(carry)
+            row[f"val_loss/{name}"], row[f"val_bpb/{name}"] = own["val_loss"], own["val_bpb"]
+        return row
+
+
+def summed(parts: list[LossSums | None]) -> LossSums | None:
+    """The sums of several readings; the context buckets only where they all have the same edges."""
+    if any(p is None for p in parts):
+        return None
+    same = all(p.edges == parts[0].edges for p in parts)
+    out = LossSums(parts[0].edges if same else [0, 1], device=parts[0].total.device)
+    out.total = sum(p.total for p in parts)
+    if same:
+        out.buckets = sum(p.buckets for p in parts)
+    return out
+
+
+def evaluate_sources(model, data, **kw) -> SourcesValidation:
+    """evaluate() of each source of a mixture on its own held-out set (DataBundle.source_bundles), and
+    their sums; the keywords are evaluate()'s."""
+    parts = {name: evaluate(model, part, **kw) for name, part in data.source_bundles().items()}
+    vals = list(parts.values())
+    tokens = [v.window.total[1].item() for v in vals]
+    bpt = sum(n * v.bytes_per_token for n, v in zip(tokens, vals)) / max(sum(tokens), 1)
+    return SourcesValidation(summed([v.window for v in vals]), summed([v.carried for v in vals]), {}, bpt,
+                             vals[0].T, sum(v.rows for v in vals), vals[0].row_len, parts=parts)

@@ -34,9 +34,11 @@ def tokenizer_vocab(data_cfg, fallback: int) -> int:
     from bdh_scale.data.shards import META_FILE, read_meta
     from bdh_scale.data.tokenizer import load_tokenizer
 
+    sources = [data_cfg.source] if data_cfg.sources is None else [e.get("source", "") for e in data_cfg.sources]
     try:
-        if (Path(data_cfg.source).expanduser() / META_FILE).is_file():
-            return int(read_meta(Path(data_cfg.source).expanduser())["vocab_size"])
+        for source in sources:  # a shard dir gives its own tokenizer (a mixture's: all the same)
+            if (Path(source).expanduser() / META_FILE).is_file():
+                return int(read_meta(Path(source).expanduser())["vocab_size"])
         return load_tokenizer(data_cfg.tokenizer).vocab_size
     except (UsageError, OSError, KeyError, TypeError, ValueError):
         return fallback  # a tokenizer that cannot be read is refused, in its own words, when the data is built

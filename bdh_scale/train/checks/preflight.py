@@ -41,7 +41,7 @@ def check_output(cfg, data, raw_model, accelerator) -> None:
     directory = writable_ancestor(cfg.train.out_dir)
     if cfg.train.keep_checkpoints:
         check_free_disk(directory, checkpoint_bytes(cfg.train, raw_model, accelerator.num_processes))
-    share = None if cfg.data.source.startswith("synthetic:") else text_share(data)  # token ids, not text by design
+    share = None if (cfg.data.source or "").startswith("synthetic:") else text_share(data)  # token ids, not text by design
     if share is not None and share < MIN_TEXT_SHARE:
         if accelerator.is_main_process:  # a warning goes to stderr, with the errors
             print(f"warning: data.source: only {share:.0%} of a sample of {data.source} decodes to text "
@@ -59,6 +59,11 @@ def check_validation_fits(tc, data, model, accelerator) -> None:
         raise DataError(f"data.val_fraction: the held-out split yields no window of train.eval_seq_len {T}; raise "
                         "data.val_fraction, lower train.eval_seq_len, or set train.eval_batches=0 to train without "
                         "validation")
+    for name, part in data.source_bundles().items():  # a mixture: every source is validated on its own set too
+        if len(part.val) < T + 1:
+            raise DataError(f"data.sources: the held-out data of '{name}' has {len(part.val):,} tokens, fewer than one "
+                            f"validation window of T+1 = {T + 1}; raise its {data.val_key}, lower train.eval_seq_len, or "
+                            "set train.eval_batches=0")
     rows, _ = my_rows(batch.x.size(0), r, W)  # the rows this rank forwards in every validation
     x = batch.x[rows].to(accelerator.device)
     was_training = model.training

@@ -12,7 +12,7 @@ import torch
 from bdh_scale.model.sampling import sample_text
 from bdh_scale.train.report.diagnostics import activation_and_state, carried_rho_norms
 from bdh_scale.train.distributed import slowest
-from bdh_scale.train.evaluate import evaluate
+from bdh_scale.train.evaluate import evaluate, evaluate_sources
 from bdh_scale.train.report.progress import memory_in_use
 from bdh_scale.train.run import Run
 from bdh_scale.train.schedule import sample_context
@@ -71,7 +71,8 @@ def validate(run: Run) -> dict:
     spread over the ranks, so the figure depends on the run's lanes, not on how processes hold them. A carry run is
     also read carried, as it trains (val_loss is then that reading), with its loss by context."""
     tc = run.cfg.train
-    return evaluate(run.model, run.data, T=eval_T(tc), batch_size=val_rows(tc, run.accelerator.num_processes), max_batches=tc.eval_batches,
+    score = evaluate_sources if run.data.by_source else evaluate  # a mixture: each source's held-out set, and their sums
+    return score(run.model, run.data, T=eval_T(tc), batch_size=val_rows(tc, run.accelerator.num_processes), max_batches=tc.eval_batches,
                     accelerator=run.accelerator, carried=run.carry,
                     doc_reset=run.data.doc_reset).record(run.carry)
 
@@ -81,6 +82,9 @@ def val_line(step: int, val: dict) -> str:
     line = f"step {step}: val loss {val['val_loss']:.4f} nats/token, {val['val_bpb']:.4f} bits/byte"
     if "val_loss_carried" in val:
         line += f" (carried {val['val_loss_carried']:.4f}, windows {val['val_loss_window']:.4f})"
+    per_source = [f"{key[9:]} {value:.4f}" for key, value in val.items() if key.startswith("val_loss/")]
+    if per_source:  # a mixture: each source's val_loss
+        line += f" [{', '.join(per_source)}]"
     if "val_answer_accuracy" in val:
         line += f"; answers right {val['val_answer_accuracy']:.1%}"
     return line
