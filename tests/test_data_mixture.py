@@ -235,11 +235,11 @@ def test_each_source_is_validated_on_its_own_held_out_set_and_the_overall_figure
     import torch
 
     from bdh_scale.model import build_model
-    from bdh_scale.model.config import BDHConfig
+    from bdh_scale.model.config import ModelConfig
     from bdh_scale.train.evaluate import OneProcess, evaluate, evaluate_sources
 
     torch.manual_seed(0)
-    model = build_model(BDHConfig(n_layer=1, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4, vocab_size=256,
+    model = build_model(ModelConfig(n_layer=1, n_embd=32, n_head=2, mlp_internal_dim_multiplier=4, vocab_size=256,
                                   dropout=0.0, attn_backend="parallel"))
     data = build_data(DataConfig(sources=[entry(corpora / "a", 0.5), entry(corpora / "b", 0.5, val_fraction=0.3)],
                                  prefetch=0), batch_size=2)
