@@ -14,7 +14,7 @@ what would be right.
 TrainingStopped is not a mistake: the run went non-finite train.max_bad_steps steps in a row
 and stopped itself with its checkpoints intact (exit code 3). A Fault is the machine's failure,
 not the input's (a full disk while saving): one `error:` line saying what is intact, exit code 1.
-A DataFault is the data failing mid-run (a bad record under data.on_bad_record=stop, a file that
+A DataFailedMidRun is the data failing mid-run (a bad record under data.on_bad_record=stop, a file that
 vanished, a host that stopped answering): the run saved a checkpoint at its last completed step,
 and the line names the file, what happened and how to go on (exit code 1). The same data
 refused before step 1 is a DataError (exit code 2).
@@ -62,7 +62,7 @@ class Fault(RuntimeError):
     """The machine failed the run (a write that ran out of disk); the message says what is intact."""
 
 
-class DataFault(Fault):
+class DataFailedMidRun(Fault):
     """The data failed a run: `what` names the file (and row) and what happened, `advice` how to go
     on. The stream lanes raise it; the loop saves a checkpoint at the last completed step and raises
     it again with `saved` set, agreed by every rank, so that it is said once."""

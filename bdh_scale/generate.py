@@ -12,9 +12,9 @@ import sys
 
 import torch
 
-from bdh_scale.data.tokenizer import StreamDecoder
-from bdh_scale.errors import UsageError
 from bdh_scale.config.recipe import recipe_of
+from bdh_scale.data.tokenize.tokenizer import StreamDecoder
+from bdh_scale.errors import UsageError
 from bdh_scale.rundir import load_run
 from bdh_scale.utils.device import check_device
 

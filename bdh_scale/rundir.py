@@ -5,7 +5,7 @@ bdh-analyze and the sweeps read it):
     tokenizer/       the tokenizer the run used
     metrics.jsonl    one JSON object per logged step
     checkpoints/     train/checkpoint/checkpointer.py
-    held_out/        stream lanes: the held-out set, read back on resume (data/heldout.py)
+    held_out/        stream lanes: the held-out set, read back on resume (data/lanes/heldout.py)
     final/           save_pretrained: config.json, model.safetensors, tokenizer.json, README.md (the model
                      card), recipe.yaml: a self-contained model directory, ready for the Hub
 
@@ -188,7 +188,7 @@ def load_run(source: str | Path, tokenizer=None):
     (what load_tokenizer takes: "bytes" or a tokenizer.json), which also replaces the model's own.
     Without one the model is refused: its ids would be read as the wrong text. The model's
     `recipe` falls back to the run's config.yaml (runs written before final/ held recipe.yaml)."""
-    from bdh_scale.data.tokenizer import load_tokenizer
+    from bdh_scale.data.tokenize.tokenizer import load_tokenizer
     from bdh_scale.errors import ModelError
     from bdh_scale.model import load_pretrained
 

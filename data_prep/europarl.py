@@ -10,7 +10,7 @@ Line i of --src translates line i of --tgt. Each pair becomes two lines,
 (tags = the language codes in upper case, source first; whitespace inside a sentence collapsed
 to single spaces), so a model learns to continue "<FR:...>\\n<EN:" with the translation. Pairs
 where either side is empty are skipped (the Europarl release keeps empty lines to stay
-aligned). The format is defined in bdh_scale/data/translation.py; the bundled source
+aligned). The format is defined in bdh_scale/data/sources/translation.py; the bundled source
 "europarl_en_fr" is this command's output for the bundled sample, built on the fly. Train on
 the output with `data.source: <out>` (it is a plain .txt file).
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bdh_scale.data.catalog import BUNDLED_DIR
-from bdh_scale.data.sources import parallel_text
+from bdh_scale.data.sources.names import BUNDLED_DIR
+from bdh_scale.data.sources.reader import parallel_text
 from data_prep._cli import fail, run
 
 SAMPLE = BUNDLED_DIR / "europarl" / "fr-en"

@@ -19,9 +19,10 @@ from collections import Counter
 import numpy as np
 from tqdm import tqdm
 
-from bdh_scale.data.build import load_stream, measure_bytes_per_token
-from bdh_scale.data.shards import is_shard_dir
-from bdh_scale.data.sources import open_text_source
+from bdh_scale.data.bundle import measure_bytes_per_token
+from bdh_scale.data.kinds import kind_of
+from bdh_scale.data.sources.reader import open_text_source
+from bdh_scale.data.sources.shards import is_shard_dir
 from data_prep._cli import add_source_args, config_from_args, fail, run
 
 
@@ -56,7 +57,7 @@ def text_stats(cfg, top: int) -> dict:
 
 
 def token_stats(cfg, top: int) -> dict:
-    tokenizer, stream, describe, _ = load_stream(cfg)
+    tokenizer, stream, describe, _ = kind_of(cfg.source).tokens(cfg)
     counts = np.zeros(tokenizer.vocab_size, dtype=np.int64)
     chunk = 1 << 22
     for a in range(0, len(stream), chunk):

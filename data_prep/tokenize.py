@@ -7,7 +7,7 @@ Writes <out>/tokens_NNNNNN.bin (uint8 ids for bytes, uint16 for BPE up to 65,536
 <out>/tokenizer.json, a document index <out>/doc_starts.bin for sources made of documents
 (rows of jsonl/parquet/Hub data) and <out>/meta.json with token counts, sha256 checksums, the
 source and its fingerprint (files, sizes and times, or the Hub commit) and the tokenizer's hash
-(format in bdh_scale/data/shards.py). Then use `data.source: <out>` in a recipe: no tokenizing
+(format in bdh_scale/data/sources/shards.py). Then use `data.source: <out>` in a recipe: no tokenizing
 at start-up, no corpus in RAM, every rank shares the same pages, corrupted shards and another
 tokenizer are refused on load.
 
@@ -23,10 +23,10 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from bdh_scale.data.shards import META_FILE, ShardWriter, is_shard_dir
-from bdh_scale.data.sources import local_files, looks_like_path, open_text_source, source_fingerprint
-from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer
-from bdh_scale.data.workers import TokenizerPool
+from bdh_scale.data.sources.reader import local_files, looks_like_path, open_text_source, source_fingerprint
+from bdh_scale.data.sources.shards import META_FILE, ShardWriter, is_shard_dir
+from bdh_scale.data.tokenize.tokenizer import ByteTokenizer, load_tokenizer
+from bdh_scale.data.tokenize.workers import TokenizerPool
 from data_prep._cli import add_source_args, config_from_args, fail, run
 
 

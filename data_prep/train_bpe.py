@@ -5,7 +5,7 @@
 
 Use the result as `data.tokenizer: <out>` in a recipe or `--tokenizer <out>` for
 data_prep.tokenize; the training run copies it into its run dir. Byte-level means nothing is
-ever unknown: merges are learned on top of the 256 UTF-8 byte symbols (bdh_scale/data/bpe.py).
+ever unknown: merges are learned on top of the 256 UTF-8 byte symbols (bdh_scale/data/tokenize/bpe.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bdh_scale.data.bpe import MIN_VOCAB, train_bpe
-from bdh_scale.data.sources import open_text_source
+from bdh_scale.data.sources.reader import open_text_source
+from bdh_scale.data.tokenize.bpe import MIN_VOCAB, train_bpe
 from data_prep._cli import add_source_args, config_from_args, fail, run
 
 

@@ -8,12 +8,11 @@ import torch
 import yaml
 
 from bdh_scale.analysis import cli
-from bdh_scale.model.bdh.probes import capture_codes
 from bdh_scale.config import load_config
-from bdh_scale.data.tokenizer import ByteTokenizer
-from bdh_scale.model import ModelConfig, build_model
+from bdh_scale.data.tokenize.tokenizer import ByteTokenizer
+from bdh_scale.model import ModelConfig, build_model, load_pretrained
 from bdh_scale.model.bdh.bdh import layer_norm
-from bdh_scale.model import load_pretrained
+from bdh_scale.model.bdh.probes import capture_codes
 
 TEXT = "".join(f"Line {i}: the quick brown fox jumps over the lazy dog, {i * 7 % 13} times.\n" for i in range(60))
 SILENT = (0, 1)  # (layer, head) whose decoder rows are zero: removing it changes nothing

@@ -13,8 +13,8 @@ import torch
 from accelerate import Accelerator
 
 from bdh_scale.config import load_config
-from bdh_scale.train.checkpoint.checkpointer import check_compatible, list_checkpoints, newest_valid, verify
 from bdh_scale.errors import CheckpointError
+from bdh_scale.train.checkpoint.checkpointer import check_compatible, list_checkpoints, newest_valid, verify
 from bdh_scale.train.schedule import lr_at
 from tests.helpers.tiny_runs import (RECIPE, losses, metrics, overrides, rank_state, snapshot, train_in_process,
                                      train_process, weights)

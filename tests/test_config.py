@@ -1,6 +1,5 @@
 """Recipes: typos and impossible values are refused with a message that says what is right."""
 import pytest
-
 import yaml
 
 from bdh_scale.config import load_config

@@ -51,7 +51,7 @@ def test_default_bundle_prefetches_and_close_stops_the_thread():
 
 
 def test_bench_data_reports_throughput_for_bytes_and_bpe(tmp_path):
-    from bdh_scale.data.bpe import train_bpe
+    from bdh_scale.data.tokenize.bpe import train_bpe
 
     tok = train_bpe(iter(["some text to merge, some text to merge\n"] * 50), vocab_size=300)
     path = tok.save(tmp_path)

@@ -11,7 +11,7 @@ import torch
 
 from bdh_scale.data import DataConfig, DataError, build_data
 from bdh_scale.data.batch import make_batch
-from bdh_scale.data.stream import TokenStream
+from bdh_scale.data.lanes.tokens import TokenStream
 
 DOCS = [f"document {i}: " + "abc " * (3 + 5 * (i % 4)) for i in range(60)]
 

@@ -14,13 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from bdh_scale.data import DataConfig, build_data
-from bdh_scale.data.records import check_first_records, record_dataset, record_rows
+from bdh_scale.data.sources.record_files import check_first_records, record_dataset, record_rows
 from bdh_scale.errors import DataError
 from bdh_scale.train.checkpoint.checkpointer import list_checkpoints
 from tests.helpers.corpus import documents, lane_streams, replace_line, write_short_docs
 from tests.helpers.http_files import FileServer
-from tests.helpers.tiny_runs import ROOT, clean_env, command, losses, main_in_process, metrics, RECIPE, overrides, \
-    rank_state, train_process
+from tests.helpers.tiny_runs import (RECIPE, ROOT, clean_env, command, losses, main_in_process, metrics, overrides,
+                                     rank_state, train_process)
 
 # Stream lanes over very short documents: a run reaches its 300th document by step 8.
 STREAM = ["data.lanes=stream", "data.val_tokens=1000", "train.seq_len=64", "train.state=carry",

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from bdh_scale.config import load_config
-from bdh_scale.data import DataError, Lanes, PrefetchLanes
+from bdh_scale.data import DataError, PrefetchLanes
+from bdh_scale.data.lanes.stretch import StretchLanes as Lanes
+from bdh_scale.data.lanes.tokens import TokenStream
 from bdh_scale.errors import ConfigError
 from bdh_scale.train.schedule import seq_len_at
-from bdh_scale.data.stream import TokenStream
 
 N, B, W = 2_000, 3, 2
 

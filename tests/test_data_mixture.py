@@ -114,7 +114,7 @@ def test_stretch_lanes_draw_documents_by_weight_and_hold_out_each_sources_tail(c
 
 
 def test_a_weight_too_small_for_its_sources_size_is_refused_before_the_index_is_built(monkeypatch):
-    import bdh_scale.data.mixstretch as mixstretch
+    import bdh_scale.data.mixture.stretch as mixstretch
     from bdh_scale.errors import DataError
 
     monkeypatch.setattr(mixstretch, "MAX_DRAWS", 10_000)  # europarl_fr's 229 pieces at 1%: 22,900 draws
@@ -186,7 +186,7 @@ def test_a_hub_dataset_mixes_with_local_files_each_read_with_its_own_settings(tm
 
     import datasets
 
-    import bdh_scale.data.hub as hub
+    import bdh_scale.data.sources.hub as hub
 
     write_corpus(tmp_path / "a", shards=1, per_shard=200)
     pairs = [{"translation": {"en": f"sentence {i}", "fr": f"phrase {i}"}} for i in range(400)]

@@ -175,8 +175,8 @@ def test_shards_of_documents_flag_the_same_starts_as_reading_the_rows(tmp_path):
 
 
 def test_meta_records_the_source_fingerprint_and_the_tokenizer_hash(tmp_path, corpus):
-    from bdh_scale.data.encode import tokenizer_hash
-    from bdh_scale.data.tokenizer import ByteTokenizer
+    from bdh_scale.data.tokenize.encode import tokenizer_hash
+    from bdh_scale.data.tokenize.tokenizer import ByteTokenizer
 
     first = tokenize.main(["--source", str(corpus), "--out", str(tmp_path / "a")])
     assert first["source_fingerprint"]["kind"] == "local" and first["source_fingerprint"]["bytes"] == len(CORPUS)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bdh_scale.data import DataConfig, DataError, build_data
-from bdh_scale.data.catalog import BUNDLED_DIR
+from bdh_scale.data.sources.names import BUNDLED_DIR
 
 TEXT = "the quick brown fox jumps over the lazy dog\n" * 40
 
@@ -105,7 +105,7 @@ def test_val_batches_are_fixed_and_continue_row_by_row():
 def hub_redirect(monkeypatch, local_jsonl):
     """Make datasets.load_dataset(<hub name>, ...) stream a local jsonl through the same API (the
     Hub's commit answered without asking it)."""
-    import bdh_scale.data.hub as hub
+    import bdh_scale.data.sources.hub as hub
 
     real = datasets.load_dataset
     calls = []
@@ -168,7 +168,7 @@ def test_connection_error_while_streaming_is_the_same_error(monkeypatch):
 
 def test_tokenizing_a_hub_dataset_asks_its_commit_once_and_records_the_one_read(tmp_path, monkeypatch):
     """The commit read and the commit meta.json records are one answer of the Hub, not two."""
-    import bdh_scale.data.hub as hub
+    import bdh_scale.data.sources.hub as hub
     from data_prep import tokenize
 
     (tmp_path / "hub.jsonl").write_text("".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(20)))

@@ -15,7 +15,7 @@ import torch
 from bdh_scale.config import load_config
 from bdh_scale.data import DataConfig, DataError, build_data
 from bdh_scale.data.build import lanes_kind
-from bdh_scale.data.docstream import PIECE_BYTES
+from bdh_scale.data.sources.units import PIECE_BYTES
 from tests.helpers.corpus import doc_ids, documents, lane_streams, write_corpus
 from tests.helpers.tiny_runs import ROOT, clean_env
 
@@ -189,7 +189,7 @@ def test_held_out_set_is_identical_on_every_rank_and_read_back_on_resume(tmp_pat
 def fake_hub(monkeypatch, splits: dict):
     """data.source names a Hub dataset; its splits are local jsonl files, read through the same
     `datasets` streaming API, at a fixed commit."""
-    import bdh_scale.data.hub as hub
+    import bdh_scale.data.sources.hub as hub
 
     real = datasets.load_dataset
     monkeypatch.setattr(hub, "hub_commit", lambda cfg: "0123456789abcdef")

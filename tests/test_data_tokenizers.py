@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bdh_scale.data import DataConfig, DataError, build_data, load_tokenizer
-from bdh_scale.data.bpe import train_bpe
-from bdh_scale.data.tokenizer import ByteTokenizer, token_dtype
+from bdh_scale.data.tokenize.bpe import train_bpe
+from bdh_scale.data.tokenize.tokenizer import ByteTokenizer, token_dtype
 
 SAMPLES = ["Reprise de la session", "Je déclare reprise la session du Parlement européen.",
            "Resumption of the session", "naïve café — 東京 🐉 \t tabs\n\nand blank lines"]

@@ -14,8 +14,8 @@ import pytest
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.utils import DistributedType
 
-from bdh_scale.experiments import sweep
 from bdh_scale.errors import ConfigError
+from bdh_scale.experiments import sweep
 from bdh_scale.train.checkpoint.checkpointer import list_checkpoints, verify
 from bdh_scale.train.distributed import check_parallel_plan
 from tests.helpers.tiny_runs import (ROOT, TWO, clean_env, command, losses, metrics, rank_state, train_nodes,

@@ -9,10 +9,10 @@ import pytest
 import torch
 from accelerate import Accelerator
 
+from bdh_scale.errors import TrainingStopped
 from bdh_scale.model import BDH, ModelConfig
 from bdh_scale.train import setup
 from bdh_scale.train.checkpoint.checkpointer import list_checkpoints, verify
-from bdh_scale.errors import TrainingStopped
 from bdh_scale.train.faults import inject
 from bdh_scale.train.faults.guard import BadStepGuard, reset_nonfinite_lanes
 from bdh_scale.train.faults.inject import FaultInjection

@@ -15,8 +15,8 @@ from bdh_scale.bench import shard_memory
 from bdh_scale.errors import CheckpointError, ConfigError
 from bdh_scale.model import BDH
 from bdh_scale.train.checkpoint.checkpointer import list_checkpoints, verify
-from bdh_scale.train.distributed import shard_cpu_processes
 from bdh_scale.train.checkpoint.files import SafeLoadPlanner, SafeReader, distributed_checkpoint_errors
+from bdh_scale.train.distributed import shard_cpu_processes
 from tests.helpers.tiny_runs import RECIPE, TWO, losses, rank_state, train_process, weights
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bdh_scale import generate
-from bdh_scale.data.tokenizer import load_tokenizer
+from bdh_scale.data.tokenize.tokenizer import load_tokenizer
 from bdh_scale.model import BDH, ModelConfig, build_model
 
 

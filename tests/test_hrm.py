@@ -6,10 +6,9 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState
 
-from bdh_scale.model import build_model
+from bdh_scale.model import build_model, load_pretrained
 from bdh_scale.model.bdh.bdh import layer_norm
 from bdh_scale.model.hrm.hrm import BDHHRM
-from bdh_scale.model import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 

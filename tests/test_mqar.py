@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from bdh_scale.data import DataConfig, build_data
-from bdh_scale.data.mqar import MQAR, MQARConfig, MQARLanes
+from bdh_scale.data.synthetic.mqar import MQAR, MQARLanes
+from bdh_scale.data.synthetic.mqar_config import MQARConfig
 from bdh_scale.errors import ConfigError, DataError
 from bdh_scale.model import BDH, ModelConfig
 from bdh_scale.model.output import IGNORE
@@ -124,7 +125,7 @@ def test_all_targets_are_scored_unless_asked():
 
 
 def test_passkey_marks_its_key_as_the_answer():
-    from bdh_scale.data.passkey import PasskeyConfig
+    from bdh_scale.data.synthetic.passkey_config import PasskeyConfig
 
     cfg = DataConfig(source="synthetic:passkey", score="answers", prefetch=0,
                      passkey=PasskeyConfig(episodes=20, min_gap=8, max_gap=16, max_lead=4, digits=3))
@@ -174,8 +175,8 @@ def test_bdh_analyze_recall_scores_a_gpt_run_in_its_window_and_marks_longer_dist
 
     from bdh_scale.analysis import cli
     from bdh_scale.analysis.recall import mqar_recall, read_windows, recall_metrics
-    from bdh_scale.data.build import mqar_for
     from bdh_scale.config.recipe import run_config
+    from bdh_scale.data.synthetic.mqar import mqar_for
     from bdh_scale.rundir import load_run
     from tests.helpers.tiny_runs import train_in_process
 

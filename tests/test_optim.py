@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bdh_scale.train.optim.muon import MuonWithAdamW, adjusted_lr, zeropower_via_newtonschulz
 from bdh_scale.train.optim.build import build_optimizer, split_params
+from bdh_scale.train.optim.muon import MuonWithAdamW, adjusted_lr, zeropower_via_newtonschulz
 from bdh_scale.train.schedule import make_scheduler
 
 

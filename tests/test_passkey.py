@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from bdh_scale.analysis.recall import recall, score
-from bdh_scale.data.passkey import FACT, QUESTION, Passkey, PasskeyConfig
-from bdh_scale.data.tokenizer import ByteTokenizer
+from bdh_scale.data.synthetic.passkey import FACT, QUESTION, Passkey
+from bdh_scale.data.synthetic.passkey_config import PasskeyConfig
+from bdh_scale.data.tokenize.tokenizer import ByteTokenizer
 from bdh_scale.errors import ConfigError
 from bdh_scale.model import ModelConfig, build_model
 
@@ -144,8 +145,8 @@ def test_passkey_source_trains_with_document_resets_and_bdh_analyze_recall_write
     import json
 
     from bdh_scale.analysis import cli
-    from bdh_scale.data.build import passkey_for
     from bdh_scale.config.recipe import run_config
+    from bdh_scale.data.synthetic.passkey import passkey_for
     from bdh_scale.rundir import load_run
     from tests.helpers.tiny_runs import train_in_process
 

@@ -11,7 +11,7 @@ import yaml
 from huggingface_hub import ModelCard
 from tokenizers import Tokenizer
 
-from bdh_scale.data.tokenizer import ByteTokenizer, load_tokenizer
+from bdh_scale.data.tokenize.tokenizer import ByteTokenizer, load_tokenizer
 from bdh_scale.errors import ModelError
 from bdh_scale.model import BDH, ModelConfig, build_model, load_pretrained
 from bdh_scale.model.gpt.gpt import GPT

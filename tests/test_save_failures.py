@@ -12,8 +12,7 @@ import pytest
 import torch
 from safetensors import SafetensorError
 
-from bdh_scale.train.checkpoint import checkpointer as checkpoint
-from bdh_scale.train.checkpoint import files as checkpoint_files
+from bdh_scale.train.checkpoint import checkpointer as checkpoint, files as checkpoint_files
 from bdh_scale.train.checkpoint.checkpointer import MANIFEST, _sha256, list_checkpoints, verify
 from bdh_scale.utils import atomic
 from tests.helpers.tiny_runs import RECIPE, TINY, main_in_process

@@ -10,7 +10,7 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENTS = [Requirement(r) for r in metadata.requires("bdh-scale")]
 IMPORTED_AS = {"yaml": "pyyaml", "fla": "fla-core", "lm_eval": "lm-eval"}  # import name -> distribution
-# read only when already loaded (data/retry.py asks sys.modules first): the HTTP clients of whatever
+# read only when already loaded (data/sources/retry.py asks sys.modules first): the HTTP clients of whatever
 # filesystem datasets opened, whose errors tell a network fault from a bug; never needed otherwise
 IF_LOADED = {"aiohttp", "httpx", "requests"}
 

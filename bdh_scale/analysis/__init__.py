@@ -13,11 +13,11 @@ one module per analysis, in_window.py (the one reading of a model without a stat
 baseline: context and recall score it inside its window, out of reach past it), figures.py (Agg
 canvas, no display), cli.py (`bdh-analyze`).
 """
-from bdh_scale.model.bdh.probes import ablate_heads, bdh_layers, capture_codes
 from bdh_scale.analysis.heads import head_ablation
 from bdh_scale.analysis.selectivity import neuron_selectivity
 from bdh_scale.analysis.sparsity import activation_sparsity
 from bdh_scale.analysis.state import rho_norms
+from bdh_scale.model.bdh.probes import ablate_heads, bdh_layers, capture_codes
 
 __all__ = ["ablate_heads", "bdh_layers", "capture_codes", "activation_sparsity", "rho_norms",
            "neuron_selectivity", "head_ablation"]

@@ -19,13 +19,12 @@ import sys
 
 import torch
 
-from bdh_scale.data.build import mqar_for, passkey_for
-from bdh_scale.data.mqar import SOURCE as MQAR_SOURCE
-
 from bdh_scale.analysis import context, heads, recall, selectivity, sparsity, state
 from bdh_scale.analysis.figures import save
-from bdh_scale.analysis.trackers import log_to_run_trackers
 from bdh_scale.analysis.inputs import labelled_files, load_model, out_dir, run_config, val_tokens
+from bdh_scale.analysis.trackers import log_to_run_trackers
+from bdh_scale.data.synthetic.mqar import SOURCE as MQAR_SOURCE, mqar_for
+from bdh_scale.data.synthetic.passkey import passkey_for
 from bdh_scale.model.registry import reach
 
 

@@ -15,9 +15,9 @@ from contextlib import ExitStack
 
 import torch
 
-from bdh_scale.model.bdh.probes import ablate_heads, bdh_layers
 from bdh_scale.analysis.figures import new_figure
 from bdh_scale.analysis.inputs import windows
+from bdh_scale.model.bdh.probes import ablate_heads, bdh_layers
 
 
 @torch.no_grad()

@@ -56,9 +56,9 @@ def val_tokens(run: str | Path, tokenizer, max_tokens: int, text: str | None = N
     """The first max_tokens of the run's validation split (or of `text`), 1-D long."""
     if text is not None:
         return text_tokens(text, tokenizer, max_tokens)
-    from bdh_scale.data.build import tokenize_source
-    from bdh_scale.data.heldout import HELD_OUT
-    from bdh_scale.data.shards import is_shard_dir, open_shards
+    from bdh_scale.data.lanes.heldout import HELD_OUT
+    from bdh_scale.data.sources.reader import tokenize_source
+    from bdh_scale.data.sources.shards import is_shard_dir, open_shards
 
     held = Path(run) / HELD_OUT / "tokens.npy"
     if held.is_file():  # a streamed run kept its held-out set: never re-read a Hub corpus here

@@ -2,14 +2,14 @@
 
 Two sources, one reading. Passkey (`recall`): for each distance d (in windows of the run's T),
 episodes of the passkey source
-(data/passkey.py) are built with exactly d*T tokens of filler between the fact and the
+(data/synthetic/passkey.py) are built with exactly d*T tokens of filler between the fact and the
 question, and read twice, window by window from the episode's start: with the state carried,
 and with every window from an empty state (what a model trained on independent windows does).
 The key's tokens after the question are scored: their mean loss, the fraction of key tokens
 predicted right (argmax), and exact match (every key token right: what greedy decoding would
 write). Distances are counted from the end of the fact to the start of the question.
 
-MQAR (`mqar_recall`, data/mqar.py): episodes whose queries fill the window d windows after the
+MQAR (`mqar_recall`, data/synthetic/mqar.py): episodes whose queries fill the window d windows after the
 pairs' window (d = 0: the same window), read the same two ways; the score is the fraction of
 queries answered with their value (argmax at the query position) and the loss on the values.
 

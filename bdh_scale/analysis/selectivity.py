@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from bdh_scale.model.bdh.probes import capture_codes
 from bdh_scale.analysis.figures import new_figure
 from bdh_scale.analysis.inputs import text_tokens, windows
+from bdh_scale.model.bdh.probes import capture_codes
 
 SELECTIVE = 0.5  # an index above this counts as a selective neuron in the summary
 BINS = 40  # histogram bins over [-1, 1]

@@ -6,9 +6,9 @@ from collections import defaultdict
 
 import torch
 
-from bdh_scale.model.bdh.probes import capture_codes
 from bdh_scale.analysis.figures import head_labels, new_figure
 from bdh_scale.analysis.inputs import windows
+from bdh_scale.model.bdh.probes import capture_codes
 
 PAPER_ACTIVE = 0.05
 

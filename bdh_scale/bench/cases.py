@@ -18,8 +18,8 @@ import time
 import torch
 
 from bdh_scale.bench.bptt import measure_bptt
-from bdh_scale.bench.workload import PLAIN, build, device, median_time, optimizer
 from bdh_scale.bench.data import measure_stream
+from bdh_scale.bench.workload import PLAIN, build, device, median_time, optimizer
 from bdh_scale.model.flops import flops_per_token
 from bdh_scale.utils.perf import synchronize
 

@@ -39,6 +39,7 @@ from bdh_scale.bench.cases import MEASURES, PLAIN, VARIANTS, device
 from bdh_scale.bench.workload import SEED, add_model_args, model_config
 from bdh_scale.utils.perf import matmul_peak_flops, memory_bandwidth
 
+
 # The seed work's M1 config (issue: state and performance targets are stated for it).
 def run_worker(case: dict) -> dict:
     proc = subprocess.run([sys.executable, "-m", "bdh_scale.bench", "--worker", json.dumps(case)],

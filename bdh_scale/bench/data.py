@@ -24,8 +24,8 @@ from pathlib import Path
 import psutil
 
 from bdh_scale.data.build import build_data
-from bdh_scale.data.catalog import BUNDLED_DIR
 from bdh_scale.data.config import DataConfig
+from bdh_scale.data.sources.names import BUNDLED_DIR
 from bdh_scale.utils.host_memory import proc_status_kib
 
 STREAM_T, STREAM_B = 256, 8   # the seed config's window and lanes per process
@@ -160,7 +160,7 @@ def bench_stream(run_worker, root: Path, trainer_tokens_per_s: float | None, *, 
                  say=print) -> dict:
     """Stream lanes over generated corpora under `root`: bytes and BPE with each worker count
     (parquet and jsonl), then start-up and memory on a corpus ten times larger."""
-    from bdh_scale.data.bpe import train_bpe
+    from bdh_scale.data.tokenize.bpe import train_bpe
 
     corpora = {kind: make_corpus(root / kind, mbytes, shards, kind) for kind in ("parquet", "jsonl")}
     corpora["parquet_x10"] = make_corpus(root / "parquet_x10", 10 * mbytes, 10 * shards, "parquet")

@@ -43,9 +43,9 @@ def worker(recipe: str, overrides: list[str]) -> dict:
     from accelerate import Accelerator
 
     from bdh_scale.config import load_config
-    from bdh_scale.train.loop import train
     from bdh_scale.train.checks.memory import step_footprint
     from bdh_scale.train.compute import resolve_mixed_precision
+    from bdh_scale.train.loop import train
 
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(recipe, [*overrides, *QUIET, f"train.out_dir={out}"])

@@ -33,7 +33,7 @@ MB = 1 << 20
 
 def shakespeare_jsonl(folder: Path, files: int = 8) -> Path:
     """Tiny Shakespeare as `files` JSON Lines files of its paragraphs (one record each)."""
-    from bdh_scale.data.catalog import BUNDLED, BUNDLED_DIR
+    from bdh_scale.data.sources.names import BUNDLED, BUNDLED_DIR
 
     text = (BUNDLED_DIR / BUNDLED["tinyshakespeare"]).read_text()
     paragraphs = [p for p in text.split("\n\n") if p.strip()]

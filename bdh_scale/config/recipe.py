@@ -25,7 +25,6 @@ from bdh_scale.errors import ConfigError
 from bdh_scale.utils.bounded import load_yaml, read_text
 from bdh_scale.utils.quote import short
 
-
 # -- loading ------------------------------------------------------------------------------------
 
 def _build(cls, values, where: str):

@@ -10,14 +10,12 @@ from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data.mqar import SOURCE as MQAR_SOURCE
-from bdh_scale.data.passkey import SOURCE as PASSKEY_SOURCE
+from bdh_scale.data.kinds import KINDS, kind_of
 from bdh_scale.errors import ConfigError
 from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.registry import ARCHS
 from bdh_scale.utils.quote import short
 from bdh_scale.utils.schema import Between, NonNegFloat, NonNegInt, PosFloat, PosInt, Range, Section, words
-
 
 MAX_RUN_NAME = 100  # a run name is a directory name, and runs/<name>-<i> and checkpoints go below it
 RUN_NAME = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_RUN_NAME}}}")
@@ -183,8 +181,7 @@ class RunConfig(Section):
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def check(self) -> None:
-        self.check_passkey()
-        self.check_mqar()
+        self.check_sources()
         arch = ARCHS[self.model.arch]
         if self.train.state == "carry" and not arch.stateful:
             stateful = words([name for name, a in ARCHS.items() if a.stateful])
@@ -195,29 +192,27 @@ class RunConfig(Section):
                               f"{self.train.longest_T()} tokens (train.seq_len, seq_len_schedule, eval_seq_len); "
                               "raise model.block_size or shorten the windows")
 
-    def check_passkey(self) -> None:
-        """The passkey source's longest distance must fit in a held-out row, or no row read
-        carried holds both a fact and its question."""
-        if self.data.source != PASSKEY_SOURCE:
+    def check_sources(self) -> None:
+        """What each source of the run asks of the rest of the recipe (data/kinds.py): whether it
+        has answers to score, its rules against the train section, and whether it can be mixed."""
+        if self.data.sources is not None:
+            for i, entry in enumerate(self.data.sources):
+                kind = kind_of(entry["source"])
+                if kind.build is not None or kind.marks_answers:
+                    raise ConfigError(f"data.sources[{i}].source: {entry['source']} is {kind.what}, with its own "
+                                      "layout and validation, and is not mixed; train on it alone with data.source")
+            if self.data.score == "answers":
+                raise ConfigError("data.score: 'answers' scores the answers a synthetic source marks, and a mixture "
+                                  "(data.sources) marks none; use data.score=all")
             return
-        T = self.train.eval_seq_len or self.train.seq_len
-        row = self.train.eval_batches * T
-        if self.data.passkey.max_gap >= row:
-            raise ConfigError(f"data.passkey.max_gap: {self.data.passkey.max_gap} tokens is longer than the "
-                              f"validation rows (train.eval_batches x T = {self.train.eval_batches} x {T} = {row} "
-                              "tokens), so no held-out row holds a fact and its question; raise train.eval_batches "
-                              "or lower data.passkey.max_gap")
-
-    def check_mqar(self) -> None:
-        """MQAR episodes are laid out in windows of one T: the run must read exactly those."""
-        if self.data.source != MQAR_SOURCE:
-            return
-        tc, window = self.train, self.data.mqar.window or self.train.seq_len
-        if tc.seq_len_schedule or tc.seq_len != window or (tc.eval_seq_len or window) != window:
-            raise ConfigError(f"data.mqar.window: {MQAR_SOURCE} lays its episodes out in windows of {window} tokens, "
-                              f"and the run reads train.seq_len={tc.seq_len}, eval_seq_len={tc.eval_seq_len}, "
-                              f"seq_len_schedule={tc.seq_len_schedule}; use one T (seq_len = data.mqar.window, "
-                              "no schedule)")
+        kind = kind_of(self.data.source)
+        if self.data.score == "answers" and not kind.marks_answers:
+            answering = " or ".join(k.name for k in KINDS if k.marks_answers)
+            raise ConfigError(f"data.score: 'answers' scores the answers a synthetic source marks, and "
+                              f"'{self.data.source}' ({kind.what}) marks none; use data.score=all, or "
+                              f"data.source={answering}")
+        if kind.check is not None:
+            kind.check(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -11,24 +11,31 @@
     ckpt["data"] = data.train.state_dict()           # exact resume: data.train.load_state_dict
     data.close()                                     # stops the prefetch thread
 
-Under Accelerate each process builds its own lanes from its rank (see lanes.py); do not pass
+Under Accelerate each process builds its own lanes from its rank (lanes/stretch.py); do not pass
 them through accelerator.prepare. Bits per byte = loss_nats / ln 2 / data.bytes_per_token.
 
-Module map: config.py (DataConfig), sources.py + hub.py (text via `datasets`), tokenizer.py,
-encode.py (rows -> documents' tokens, tokenizer hash), shards.py (data_prep format), stream.py
-(numpy/memmap token stream with document starts), batch.py (Batch), lanes.py (stretch lanes),
-prefetch.py, feeder.py (the background thread of both), translation.py (pair format), bpe.py
-(train a BPE), build.py (build_data, DataBundle). Stream lanes: docstream.py (a rank's share of a
-`datasets` stream, resumable), workers.py (tokenizer processes), heldout.py, streamlanes.py.
+The data path, by stage:
+
+    config.py      the data section of a recipe (DataConfig)
+    kinds.py       what data.source can name: the kinds of source, tried in order (one line each)
+    sources/       where tokens come from: bundled corpora, local and remote files, the Hub, shard dirs;
+                   reading rows and records, bad records, network retries
+    synthetic/     sources that generate their episodes: passkey, MQAR
+    tokenize/      tokenizers (bytes, BPE), encoding documents, the tokenizer worker processes
+    lanes/         the Lanes the loop reads: stretch lanes, stream lanes, held-out sets, prefetch
+    mixture/       data.sources: weighted mixtures of corpora
+    build.py       build_data: a data section in, a DataBundle out (bundle.py)
+    batch.py       Batch: x, y, restarted, doc_start
 """
 
 import importlib
 
 # Exported names are imported on first use, so that a tokenizer worker process (workers.py),
-# which imports bdh_scale.data.workers, loads numpy and the tokenizer but not torch.
-_EXPORTS = {"Batch": "batch", "DataBundle": "build", "build_data": "build", "DataConfig": "config",
-            "DataError": "bdh_scale.errors", "Lanes": "lanes", "PrefetchLanes": "prefetch",
-            "load_tokenizer": "tokenizer", "ByteTokenizer": "tokenizer", "BPETokenizer": "tokenizer"}
+# which imports bdh_scale.data.tokenize.workers, loads numpy and the tokenizer but not torch.
+_EXPORTS = {"Batch": "batch", "DataBundle": "bundle", "build_data": "build", "DataConfig": "config",
+            "DataError": "bdh_scale.errors", "Lanes": "lanes", "StretchLanes": "lanes.stretch",
+            "PrefetchLanes": "lanes.prefetch", "load_tokenizer": "tokenize.tokenizer",
+            "ByteTokenizer": "tokenize.tokenizer", "BPETokenizer": "tokenize.tokenizer"}
 __all__ = list(_EXPORTS)
 
 

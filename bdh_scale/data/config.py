@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from bdh_scale.data.mqar import MQARConfig
-from bdh_scale.data.passkey import PasskeyConfig
+from bdh_scale.data.synthetic.mqar_config import MQARConfig
+from bdh_scale.data.synthetic.passkey_config import PasskeyConfig
 from bdh_scale.utils.quote import short
 from bdh_scale.utils.schema import NonEmpty, NonNegInt, PosFloat, PosInt, Range, Section
 
 DEFAULT_SOURCE = "tinyshakespeare"  # what a recipe that names no data reads
-ANSWERING = ("synthetic:mqar", "synthetic:passkey")  # the sources that mark their answers (data.score)
 SOURCE_HINT = ("give a bundled name ('tinyshakespeare', 'europarl_en_fr'), a local path, a shard dir or a hub "
                "dataset name")
 
@@ -34,9 +33,9 @@ class DataConfig(Section):
     # or a Hugging Face Hub dataset name (e.g. "Helsinki-NLP/europarl"); null: "tinyshakespeare",
     # unless data.sources names a mixture (the two exclude each other)
     source: Annotated[str, NonEmpty(SOURCE_HINT)] | None = None
-    # a weighted mixture of corpora instead of one (data/mixture.py): a list of
+    # a weighted mixture of corpora instead of one (data/mixture/parts.py): a list of
     # {source: ..., weight: ..., name: ...} entries, each also taking the per-source keys of
-    # data/mixture.py PER_SOURCE (text_column, hub_config, val_tokens, ...); null: one corpus, data.source
+    # data/mixture/parts.py PER_SOURCE (text_column, hub_config, val_tokens, ...); null: one corpus, data.source
     sources: list | None = None
     # column holding the text in jsonl/parquet/hub rows (text files always use their lines)
     text_column: Annotated[str, NonEmpty("give the column holding the text, e.g. 'text'")] = "text"
@@ -110,16 +109,16 @@ class DataConfig(Section):
     # modelling) or answers (the answers a synthetic source marks: synthetic:mqar's values at
     # the query positions, synthetic:passkey's key after the question)
     score: Literal["all", "answers"] = "all"
-    # settings of the synthetic long-range recall source `synthetic:passkey` (data/passkey.py);
+    # settings of the synthetic long-range recall source `synthetic:passkey` (data/synthetic/passkey.py);
     # unused by other sources
     passkey: PasskeyConfig = field(default_factory=PasskeyConfig)
-    # settings of the synthetic associative-recall source `synthetic:mqar` (data/mqar.py);
+    # settings of the synthetic associative-recall source `synthetic:mqar` (data/synthetic/mqar.py);
     # unused by other sources
     mqar: MQARConfig = field(default_factory=MQARConfig)
 
     def check(self) -> None:
         if self.sources is not None:
-            from bdh_scale.data.mixture import check_mixture
+            from bdh_scale.data.mixture.parts import check_mixture
 
             check_mixture(self)  # the entries, and data.source left out
         elif self.source is None:
@@ -128,7 +127,3 @@ class DataConfig(Section):
         if t is not None and (len(t) != 2 or not all(isinstance(x, str) and x for x in t) or t[0] == t[1]):
             self.bad("translation", f"{short(t)} is not two distinct language codes; use e.g. ['fr', 'en'] "
                                     "(source first) or null")
-        if self.score == "answers" and self.source not in ANSWERING:
-            what = f"'{self.source}' marks none" if self.sources is None else "a mixture (data.sources) marks none"
-            self.bad("score", f"'answers' scores the answers a synthetic source marks, and {what}; "
-                              f"use data.score=all, or data.source={' or '.join(ANSWERING)}")

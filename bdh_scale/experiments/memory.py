@@ -51,9 +51,10 @@ import yaml
 from bdh_scale import rundir
 from bdh_scale.analysis.context import loss_by_context
 from bdh_scale.analysis.in_window import cell, value
-from bdh_scale.config.recipe import run_config
 from bdh_scale.analysis.recall import mqar_recall, recall
-from bdh_scale.data.build import mqar_for, passkey_for
+from bdh_scale.config.recipe import run_config
+from bdh_scale.data.synthetic.mqar import mqar_for
+from bdh_scale.data.synthetic.passkey import passkey_for
 from bdh_scale.errors import UsageError
 from bdh_scale.experiments.dispatch import add_launch_args, dispatch, job
 from bdh_scale.experiments.memory_figures import plot_context, plot_mqar, plot_recall, save_figure

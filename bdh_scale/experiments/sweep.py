@@ -41,7 +41,6 @@ from bdh_scale.utils.bounded import load_yaml
 from bdh_scale.utils.quote import short
 
 
-
 def split_values(raw: str) -> list[str]:
     """'2,4' -> ['2', '4']; commas inside brackets or quotes stay: '[[0,64]],[[0,128]]' is two values."""
     values, depth, quote, cur = [], 0, None, ""

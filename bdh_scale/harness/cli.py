@@ -15,9 +15,9 @@ import sys
 
 import torch
 
+from bdh_scale.config.recipe import recipe_of
 from bdh_scale.errors import UsageError
 from bdh_scale.model.registry import is_stateful
-from bdh_scale.config.recipe import recipe_of
 from bdh_scale.rundir import load_run
 from bdh_scale.utils.atomic import write_text_atomic
 from bdh_scale.utils.device import check_device

@@ -23,7 +23,7 @@ from lm_eval import utils
 from lm_eval.api.model import TemplateLM
 from tqdm.auto import tqdm
 
-from bdh_scale.data.tokenizer import StreamDecoder
+from bdh_scale.data.tokenize.tokenizer import StreamDecoder
 from bdh_scale.harness.scoring import token_logprobs
 
 

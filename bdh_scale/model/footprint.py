@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bdh_scale.model.registry import build_model
 from bdh_scale.model.bdh.bdh import attention_plan
 from bdh_scale.model.config import ModelConfig
+from bdh_scale.model.registry import build_model
 
 FLOAT = 4  # bytes of an fp32 value: weights, gradients and moments are fp32 in every precision
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from bdh_scale.errors import ModelError
 from bdh_scale.model.footprint import loading
-from bdh_scale.model.registry import ARCHS
 from bdh_scale.model.pretrained import read_config
+from bdh_scale.model.registry import ARCHS
 from bdh_scale.utils.memory import available_bytes
-
 
 
 def load_pretrained(name, **kwargs):

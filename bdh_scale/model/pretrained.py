@@ -4,7 +4,7 @@ each checkpoint's weights, a Hugging Face Hub repo):
     config.json          the recipe's model section (model/config.py): architecture and shape, with
                          transformers' keys beside it
     model.safetensors    the weights
-    tokenizer.json       the tokenizer, a `tokenizers` file (data/tokenizer.py)       when known
+    tokenizer.json       the tokenizer, a `tokenizers` file (data/tokenize/tokenizer.py)       when known
     README.md            the model card (model/card.py)
     recipe.yaml          the resolved recipe the model was trained with              when known
     *.py, tokenizer_config.json, generation_config.json
@@ -31,12 +31,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
-from huggingface_hub import HfApi, ModelCard, PyTorchModelHubMixin, constants, hf_hub_download
-from huggingface_hub import errors as hub
+from huggingface_hub import HfApi, ModelCard, PyTorchModelHubMixin, constants, errors as hub, hf_hub_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from bdh_scale.data.tokenizer import TOKENIZER_FILE, load_tokenizer
+from bdh_scale.data.tokenize.tokenizer import TOKENIZER_FILE, load_tokenizer
 from bdh_scale.errors import ModelError
 from bdh_scale.model.base import ModelBase
 from bdh_scale.model.card import PAPER, model_card

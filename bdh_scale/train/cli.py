@@ -7,7 +7,7 @@ import sys
 import traceback
 
 from bdh_scale.config import load_config
-from bdh_scale.errors import DataFault, Fault, TrainingStopped, UsageError
+from bdh_scale.errors import DataFailedMidRun, Fault, TrainingStopped, UsageError
 
 USAGE_ERRORS = (UsageError, FileNotFoundError)
 MAX_ERROR_CHARS = 4000  # the error line: a listing of a section's keys fits
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         return report(str(e), 2, every_rank=False)
     except TrainingStopped as e:  # too many non-finite steps; the last good checkpoint is intact
         return report(str(e), 3, every_rank=False)
-    except DataFault as e:  # the data failed mid-run, agreed by every rank, the last completed step saved
+    except DataFailedMidRun as e:  # the data failed mid-run, agreed by every rank, the last completed step saved
         return report(str(e), 1, every_rank=False)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

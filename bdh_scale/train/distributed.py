@@ -1,7 +1,7 @@
 """What changes when the same loop runs as several processes (DDP, FSDP, or CPU processes on gloo).
 
 Little does: Accelerate wraps the model (DDP/FSDP) and all-reduces gradients; each rank reads its
-own lanes (bdh_scale.data.lanes), so the global batch is W x B lanes x T tokens. What is left is
+own lanes (bdh_scale.data.lanes.stretch), so the global batch is W x B lanes x T tokens. What is left is
 here: which backend a CPU-only multi-process launch gets, which plans are refused, how ranks agree
 on a per-step decision, and how logged throughput is measured across ranks.
 

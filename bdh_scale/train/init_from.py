@@ -29,6 +29,7 @@ from bdh_scale.model.config import ModelConfig
 from bdh_scale.rundir import CONFIG, load_run, model_dir
 from bdh_scale.utils.bounded import read_yaml
 
+
 def start_weights(cfg, tokenizer, accelerator, resume_from: Path | None) -> dict | None:
     """The state dict a new run starts from (None: the model's own initialization, or a resumed
     checkpoint's weights). On every rank, once the data's tokenizer is known and before the model
@@ -51,7 +52,8 @@ def start_weights(cfg, tokenizer, accelerator, resume_from: Path | None) -> dict
 
 def differences(ours: ModelConfig, theirs: ModelConfig) -> list[str]:
     """'model.<field>: recipe X, source Y' for every field that changes what the weights mean."""
-    from bdh_scale.train.checkpoint.checkpointer import MODEL_FREE_FIELDS  # here: it imports accelerate, not needed to read a recipe
+    from bdh_scale.train.checkpoint.checkpointer import \
+        MODEL_FREE_FIELDS  # here: it imports accelerate, not needed to read a recipe
 
     a, b = dataclasses.asdict(ours), dataclasses.asdict(theirs)
     follows_tokenizer = {"vocab_size"}  # set by the data's tokenizer (setup.make_data), compared as a tokenizer

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bdh_scale.config import RunConfig
-from bdh_scale.errors import DataFault
+from bdh_scale.errors import DataFailedMidRun
 from bdh_scale.rundir import FINAL
-from bdh_scale.train.final import push_final, save_final
 from bdh_scale.train.faults import inject
 from bdh_scale.train.faults.signals import StopSignals
+from bdh_scale.train.final import push_final, save_final
 from bdh_scale.train.report.profiling import profiling
 from bdh_scale.train.report.progress import Progress
 from bdh_scale.train.report.rows import LossWindow, eval_extras, sample, train_row, val_line, validate
@@ -65,7 +65,7 @@ def train_run(run: Run) -> TrainResult:
             T = seq_len_at(run.step, tc.seq_len_schedule, tc.seq_len)
             try:
                 step = train_step(run, T, signals, started)
-            except DataFault as e:
+            except DataFailedMidRun as e:
                 progress.close()
                 raise stop_on_data_fault(run, e) from None
             window.add(step)
@@ -106,7 +106,7 @@ def save_checkpoint(run: Run) -> Path:
                                 run.guard.state_dict())
 
 
-def stop_on_data_fault(run: Run, fault: DataFault) -> DataFault:
+def stop_on_data_fault(run: Run, fault: DataFailedMidRun) -> DataFailedMidRun:
     """The data failed mid-run (every rank knows, step.take_windows): save the last completed step,
     which the lanes are back at, and say where it is."""
     ckpt = run.checkpoints
@@ -121,7 +121,7 @@ def stop_on_data_fault(run: Run, fault: DataFault) -> DataFault:
         saved = f"stopped after step {run.step} without a checkpoint (train.keep_checkpoints=0)"
     run.data.close()
     run.trackers.end()
-    return DataFault(fault.what, fault.advice, saved)
+    return DataFailedMidRun(fault.what, fault.advice, saved)
 
 
 def finish(run: Run, final_val: dict, stopped_by: str | None) -> TrainResult:

@@ -22,28 +22,27 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectCon
 
 from bdh_scale.config import RunConfig
 from bdh_scale.data import DataBundle, build_data
+from bdh_scale.errors import CheckpointError, CheckpointUnreadable
 from bdh_scale.model import build_model
 from bdh_scale.rundir import METRICS, write_run_dir
-from bdh_scale.errors import CheckpointError, CheckpointUnreadable
-from bdh_scale.train.checkpoint.checkpointer import (Checkpointer, Resumed, checkpoint_number, list_checkpoints, saved_trackers,
-                                        trainer_state, verify)
-from bdh_scale.train.report.diagnostics import MFU
+from bdh_scale.train.checkpoint.checkpointer import (Checkpointer, Resumed, checkpoint_number, list_checkpoints,
+                                                     saved_trackers, trainer_state, verify)
+from bdh_scale.train.checkpoint.resume import AUTO, plan_start, relay_lanes
+from bdh_scale.train.checks.memory import check_memory
+from bdh_scale.train.checks.preflight import preflight, writable_ancestor
+from bdh_scale.train.compute import check_backend, compile_model, resolve_mixed_precision, tune_attention
 from bdh_scale.train.distributed import (check_launch, check_parallel_plan, describe_plan, from_main, fsdp_requested,
                                          shard_cpu_processes, use_cpu_processes)
 from bdh_scale.train.faults import inject
 from bdh_scale.train.faults.guard import BadStepGuard
-from bdh_scale.train.run import Run
 from bdh_scale.train.faults.signals import watch_launcher
-from bdh_scale.train.init_from import start_weights
-from bdh_scale.train.compute import check_backend, compile_model, resolve_mixed_precision, tune_attention
-from bdh_scale.train.checks.memory import check_memory
-from bdh_scale.train.optim.build import build_optimizer
-
-from bdh_scale.train.checks.preflight import preflight, writable_ancestor
-from bdh_scale.train.checkpoint.resume import AUTO, plan_start, relay_lanes
-from bdh_scale.train.schedule import make_scheduler
 from bdh_scale.train.final import missing_credentials
+from bdh_scale.train.init_from import start_weights
+from bdh_scale.train.optim.build import build_optimizer
+from bdh_scale.train.report.diagnostics import MFU
 from bdh_scale.train.report.tracking import MetricsLog, SampleTable, Trackers, accelerate_log_with
+from bdh_scale.train.run import Run
+from bdh_scale.train.schedule import make_scheduler
 from bdh_scale.utils.host_memory import keep_freed_host_memory
 
 

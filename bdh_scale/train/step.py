@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import gather_object
 
-from bdh_scale.errors import DataFault
+from bdh_scale.data.lanes import Lanes
+from bdh_scale.errors import DataFailedMidRun
 from bdh_scale.model.output import IGNORE
 from bdh_scale.train.distributed import any_rank, full_value
 from bdh_scale.train.faults import inject
@@ -45,17 +46,17 @@ def pooled(losses: list, counts: list) -> torch.Tensor:
 
 def take_windows(run: Run, T: int, k: int) -> list:
     """The step's k windows of every lane. Stream lanes can fail (a bad record under
-    data.on_bad_record=stop, a file gone, the network retries spent; data/streamlanes.py): every
+    data.on_bad_record=stop, a file gone, the network retries spent; data/lanes/stream.py): every
     rank learns of it, and of the bad records skipped in all against data.max_bad_records, from one
     small all-reduce before any forward (a collective a failed rank skipped would wait forever);
-    then every rank puts its lanes back to the last completed step and raises the same DataFault."""
-    lanes = run.data.train
-    if not hasattr(lanes, "next_batches"):  # lanes over tokens already read: nothing can fail
-        return [lanes.next_batch(T) for _ in range(k)]
+    then every rank puts its lanes back to the last completed step and raises the same DataFailedMidRun."""
+    lanes: Lanes = run.data.train
+    if not lanes.can_fail:  # lanes over tokens already at hand: no collective needed
+        return lanes.next_batches(T, k)
     fault, batches = None, None
     try:
         batches = lanes.next_batches(T, k)
-    except DataFault as e:
+    except DataFailedMidRun as e:
         fault = e
     acc = run.accelerator
     failed, total = fault is not None, lanes.bad.count
@@ -63,7 +64,7 @@ def take_windows(run: Run, T: int, k: int) -> list:
         t = acc.reduce(torch.tensor([float(failed), float(total)], device=acc.device), reduction="sum")
         failed, total = t[0].item() > 0, int(t[1].item())
         if failed:  # said once, by every rank alike: the lowest failed rank's fault
-            fault = next(DataFault(*f) for f in gather_object([(fault.what, fault.advice) if fault else None]) if f)
+            fault = next(DataFailedMidRun(*f) for f in gather_object([(fault.what, fault.advice) if fault else None]) if f)
     run.bad_records = total
     fault = fault or lanes.bad.past_cap(total)
     if fault is not None:

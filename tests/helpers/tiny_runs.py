@@ -184,7 +184,7 @@ def weights(checkpoint) -> dict:
 
 def bpe_tokenizer_file(directory, vocab_size: int = 320) -> Path:
     """A small byte-level BPE learned on the bundled Shakespeare, saved as <directory>/tokenizer.json."""
-    from bdh_scale.data.bpe import train_bpe
+    from bdh_scale.data.tokenize.bpe import train_bpe
 
     text = (ROOT / "bdh_scale/data/bundled/tinyshakespeare/input.txt").read_text()[:200_000]
     return train_bpe(iter(text.splitlines(keepends=True)), vocab_size=vocab_size).save(directory)

@@ -18,15 +18,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from bdh_scale.model.bdh.attention import (AttnState, BDHState, ForgetGate, attend_chunked, attend_parallel,
-                                       causal_self_attention, pick_backend)
-from bdh_scale.model.bdh.attention.fla import attend_fla, warn_fallback
-from bdh_scale.model.bdh.attention.fla import unavailable as fla_unavailable
+                                           causal_self_attention, pick_backend)
+from bdh_scale.model.bdh.attention.fla import attend_fla, unavailable as fla_unavailable, warn_fallback
+from bdh_scale.model.bdh.rope import RopeCache, rotate
+from bdh_scale.model.bdh.token_shift import TokenShift
 from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.output import ModelOutput, lm_loss
 from bdh_scale.model.pretrained import Pretrained
-from bdh_scale.model.bdh.rope import RopeCache, rotate
 from bdh_scale.model.sampling import sample_next, starts_after
-from bdh_scale.model.bdh.token_shift import TokenShift
 
 
 class AttnPlan(NamedTuple):

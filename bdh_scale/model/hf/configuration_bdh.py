@@ -13,8 +13,8 @@ import dataclasses
 
 from transformers import PretrainedConfig
 
-from bdh_scale.model.registry import ARCHS
 from bdh_scale.model.config import ModelConfig
+from bdh_scale.model.registry import ARCHS
 
 FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig))
 

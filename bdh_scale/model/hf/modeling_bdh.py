@@ -28,10 +28,10 @@ import transformers
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from bdh_scale.model.registry import ARCHS
 from bdh_scale.model.hf.cache import BDHScaleCache
 from bdh_scale.model.hf.configuration_bdh import BDHScaleConfig
 from bdh_scale.model.output import lm_loss
+from bdh_scale.model.registry import ARCHS
 
 TESTED = "5.10.1 to 5.25.0 (a Hub copy from 5.0.0)"  # docs/design.md, "Transformers"
 if int(transformers.__version__.split(".")[0]) < 5:

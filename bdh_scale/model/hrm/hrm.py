@@ -45,12 +45,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bdh_scale.model.bdh.bdh import BDH, BDHLayer, active_boundaries, layer_norm, projection_params, shifted, token_shifts
+from bdh_scale.model.bdh.bdh import (BDH, BDHLayer, active_boundaries, layer_norm, projection_params, shifted,
+                                     token_shifts)
+from bdh_scale.model.bdh.rope import RopeCache
 from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.output import ModelOutput, lm_loss, scored_mean, token_ce
 from bdh_scale.model.pretrained import Pretrained
 from bdh_scale.model.sampling import RerunGeneration
-from bdh_scale.model.bdh.rope import RopeCache
 
 STATELESS = ('the bdh_hrm hybrid is stateless and cannot carry state across chunks; '
              'set train.state to "reset"')

@@ -42,7 +42,7 @@ from pathlib import Path
 import yaml
 from accelerate.utils import broadcast_object_list
 
-from bdh_scale.data.tokenizer import load_tokenizer
+from bdh_scale.data.tokenize.tokenizer import load_tokenizer
 from bdh_scale.errors import CheckpointError, Fault
 from bdh_scale.model.pretrained import write_model_config
 from bdh_scale.train.checkpoint import files

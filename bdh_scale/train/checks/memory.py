@@ -31,8 +31,8 @@ WORKSPACE = 128 << 20
 def tokenizer_vocab(data_cfg, fallback: int) -> int:
     """The vocabulary the run's tokenizer will give the model (the embedding and the logits grow
     with it), read without building the data; `fallback` when it cannot be told yet."""
-    from bdh_scale.data.shards import META_FILE, read_meta
-    from bdh_scale.data.tokenizer import load_tokenizer
+    from bdh_scale.data.sources.shards import META_FILE, read_meta
+    from bdh_scale.data.tokenize.tokenizer import load_tokenizer
 
     sources = [data_cfg.source] if data_cfg.sources is None else [e.get("source", "") for e in data_cfg.sources]
     try:

@@ -2,7 +2,7 @@
 should fail in seconds, not after hours of training, and before it has written anything.
 
 The recipe checks itself when it is built (config.py); the data checks that every lane holds one
-window of the longest T (data/lanes.py). What is left needs the data, the model or the
+window of the longest T (data/lanes/stretch.py). What is left needs the data, the model or the
 filesystem: a held-out split too short for one validation window or a validation batch too big
 for memory (one forward, before training rather than at the first validation), an output
 directory that cannot be written, too little free disk for a checkpoint, and a corpus that is
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bdh_scale.data.kinds import kind_of
 from bdh_scale.errors import ConfigError, DataError
 from bdh_scale.train.distributed import from_main
 from bdh_scale.train.evaluate import my_rows
@@ -41,7 +42,8 @@ def check_output(cfg, data, raw_model, accelerator) -> None:
     directory = writable_ancestor(cfg.train.out_dir)
     if cfg.train.keep_checkpoints:
         check_free_disk(directory, checkpoint_bytes(cfg.train, raw_model, accelerator.num_processes))
-    share = None if (cfg.data.source or "").startswith("synthetic:") else text_share(data)  # token ids, not text by design
+    text = cfg.data.sources is not None or kind_of(cfg.data.source).text  # synthetic:mqar is token ids by design
+    share = text_share(data) if text else None
     if share is not None and share < MIN_TEXT_SHARE:
         if accelerator.is_main_process:  # a warning goes to stderr, with the errors
             print(f"warning: data.source: only {share:.0%} of a sample of {data.source} decodes to text "

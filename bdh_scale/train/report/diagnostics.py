@@ -11,8 +11,8 @@ import sys
 
 import torch
 
-from bdh_scale.model.flops import flops_per_token
 from bdh_scale.model.bdh.probes import bdh_layers, capture_codes
+from bdh_scale.model.flops import flops_per_token
 from bdh_scale.model.registry import is_stateful
 from bdh_scale.utils.perf import compute_dtype, device_peak_flops, matmul_peak_flops
 

@@ -17,7 +17,6 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
-
 MEMORY_KIND = {"cuda": "peak allocated", "mps": "allocated"}  # anything else: the process's resident set
 
 

@@ -10,9 +10,9 @@ import time
 import torch
 
 from bdh_scale.model.sampling import sample_text
-from bdh_scale.train.report.diagnostics import activation_and_state, carried_rho_norms
 from bdh_scale.train.distributed import slowest
 from bdh_scale.train.evaluate import evaluate, evaluate_sources
+from bdh_scale.train.report.diagnostics import activation_and_state, carried_rho_norms
 from bdh_scale.train.report.progress import memory_in_use
 from bdh_scale.train.run import Run
 from bdh_scale.train.schedule import sample_context

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from bdh_scale.data.catalog import OFFLINE_ALTERNATIVES
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data.retry import is_network_error
-from bdh_scale.data.rows import ROWS_PER_BATCH, rows_of
+from bdh_scale.data.sources.dataset_rows import ROWS_PER_BATCH, rows_of
+from bdh_scale.data.sources.names import OFFLINE_ALTERNATIVES
+from bdh_scale.data.sources.retry import is_network_error
 from bdh_scale.errors import DataError
 
 HUB_TIMEOUT_S = 10  # the one request of hub_commit

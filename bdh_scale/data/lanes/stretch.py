@@ -19,7 +19,7 @@ so they advance in lockstep and share one offset; the flags are still per lane s
 never needs to rely on that.
 
 Distributed (Accelerate with several processes): every process calls build_data with its own
-rank and world size and serves only its own lanes. Do NOT pass Lanes through
+rank and world size and serves only its own lanes. Do NOT pass lanes through
 accelerator.prepare (it is not a DataLoader): nothing re-splits or duplicates the data.
 Because the lanes share one offset, the state_dict of any rank restores every rank.
 """
@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from bdh_scale.data.batch import Batch, make_batch
-from bdh_scale.data.stream import TokenStream
+from bdh_scale.data.lanes import TokensRead
+from bdh_scale.data.lanes.tokens import TokenStream
 from bdh_scale.errors import DataError
 
 
-class Lanes:
+class StretchLanes(TokensRead):
     """This rank's B lanes over the train stream; next_batch(T) -> Batch(x, y, restarted, doc_start)."""
 
     def __init__(self, stream: TokenStream, batch_size: int, world_size: int = 1, rank: int = 0,

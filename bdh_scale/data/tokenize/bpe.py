@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator
 
+from bdh_scale.data.tokenize.tokenizer import BPETokenizer
 from bdh_scale.errors import DataError
-from bdh_scale.data.tokenizer import BPETokenizer
 
 MIN_VOCAB = 257  # the 256 byte symbols plus at least one merge
 

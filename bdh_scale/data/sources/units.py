@@ -23,7 +23,7 @@ the first `held_pieces` pieces are. Every epoch reads the corpus in the same ord
 A unit also carries the bad records its read met (badrecords.py; a piece: those of its rows),
 for the lanes to decide on, and the position after it. When a read fails on the network, the
 stream is opened again after the last unit it gave, with backoff (retry.py); when retries run
-out, or a file vanished or cannot be read, the stream raises a DataFault naming the file.
+out, or a file vanished or cannot be read, the stream raises a DataFailedMidRun naming the file.
 
 Bad records among held-out documents. Every epoch reads the held-out documents again, only to
 drop them; the held-out set itself is read once. A bad record in a read whose documents are all
@@ -40,11 +40,11 @@ import hashlib
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-from bdh_scale.data.badrecords import warn
-from bdh_scale.data.records import HostError, RecordFileError
-from bdh_scale.data.retry import Backoff, describe_error, is_network_error
-from bdh_scale.data.sources import DatasetSource
-from bdh_scale.errors import DataError, DataFault
+from bdh_scale.data.sources.badrecords import warn
+from bdh_scale.data.sources.reader import DatasetSource
+from bdh_scale.data.sources.record_files import HostError, RecordFileError
+from bdh_scale.data.sources.retry import Backoff, describe_error, is_network_error
+from bdh_scale.errors import DataError, DataFailedMidRun
 
 ROWS_PER_UNIT = 256      # rows per read of a source of documents
 PIECE_BYTES = 1 << 16    # least text per piece of a source without documents
@@ -101,7 +101,7 @@ class DocumentStream:
     def units(self, start: Position = Position(), stopping=lambda: False) -> Iterator[Unit]:
         """Units from `start` on, epoch after epoch, forever, the stream opened again after a
         network fault (retry.py). DataError when a whole epoch holds nothing for this rank;
-        DataFault when the data fails (a file vanished or unreadable, the retries spent)."""
+        DataFailedMidRun when the data fails (a file vanished or unreadable, the retries spent)."""
         backoff = Backoff(self.retries, self.retry_wait_s, warn)
         first = None  # the fault that began a run of retries: the file the host dropped
         while True:
@@ -111,7 +111,7 @@ class DocumentStream:
                     start = unit.after
                     backoff.succeeded()
                     first = None
-            except (DataError, DataFault):
+            except (DataError, DataFailedMidRun):
                 raise
             except Exception as e:
                 if not is_network_error(e):
@@ -121,7 +121,7 @@ class DocumentStream:
                     raise fault from e
                 first = first or e
                 if not backoff.wait(e, stopping):
-                    raise DataFault(f"data: reading {self._where(first)} failed: {describe_error(first)}, and "
+                    raise DataFailedMidRun(f"data: reading {self._where(first)} failed: {describe_error(first)}, and "
                                     f"{backoff.failures} retries over {backoff.waited:.0f} s did not bring it back "
                                     "(data.read_retries, data.retry_wait_s)",
                                     "when the host answers again, or with more data.read_retries") from e
@@ -129,8 +129,8 @@ class DocumentStream:
     def _where(self, e: BaseException) -> str:
         return f"'{e.path}'" if isinstance(e, (HostError, RecordFileError)) else self.source.describe
 
-    def _fault(self, e: Exception) -> DataFault | None:
-        """The failure of a file (not of the network) as a DataFault naming it; None for others."""
+    def _fault(self, e: Exception) -> DataFailedMidRun | None:
+        """The failure of a file (not of the network) as a DataFailedMidRun naming it; None for others."""
         if isinstance(e, RecordFileError):
             what = f"data: {e}"
         elif isinstance(e, FileNotFoundError):
@@ -139,7 +139,7 @@ class DocumentStream:
             what = f"data: a file of {self.source.describe} could not be read ({describe_error(e)})"
         else:
             return None
-        return DataFault(what, "put the files back as they were when the run started (a resume reads the same "
+        return DataFailedMidRun(what, "put the files back as they were when the run started (a resume reads the same "
                                "files), or fix the file")
 
     def _units(self, start: Position) -> Iterator[Unit]:

@@ -27,76 +27,25 @@ number of processes) regenerates exactly the same episodes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated
 
 import numpy as np
 import torch
 
 from bdh_scale.data.batch import Batch, make_batch
-from bdh_scale.data.stream import TokenStream
-from bdh_scale.errors import DataError
-from bdh_scale.utils.quote import short
-from bdh_scale.utils.schema import NonEmpty, NonNegInt, PosInt, Section
+from bdh_scale.data.bundle import DataBundle, measure_bytes_per_token, resolve_doc_reset
+from bdh_scale.data.config import DataConfig
+from bdh_scale.data.lanes import TokensRead
+from bdh_scale.data.lanes.tokens import TokenStream
+from bdh_scale.data.sources import SourceKind
+from bdh_scale.data.sources.reader import filler_tokens
+from bdh_scale.data.synthetic.mqar_config import MQARConfig
+from bdh_scale.data.tokenize.tokenizer import load_tokenizer
+from bdh_scale.errors import ConfigError, DataError
 
 SOURCE = "synthetic:mqar"
 UNIFORM_BLOCK = 1024  # a lane's distance draws come in blocks: replaying a position needs no per-episode RNG
-
-
-@dataclass
-class MQARConfig(Section):
-    section = "data.mqar"
-
-    # (key, value) pairs per episode; keys are distinct, so at most V/2 - 1 (127 for bytes)
-    pairs: PosInt = 8
-    # T of the layout; null: the run's train.seq_len (which must then stay fixed: no seq_len_schedule)
-    window: PosInt | None = None
-    # [min, max] distance in windows between the pairs' window and the queries' (0: the same window)
-    gap: list[int] = field(default_factory=lambda: [0, 0])
-    # curriculum: [[step, min, max], ...] sorted by step; from each optimizer step on, new episodes
-    # draw their distance from [min, max] (the first entry must be at step 0); null: data.mqar.gap
-    gap_schedule: list[list[int]] | None = None
-    # filler between pairs and queries: "constant" (data.mqar.filler_token), "random" (uniform
-    # over the vocabulary), or a bundled corpus / text file whose tokens are cut at random offsets
-    filler: Annotated[str, NonEmpty("'constant', 'random' or a corpus such as 'tinyshakespeare'")] = "constant"
-    # the filler token of filler=constant
-    filler_token: NonNegInt = 0
-    # distance of the held-out episodes (validation); null: the largest distance trained on
-    val_gap: NonNegInt | None = None
-    # held-out episodes, from their own seed (never trained on)
-    val_episodes: PosInt = 256
-    seed: int = 0  # seed of the training episodes (the held-out ones have their own)
-
-    def check(self) -> None:
-        if not (isinstance(self.gap, list) and len(self.gap) == 2 and all(isinstance(g, int) and g >= 0 for g in self.gap)
-                and self.gap[0] <= self.gap[1]):
-            self.bad("gap", f"{short(self.gap)} is not [min, max] windows with 0 <= min <= max; use e.g. [0, 0] or [1, 8]")
-        sched = self.gap_schedule
-        if sched is not None:
-            ok = isinstance(sched, list) and len(sched) > 0 and all(
-                isinstance(e, list) and len(e) == 3 and all(isinstance(v, int) and v >= 0 for v in e) and e[1] <= e[2]
-                for e in sched)
-            steps = [e[0] for e in sched] if ok else []
-            if not ok or steps[0] != 0 or steps != sorted(set(steps)):
-                self.bad("gap_schedule", f"{short(sched)} is not [[step, min, max], ...] with steps rising from 0 and "
-                                         "0 <= min <= max; use e.g. [[0, 0, 1], [500, 0, 4]] or null")
-
-    def ranges(self) -> list[tuple[int, int, int]]:
-        """The curriculum as (first step, min, max) entries (one entry without a schedule)."""
-        return [tuple(e) for e in self.gap_schedule] if self.gap_schedule else [(0, *self.gap)]
-
-    @property
-    def longest(self) -> int:
-        return max(hi for _, _, hi in self.ranges())
-
-    @property
-    def shortest(self) -> int:
-        return min([lo for _, lo, _ in self.ranges()] + [self.held_out_gap])
-
-    @property
-    def held_out_gap(self) -> int:
-        return self.longest if self.val_gap is None else self.val_gap
 
 
 @dataclass
@@ -197,7 +146,7 @@ class MQAR:
         return np.random.default_rng([self.cfg.seed, lane, block, 1]).random(UNIFORM_BLOCK)
 
 
-class MQARLanes:
+class MQARLanes(TokensRead):
     """This rank's lanes of MQAR episodes, generated window by window; the Lanes interface
     (next_batch, check_fits, state_dict, load_state_dict, close)."""
 
@@ -279,3 +228,48 @@ class MQARLanes:
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def mqar_for(cfg: DataConfig, tokenizer, window: int | None):
+    """The MQAR episode builder of a data section (data/synthetic/mqar.py) for windows of data.mqar.window
+    (or `window`, the run's T, when that is null)."""
+    m = cfg.mqar
+    T = m.window or window
+    if T is None:
+        raise DataError("data.mqar.window: null takes the run's train.seq_len, and none was given; set data.mqar.window")
+    corpus = None if m.filler in ("constant", "random") else filler_tokens(m.filler, tokenizer)
+    return MQAR(m, tokenizer.vocab_size, T, corpus)
+
+
+def build_mqar(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int, seq_len: int | None,
+               windows_per_step: int) -> DataBundle:
+    """MQAR lanes, generated as they are read, and a held-out set of episodes from their own seed."""
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    mqar = mqar_for(cfg, tokenizer, seq_len)
+    lanes = MQARLanes(mqar, batch_size, world_size, rank, windows_per_step=windows_per_step,
+                      score_answers=cfg.score == "answers", pin_memory=cfg.pin_memory)
+    if seq_len is not None:
+        lanes.check_fits(seq_len)
+    val = mqar.held_out()
+    m = cfg.mqar
+    gaps = (f"distances {m.gap[0]}-{m.gap[1]}" if not m.gap_schedule
+            else f"distances by step {[list(e) for e in m.ranges()]}")
+    return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=measure_bytes_per_token(tokenizer, val),
+                      source=f"'{SOURCE}' ({m.pairs} pairs, windows of {mqar.T}, {gaps} windows, filler {m.filler})",
+                      n_tokens=None, doc_reset=resolve_doc_reset(cfg, True, SOURCE),
+                      score_answers=cfg.score == "answers", align=(len(val) - 1) // m.val_episodes)
+
+
+def check_run(cfg) -> None:
+    """MQAR episodes are laid out in windows of one T: the run must read exactly those (cfg: the
+    whole RunConfig)."""
+    tc, window = cfg.train, cfg.data.mqar.window or cfg.train.seq_len
+    if tc.seq_len_schedule or tc.seq_len != window or (tc.eval_seq_len or window) != window:
+        raise ConfigError(f"data.mqar.window: {SOURCE} lays its episodes out in windows of {window} tokens, "
+                          f"and the run reads train.seq_len={tc.seq_len}, eval_seq_len={tc.eval_seq_len}, "
+                          f"seq_len_schedule={tc.seq_len_schedule}; use one T (seq_len = data.mqar.window, "
+                          "no schedule)")
+
+
+KIND = SourceKind(SOURCE, "the synthetic associative-recall source", claims=lambda source: source == SOURCE,
+                  build=build_mqar, marks_answers=True, text=False, check=check_run)

@@ -31,9 +31,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
-from bdh_scale.data.badrecords import BadRecord
-from bdh_scale.data.retry import describe_error, is_network_error
-from bdh_scale.data.translation import format_pair
+from bdh_scale.data.sources.badrecords import BadRecord
+from bdh_scale.data.sources.retry import describe_error, is_network_error
+from bdh_scale.data.sources.translation import format_pair
 
 KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 FORMATS = {"json": "JSON Lines or a JSON array", "parquet": "Parquet"}

@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bdh_scale.data.catalog import BUILDERS, BUNDLED
-from bdh_scale.data.shards import is_shard_dir
+from bdh_scale.data.sources.names import BUILDERS
 from bdh_scale.errors import ConfigError, DataError
 from bdh_scale.utils.quote import short
 
@@ -84,9 +82,6 @@ def parts(cfg) -> list[Part]:
         if not isinstance(source, str) or not source.strip():
             raise ConfigError(f"{key}.source: {'missing' if source is None else short(source)}; name the corpus as "
                               "data.source would, e.g. {source: europarl_fr, weight: 0.3}")
-        if source.startswith("synthetic:"):
-            raise ConfigError(f"{key}.source: {source} generates episodes with their own layout and validation, and is "
-                              "not mixed; train on it alone with data.source")
         weight = entry.get("weight")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
             raise ConfigError(f"{key}.weight: {'missing' if weight is None else f'{short(weight)} is not > 0'}; give "
@@ -120,32 +115,6 @@ def default_name(source: str) -> str:
         last = Path(last).stem
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", last).strip("._")[:64]
     return name or "source"
-
-
-def fixed(source: str) -> bool:
-    """A source only stretch lanes read (held whole: a bundled corpus, a shard dir)."""
-    return source in BUNDLED or is_shard_dir(os.path.expanduser(source))
-
-
-def mixture_lanes(cfg, mixed: list[Part]) -> str:
-    """"stretch" or "stream" for the whole mixture: data.lanes, or with auto, stream lanes where a source
-    would be streamed alone (a Hub dataset, large files) and all can be; a mixture of one of those with a
-    bundled corpus or a shard dir is refused rather than read whole into memory."""
-    from bdh_scale.data.build import lanes_kind
-
-    kinds = {}
-    for p in mixed:  # an impossible data.lanes, or a source that is not there, is refused here
-        with named(p):
-            kinds[p.name] = lanes_kind(p.cfg)
-    if cfg.lanes != "auto" or "stream" not in kinds.values():
-        return cfg.lanes if cfg.lanes != "auto" else "stretch"
-    held = [p for p in mixed if fixed(p.cfg.source) or p.cfg.max_tokens is not None]
-    if held:
-        streamed = next(name for name, kind in kinds.items() if kind == "stream")
-        raise DataError(f"data.sources: '{streamed}' is streamed (a Hub dataset or large files) and '{held[0].name}' "
-                        "is held whole (a bundled corpus, a shard dir, or max_tokens); mix sources of one kind, or set "
-                        "data.lanes=stretch to read them all into memory (with max_tokens on the large ones)")
-    return "stream"
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from bdh_scale.data.encode import encode_documents
+from bdh_scale.data.tokenize.encode import encode_documents
 
 _tokenizer = None  # set in each worker process by _init
 
@@ -41,7 +41,7 @@ def encode_unit(tokenizer, rows: list, documents: bool) -> tuple[np.ndarray, np.
     one length for the whole batch (a piece of running text)."""
     if documents:
         return encode_documents(tokenizer, rows)
-    from bdh_scale.data.tokenizer import token_dtype
+    from bdh_scale.data.tokenize.tokenizer import token_dtype
 
     ids = tokenizer.encode_rows(rows).astype(token_dtype(tokenizer.vocab_size), copy=False)
     return ids, np.array([len(ids)], dtype=np.int64)

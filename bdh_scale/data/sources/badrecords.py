@@ -5,7 +5,7 @@ object, has no data.text_column, or holds null, "" or something other than text 
 readers (records.py, rows.py) report each one with where it is (file and line or row) and why;
 they never decide. The stream lanes decide when they deal the unit that held it, so the decision
 falls at the same step however far ahead the reader is, and a resumed run decides the same:
-  stop   DataFault naming the record (the loop saves a checkpoint at the last completed step)
+  stop   DataFailedMidRun naming the record (the loop saves a checkpoint at the last completed step)
   skip   a warning naming it, and a count (data/bad_records in metrics.jsonl and the trackers);
          past data.max_bad_records, all processes together, the run stops as with stop
 """
@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Iterable
 
-from bdh_scale.errors import DataFault
+from bdh_scale.errors import DataFailedMidRun
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,10 @@ class BadRecords:
         self.held: list[str] | None = None  # warnings not said yet (hold); None: each said at once
 
     def meet(self, bad: Iterable[BadRecord]) -> None:
-        """Skip and count `bad`, or stop at the first (DataFault)."""
+        """Skip and count `bad`, or stop at the first (DataFailedMidRun)."""
         for record in bad:
             if not self.skip:
-                raise DataFault(f"data: bad record in {record} (data.on_bad_record=stop)",
+                raise DataFailedMidRun(f"data: bad record in {record} (data.on_bad_record=stop)",
                                 "fix or remove the record, or set data.on_bad_record=skip to drop such records")
             self.count += 1
             line = f"data: skipped bad record {record} ({self.count} skipped by this process)"
@@ -64,9 +64,9 @@ class BadRecords:
             warn(line)
         self.held = None
 
-    def past_cap(self, total: int) -> DataFault | None:
+    def past_cap(self, total: int) -> DataFailedMidRun | None:
         """The fault when `total` (all processes together) is past data.max_bad_records."""
         if total <= self.max:
             return None
-        return DataFault(f"data: {total} bad records skipped, more than data.max_bad_records={self.max} (the "
+        return DataFailedMidRun(f"data: {total} bad records skipped, more than data.max_bad_records={self.max} (the "
                          "warnings above name each one)", "fix the data or raise data.max_bad_records")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bdh_scale.data.tokenizer import TOKENIZER_FILE, token_dtype
+from bdh_scale.data.tokenize.tokenizer import TOKENIZER_FILE, token_dtype
 
 
 def encode_documents(tokenizer, rows: list) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ run read must all be there again (a position in a list of files means nothing in
 Faults. The bad records a unit's read met are decided on when the unit is dealt
 (data.on_bad_record, badrecords.py); a data fault of the reader (a file gone, the network retries
 spent: docstream.py) reaches the lanes at the same point. `next_batches` takes a step's windows
-all or nothing: on a DataFault the lanes are put back as they were before the step, so that a
+all or nothing: on a DataFailedMidRun the lanes are put back as they were before the step, so that a
 checkpoint written then is the last completed step's, and the fault is raised. The warnings of
 records skipped before the first batch (every lane is dealt its first document at start-up,
 check_fits) are said with that batch: a resumed run loads its checkpoint's position and count in
@@ -37,12 +37,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bdh_scale.data.badrecords import BadRecords
 from bdh_scale.data.batch import Batch, make_batch
-from bdh_scale.data.docstream import DocumentStream, Position
-from bdh_scale.data.feeder import Feeder
-from bdh_scale.data.workers import TokenizerPool
-from bdh_scale.errors import DataError, DataFault
+from bdh_scale.data.lanes.feeder import Feeder
+from bdh_scale.data.sources.badrecords import BadRecords
+from bdh_scale.data.sources.units import DocumentStream, Position
+from bdh_scale.data.tokenize.workers import TokenizerPool
+from bdh_scale.errors import DataError, DataFailedMidRun
 
 _EMPTY = np.zeros(0, np.int64)
 
@@ -58,6 +58,8 @@ class _Tokenized:
 
 class StreamLanes:
     """This rank's B lanes over a stream; next_batch(T) -> Batch (batch.py)."""
+
+    can_fail = True  # a bad record under stop, a file gone, the network retries spent
 
     def __init__(self, docs: DocumentStream, pool: TokenizerPool, batch_size: int, *, world_size: int = 1,
                  rank: int = 0, buffer: int = 8, pin_memory: bool = False,
@@ -81,7 +83,7 @@ class StreamLanes:
         self._unit: _Tokenized | None = None
         self._next_doc = 0
         self._feeder = None
-        self._failed: DataFault | None = None  # the fault that stopped the lanes (they only save from then on)
+        self._failed: DataFailedMidRun | None = None  # the fault that stopped the lanes (they only save from then on)
         self._before: dict | None = None       # the lanes before the last next_batches (_mark)
         self._start_reader(self.position)
 
@@ -112,7 +114,7 @@ class StreamLanes:
         return batch
 
     def next_batches(self, T: int, k: int) -> list[Batch]:
-        """The k windows of one step, or a DataFault with the lanes as they were before it (a bad
+        """The k windows of one step, or a DataFailedMidRun with the lanes as they were before it (a bad
         record under stop, a file gone, the network retries spent; a DataError of the source found
         mid-run too). The reader is stopped then: the lanes can still be saved, not read."""
         if self._failed is not None:
@@ -120,12 +122,12 @@ class StreamLanes:
         self._before = self._mark()
         try:
             return [self.next_batch(T) for _ in range(k)]
-        except (DataFault, DataError) as e:
-            fault = e if isinstance(e, DataFault) else DataFault(str(e), "fix the data or the recipe")
+        except (DataFailedMidRun, DataError) as e:
+            fault = e if isinstance(e, DataFailedMidRun) else DataFailedMidRun(str(e), "fix the data or the recipe")
             self.fail(fault)
             raise fault from None
 
-    def fail(self, fault: DataFault) -> None:
+    def fail(self, fault: DataFailedMidRun) -> None:
         """Stop on `fault` (this rank's, another's, or too many bad records in all): the lanes go back
         to where they were before the last next_batches, and the reader stops."""
         self._stop_reader()

@@ -26,41 +26,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated
 
 import numpy as np
 
-from bdh_scale.errors import DataError
-from bdh_scale.utils.schema import NonEmpty, PosInt, Section
+from bdh_scale.data.config import DataConfig
+from bdh_scale.data.lanes.tokens import TokenStream
+from bdh_scale.data.sources import SourceKind
+from bdh_scale.data.sources.reader import filler_tokens
+from bdh_scale.data.synthetic.passkey_config import PasskeyConfig
+from bdh_scale.data.tokenize.tokenizer import load_tokenizer, token_dtype
+from bdh_scale.errors import ConfigError, DataError
 
 SOURCE = "synthetic:passkey"
 FACT = (" The pass key is ", ". Remember it. ")
 QUESTION = " What is the pass key? The pass key is "
 END = ".\n\n"
-
-
-@dataclass
-class PasskeyConfig(Section):
-    section = "data.passkey"
-
-    # corpus the filler is cut from: a bundled sample ('tinyshakespeare', 'europarl_en_fr') or a text file
-    filler: Annotated[str, NonEmpty("a bundled sample such as 'tinyshakespeare' or a text file")] = "tinyshakespeare"
-    # digits of the key (the answer a model must recall)
-    digits: PosInt = 5
-    # fewest tokens of filler between the fact and the question
-    min_gap: PosInt = 16
-    # most tokens of filler between the fact and the question (gaps are log-uniform in between)
-    max_gap: PosInt = 1024
-    # most tokens of filler before the fact (uniform from 0)
-    max_lead: PosInt = 64
-    # episodes (documents) in the stream
-    episodes: PosInt = 2000
-    # seed of the keys, gaps and filler positions
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.min_gap > self.max_gap:
-            self.bad("min_gap", f"{self.min_gap} is above max_gap={self.max_gap}; need min_gap <= max_gap")
 
 
 @dataclass
@@ -125,3 +105,35 @@ class Passkey:
             e = self.episode(rng, gap, lead)
             groups.setdefault(len(e.tokens), []).append(e)
         return list(groups.values())
+
+
+def passkey_for(cfg: DataConfig, tokenizer):
+    """The passkey episode builder of a data section (data/synthetic/passkey.py): its settings, and filler
+    cut from data.passkey.filler tokenized with `tokenizer`."""
+    return Passkey(cfg.passkey, tokenizer, filler_tokens(cfg.passkey.filler, tokenizer))
+
+
+def passkey_tokens(cfg: DataConfig):
+    """(tokenizer, stream, description, bad records) of the source held whole: every episode, each a
+    document, its answers marked."""
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    tokens, doc_starts, answers = passkey_for(cfg, tokenizer).stream()
+    pk = cfg.passkey
+    return (tokenizer, TokenStream([tokens.astype(token_dtype(tokenizer.vocab_size))], doc_starts, scored=answers),
+            f"'{SOURCE}' ({pk.episodes} episodes, gaps {pk.min_gap}-{pk.max_gap} tokens, filler {pk.filler})", 0)
+
+
+def check_run(cfg) -> None:
+    """The longest distance must fit in a held-out row, or no row read carried holds both a fact
+    and its question (cfg: the whole RunConfig)."""
+    T = cfg.train.eval_seq_len or cfg.train.seq_len
+    row = cfg.train.eval_batches * T
+    if cfg.data.passkey.max_gap >= row:
+        raise ConfigError(f"data.passkey.max_gap: {cfg.data.passkey.max_gap} tokens is longer than the "
+                          f"validation rows (train.eval_batches x T = {cfg.train.eval_batches} x {T} = {row} "
+                          "tokens), so no held-out row holds a fact and its question; raise train.eval_batches "
+                          "or lower data.passkey.max_gap")
+
+
+KIND = SourceKind(SOURCE, "the synthetic passkey source", claims=lambda source: source == SOURCE,
+                  tokens=passkey_tokens, marks_answers=True, check=check_run)

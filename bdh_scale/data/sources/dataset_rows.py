@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from bdh_scale.data.badrecords import BadRecord
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data.translation import format_translation_rows
+from bdh_scale.data.sources.badrecords import BadRecord
+from bdh_scale.data.sources.translation import format_translation_rows
 from bdh_scale.errors import DataError
 
 ROWS_PER_BATCH = 1024

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from bdh_scale.data.mixture import Part, describe, named
-from bdh_scale.data.stream import TokenStream
+from bdh_scale.data.bundle import DataBundle, measure_bytes_per_token, resolve_doc_reset
+from bdh_scale.data.kinds import kind_of
+from bdh_scale.data.lanes.tokens import TokenStream
+from bdh_scale.data.mixture.parts import Part, describe, named
 from bdh_scale.errors import DataError
 
 PIECE_TOKENS = 2048  # an item of running text (the documents of a source of documents are its items)
@@ -104,12 +106,10 @@ def with_items(stream: TokenStream) -> TokenStream:
 def mix_stretch(mixed: list[Part], seed: int):
     """(tokenizer, train stream, {name: (held-out stream, bytes per token)}, description, bad records
     skipped) of a mixture read whole."""
-    from bdh_scale.data.build import load_stream, measure_bytes_per_token
-
     tokenizer, trains, vals, skipped = None, [], {}, 0
     for p in mixed:
         with named(p):
-            tok, stream, what, bad = load_stream(p.cfg)
+            tok, stream, what, bad = kind_of(p.cfg.source).tokens(p.cfg)
         if tokenizer is None:
             tokenizer = tok
         elif not tok.same_as(tokenizer):
@@ -154,19 +154,18 @@ def check_draws(mixed: list[Part], counts: list[int]) -> None:
 def build_mixed_stretch(cfg, mixed: list[Part], *, batch_size: int, world_size: int, rank: int, seed: int,
                         seq_len: int | None):
     """Stretch lanes over the mixed stream (prefetched as for one corpus), and each source's held-out set."""
-    from bdh_scale.data.build import DataBundle, measure_bytes_per_token, resolve_doc_reset
-    from bdh_scale.data.lanes import Lanes
-    from bdh_scale.data.stream import concatenate
+    from bdh_scale.data.lanes.stretch import StretchLanes
+    from bdh_scale.data.lanes.tokens import concatenate
 
     tokenizer, stream, by_source, what, skipped = mix_stretch(mixed, seed)
     if rank == 0:  # the weights are per document: what they make of the tokens is worth a line
         print(f"data: {what}", flush=True)
-    lanes = Lanes(stream, batch_size, world_size, rank, seed=seed, pin_memory=cfg.pin_memory,
+    lanes = StretchLanes(stream, batch_size, world_size, rank, seed=seed, pin_memory=cfg.pin_memory,
                   describe=f"the train parts of the {what}")
     if seq_len is not None:
         lanes.check_fits(seq_len)
     if cfg.prefetch > 0:
-        from bdh_scale.data.prefetch import PrefetchLanes
+        from bdh_scale.data.lanes.prefetch import PrefetchLanes
 
         lanes = PrefetchLanes(lanes, depth=cfg.prefetch)
     val = concatenate([v for v, _ in by_source.values()])

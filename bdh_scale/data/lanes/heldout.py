@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bdh_scale.data.badrecords import BadRecords
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data.docstream import DocumentStream, digest
-from bdh_scale.data.encode import tokenizer_hash
-from bdh_scale.data.stream import TokenStream
-from bdh_scale.data.workers import TokenizerPool
-from bdh_scale.errors import DataError, DataFault
+from bdh_scale.data.lanes.tokens import TokenStream
+from bdh_scale.data.sources.badrecords import BadRecords
+from bdh_scale.data.sources.units import DocumentStream, digest
+from bdh_scale.data.tokenize.encode import tokenizer_hash
+from bdh_scale.data.tokenize.workers import TokenizerPool
+from bdh_scale.errors import DataError, DataFailedMidRun
 from bdh_scale.utils.atomic import atomic_path
 from bdh_scale.utils.bounded import read_json
 
@@ -87,7 +87,7 @@ def read_held_out(cfg: DataConfig, docs: DocumentStream, tokenizer, pool: Tokeni
         if refuse is not None:
             try:
                 refuse.meet(unit.bad)
-            except DataFault as e:  # before step 1: the input is refused
+            except DataFailedMidRun as e:  # before step 1: the input is refused
                 results.close()
                 raise DataError(str(e)) from None
         for row, doc in zip(unit.rows if unit.documents else [None], np.split(ids, np.cumsum(lengths)[:-1])):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from bdh_scale.errors import DataError
 
-BUNDLED_DIR = Path(__file__).parent / "bundled"
+BUNDLED_DIR = Path(__file__).parents[1] / "bundled"  # bdh_scale/data/bundled
 BUNDLED = {
     "tinyshakespeare": "tinyshakespeare/input.txt",
     "europarl_en_fr": "europarl/fr-en/{fr,en}.txt (formatted as <FR:...>/<EN:...> pairs)",

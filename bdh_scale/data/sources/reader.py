@@ -28,16 +28,21 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Callable, Iterator
 
-from bdh_scale.data.catalog import (BUNDLED, BUNDLED_DIR, builder_for, data_files, is_remote, local_files,
-                                    looks_like_path, names_files)
+import numpy as np
+
 from bdh_scale.data.config import DataConfig
-from bdh_scale.data import hub
-from bdh_scale.data.badrecords import BadRecords
-from bdh_scale.data.hub import hub_rows, open_hub_dataset
-from bdh_scale.data.records import check_first_records, record_dataset, record_rows
-from bdh_scale.data.rows import ROWS_PER_BATCH, rows_of, text_file_dataset
-from bdh_scale.data.translation import format_pairs
-from bdh_scale.errors import DataError, DataFault
+from bdh_scale.data.lanes.tokens import TokenStream
+from bdh_scale.data.sources import SourceKind, hub
+from bdh_scale.data.sources.badrecords import BadRecords
+from bdh_scale.data.sources.dataset_rows import ROWS_PER_BATCH, rows_of, text_file_dataset
+from bdh_scale.data.sources.hub import hub_rows, open_hub_dataset
+from bdh_scale.data.sources.names import (BUNDLED, BUNDLED_DIR, builder_for, data_files, is_remote, local_files,
+                                          looks_like_path, names_files)
+from bdh_scale.data.sources.record_files import check_first_records, record_dataset, record_rows
+from bdh_scale.data.sources.translation import format_pairs
+from bdh_scale.data.tokenize.encode import encode_documents
+from bdh_scale.data.tokenize.tokenizer import ByteTokenizer, load_tokenizer, token_dtype
+from bdh_scale.errors import DataError, DataFailedMidRun
 
 
 @dataclass
@@ -55,7 +60,7 @@ class TextSource:
         for rows, bad in self.reads():
             try:
                 policy.meet(bad)
-            except DataFault as e:
+            except DataFailedMidRun as e:
                 raise DataError(str(e)) from None
             if (fault := policy.past_cap(policy.count)) is not None:
                 raise DataError(str(fault))
@@ -203,3 +208,54 @@ def source_fingerprint(cfg: DataConfig, revision: str | None = None) -> dict:
                 "sha256": h.hexdigest()}
     return {"kind": "hub", "name": cfg.source, "config": cfg.hub_config, "split": cfg.hub_split,
             "revision": revision or hub.hub_commit(cfg)}
+
+
+def tokenize_source(cfg: DataConfig, tokenizer) -> tuple[TokenStream, str, int]:
+    """Tokenize a text source into one in-memory stream (capped at data.max_tokens); where each
+    row starts is kept when the rows are documents. Also returns the description and the number of
+    bad records skipped (data.on_bad_record=skip)."""
+    src = open_text_source(cfg, raw_bytes=isinstance(tokenizer, ByteTokenizer))
+    dtype = token_dtype(tokenizer.vocab_size)
+    pieces, lengths, n = [], [], 0
+    for rows in src.batches():
+        if not rows:
+            continue
+        ids, lens = encode_documents(tokenizer, rows) if src.documents else \
+            (tokenizer.encode_rows(rows).astype(dtype, copy=False), None)
+        pieces.append(ids)
+        lengths.append(lens)
+        n += len(ids)
+        if cfg.max_tokens is not None and n >= cfg.max_tokens:
+            break
+    tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+    doc_starts = None
+    if src.documents:
+        lens = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        doc_starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64) if len(lens) else lens
+    if cfg.max_tokens is not None:
+        tokens = tokens[:cfg.max_tokens]
+        if doc_starts is not None:
+            doc_starts = doc_starts[doc_starts < len(tokens)]
+    return TokenStream([tokens], doc_starts), src.describe, src.bad_records.count if src.bad_records else 0
+
+
+FILLER_TOKENS = 2_000_000  # more than enough distinct filler for any gap
+
+
+def filler_tokens(corpus: str, tokenizer) -> np.ndarray:
+    """The first FILLER_TOKENS of a corpus tokenized with `tokenizer`: what synthetic episodes cut
+    their filler from."""
+    stream, _, _ = tokenize_source(DataConfig(source=corpus, max_tokens=FILLER_TOKENS, prefetch=0), tokenizer)
+    return stream.read(0, len(stream))
+
+
+def text_tokens(cfg):
+    """(tokenizer, stream, description, bad records) of a text source, tokenized whole."""
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    return (tokenizer, *tokenize_source(cfg, tokenizer))
+
+
+BUNDLED_KIND = SourceKind("bundled", "a bundled corpus", claims=lambda source: source in BUNDLED, tokens=text_tokens)
+FILES_KIND = SourceKind("files", "local or remote files", claims=lambda source: looks_like_path(source) or is_remote(source),
+                        tokens=text_tokens, streams=True)
+HUB_KIND = SourceKind("hub", "a Hugging Face Hub dataset", claims=lambda source: True, tokens=text_tokens, streams=True)

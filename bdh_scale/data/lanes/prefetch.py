@@ -14,14 +14,15 @@ with the new T; nothing is skipped or repeated.
 from __future__ import annotations
 
 from bdh_scale.data.batch import Batch
-from bdh_scale.data.feeder import Feeder
-from bdh_scale.data.lanes import Lanes
+from bdh_scale.data.lanes import TokensRead
+from bdh_scale.data.lanes.feeder import Feeder
+from bdh_scale.data.lanes.stretch import StretchLanes
 
 
-class PrefetchLanes:
+class PrefetchLanes(TokensRead):
     """Lanes whose batches are prepared `depth` ahead in a daemon thread."""
 
-    def __init__(self, lanes: Lanes, depth: int = 2):
+    def __init__(self, lanes: StretchLanes, depth: int = 2):
         self.lanes = lanes
         self.depth = max(1, depth)
         self.batch_size, self.n_lanes = lanes.batch_size, lanes.n_lanes

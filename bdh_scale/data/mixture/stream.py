@@ -27,14 +27,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bdh_scale.data.badrecords import BadRecord, BadRecords
-from bdh_scale.data.docstream import DocumentStream, ROWS_PER_UNIT, digest
-from bdh_scale.data.mixture import Part, describe, named
-from bdh_scale.data.records import record_text
-from bdh_scale.data.sources import DatasetSource, dataset_source, rows_are_documents
-from bdh_scale.data.stream import concatenate
-from bdh_scale.data.tokenizer import ByteTokenizer
-from bdh_scale.errors import DataError, DataFault
+from bdh_scale.data.bundle import DataBundle, measure_bytes_per_token, resolve_doc_reset
+from bdh_scale.data.lanes.tokens import concatenate
+from bdh_scale.data.mixture.parts import Part, describe, named
+from bdh_scale.data.sources.badrecords import BadRecord, BadRecords
+from bdh_scale.data.sources.reader import DatasetSource, dataset_source, rows_are_documents
+from bdh_scale.data.sources.record_files import record_text
+from bdh_scale.data.sources.units import ROWS_PER_UNIT, DocumentStream, digest
+from bdh_scale.data.tokenize.tokenizer import ByteTokenizer
+from bdh_scale.errors import DataError, DataFailedMidRun
 
 PIECE_ROWS = 32  # rows (lines, translation pairs) of running text per example of a mixture
 
@@ -123,7 +124,7 @@ def mixture(mixed: list[Part], sources: list[DatasetSource], held: list, seed: i
 
 def read_held_out_sets(cfg, mixed, sources, tokenizer, pool, held_out_dir) -> list:
     """Each source's held-out set: the run directory's (a resume), else read now."""
-    from bdh_scale.data.heldout import load_held_out, read_held_out
+    from bdh_scale.data.lanes.heldout import load_held_out, read_held_out
 
     sets = []
     for p, src in zip(mixed, sources):
@@ -143,11 +144,10 @@ def read_held_out_sets(cfg, mixed, sources, tokenizer, pool, held_out_dir) -> li
 def build_mixed_stream(cfg, mixed: list[Part], *, batch_size: int, world_size: int, rank: int, seed: int,
                        seq_len: int | None, held_out_dir=None):
     """Stream lanes over the mixture, and each source's held-out set (build.build_stream, per source)."""
-    from bdh_scale.data.build import DataBundle, measure_bytes_per_token, resolve_doc_reset
-    from bdh_scale.data.retry import use_recipe_retries
-    from bdh_scale.data.streamlanes import StreamLanes
-    from bdh_scale.data.tokenizer import load_tokenizer
-    from bdh_scale.data.workers import TokenizerPool
+    from bdh_scale.data.lanes.stream import StreamLanes
+    from bdh_scale.data.sources.retry import use_recipe_retries
+    from bdh_scale.data.tokenize.tokenizer import load_tokenizer
+    from bdh_scale.data.tokenize.workers import TokenizerPool
 
     tokenizer = load_tokenizer(cfg.tokenizer)
     raw = isinstance(tokenizer, ByteTokenizer)
@@ -161,7 +161,7 @@ def build_mixed_stream(cfg, mixed: list[Part], *, batch_size: int, world_size: i
                 raise DataError(f"{p.key}: the held-out data of '{p.name}' has {len(h.tokens):,} tokens, fewer than "
                                 f"one window of T+1 = {seq_len + 1}; raise its val_tokens, lower T, or give it a "
                                 "larger val_split")
-    except DataFault as e:  # before step 1: the input is refused
+    except DataFailedMidRun as e:  # before step 1: the input is refused
         pool.close()
         raise DataError(str(e)) from None
     except BaseException:
@@ -179,7 +179,7 @@ def build_mixed_stream(cfg, mixed: list[Part], *, batch_size: int, world_size: i
                         bad_records=BadRecords(cfg.on_bad_record, cfg.max_bad_records))
     try:
         lanes.check_fits(seq_len or 1)
-    except DataFault as e:  # before step 1: the input is refused, nothing was trained
+    except DataFailedMidRun as e:  # before step 1: the input is refused, nothing was trained
         lanes.close()
         raise DataError(str(e)) from None
     except BaseException:

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bdh_scale.data.encode import tokenizer_hash
-from bdh_scale.data.stream import TokenStream
-from bdh_scale.data.tokenizer import load_tokenizer, token_dtype
+from bdh_scale.data.lanes.tokens import TokenStream
+from bdh_scale.data.sources import SourceKind
+from bdh_scale.data.tokenize.encode import tokenizer_hash
+from bdh_scale.data.tokenize.tokenizer import load_tokenizer, token_dtype
 from bdh_scale.errors import DataError
 from bdh_scale.utils.bounded import read_json
 
@@ -189,3 +190,16 @@ def _checked(path, name: str, size: int, sha256: str, verify: bool) -> Path:
         raise DataError(f"data.source: shard '{file}' is corrupted (sha256 differs from "
                         "meta.json); re-run `python -m data_prep.tokenize` or restore it")
     return file
+
+
+def shard_tokens(cfg):
+    """(tokenizer, stream, description, bad records) of a shard dir: memory-mapped, capped at data.max_tokens."""
+    stream, tokenizer, _meta = open_shards(os.path.expanduser(cfg.source), verify=cfg.verify_checksums,
+                                           tokenizer_spec=cfg.tokenizer)
+    if cfg.max_tokens is not None:
+        stream = stream.view(0, cfg.max_tokens)
+    return tokenizer, stream, f"shard dir '{cfg.source}'", 0
+
+
+KIND = SourceKind("shards", "a shard dir made by data_prep", claims=lambda source: is_shard_dir(os.path.expanduser(source)),
+                  tokens=shard_tokens)

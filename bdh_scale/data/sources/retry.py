@@ -14,7 +14,7 @@ Two layers, both set from the recipe (data.read_retries, data.retry_wait_s):
   up to MAX_WAIT_S, at most data.read_retries times in a row; a read that succeeds starts the
   count again. The reads are the same whether or not they were retried, so are the tokens.
 
-When the retries run out the stream raises a DataFault naming the file (or Hub shard) and the
+When the retries run out the stream raises a DataFailedMidRun naming the file (or Hub shard) and the
 error; the loop saves a checkpoint at the last completed step and stops (exit code 1).
 """
 
