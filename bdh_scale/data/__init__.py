@@ -43,4 +43,4 @@ def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'bdh_scale.data' has no attribute '{name}'")
     module = _EXPORTS[name]
-    return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
+    return getattr(importlib.import_module(module if module.startswith("bdh_scale.") else f"{__name__}.{module}"), name)
