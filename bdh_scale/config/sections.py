@@ -199,7 +199,7 @@ class RunConfig(Section):
             for i, entry in enumerate(self.data.sources):
                 kind = kind_of(entry["source"])
                 if kind.build is not None or kind.marks_answers:
-                    raise ConfigError(f"data.sources[{i}].source: {entry['source']} is {kind.what}, with its own "
+                    raise ConfigError(f"data.sources[{i}].source: {entry['source']} generates episodes with their own "
                                       "layout and validation, and is not mixed; train on it alone with data.source")
             if self.data.score == "answers":
                 raise ConfigError("data.score: 'answers' scores the answers a synthetic source marks, and a mixture "

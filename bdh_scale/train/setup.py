@@ -217,7 +217,7 @@ def setup(cfg: RunConfig) -> Run:
     checkpoints.trackers = trackers.state_dict()
     run = Run(cfg=cfg, accelerator=accelerator, precision=precision, data=data, model=model, raw_model=raw_model,
               optimizer=optimizer, scheduler=scheduler, run_dir=run_dir, checkpoints=checkpoints, guard=guard,
-              inject=inject, log=MetricsLog(run_dir / METRICS, accelerator.is_main_process), trackers=trackers,
+              log=MetricsLog(run_dir / METRICS, accelerator.is_main_process), trackers=trackers,
               samples=SampleTable(trackers), claim=claim,
               mfu=MFU(cfg.model, accelerator.device, precision, accelerator.num_processes, cfg.tracking.peak_tflops),
               step=resumed.step, tokens=resumed.tokens, carried=resumed.states, bad_records=data.bad_records)
