@@ -1,6 +1,13 @@
-"""Everything a training run holds, built in order: Accelerate -> data -> model and optimizer ->
-checks -> run directory (claimed under its lock) -> resume -> schedule. `setup(cfg)` returns it as
-one `Run`; loop.py drives it.
+"""Everything a training run holds (run.py: Run), built as one story, each part once:
+
+    accelerator   processes, device, precision, what the launch asked; will a step fit in memory?
+    run directory which directory the run writes and which checkpoint it continues (claimed under its lock)
+    data          this rank's lanes and the held-out data
+    model         the weights (fresh, train.init_from's, compiled, wrapped for DDP/FSDP) and the optimizer
+    resume        the checkpoint's weights, moments, lanes and RNG; then the run directory is written
+    reporting     schedule, guard, trackers, the metrics log
+
+`setup(cfg)` returns the Run; loop.py drives it.
 
 Nothing is written before every check has passed: the recipe checked itself when it was built,
 preflight.py checks what needs the data and the filesystem, and a resumed checkpoint is read and
@@ -172,30 +179,17 @@ def load_readable(checkpoints: Checkpointer, found: Path, tc, model, optimizer, 
 def setup(cfg: RunConfig) -> Run:
     """Build the run, continue it from a checkpoint when train.resume says so, and say what it is."""
     tc = cfg.train
+    inject.arm()  # test-only faults; inert unless BDH_* variables are set
     watch_launcher()  # a worker whose launcher dies saves and stops instead of training on
-    accelerator, precision = make_accelerator(cfg)
-    check_backend(cfg.model, accelerator.device)
-    accelerator.print(check_memory(cfg, accelerator, precision))  # before a directory is claimed or a weight made
-    from_main(accelerator, lambda: writable_ancestor(tc.out_dir))  # before a directory is claimed in it
+    accelerator, precision = start_accelerator(cfg)
     run_dir, resume_from, layout, claim = claim_run_dir(cfg, accelerator)
     try:  # until the run directory is written, a refusal leaves it as it was
         if resume_from is not None and (relaid := relay_lanes(layout, accelerator.num_processes, tc)):
             accelerator.print(relaid)  # another number of processes: the same global lanes, dealt anew
         data = make_data(cfg, accelerator, resume_from)
-        weights = start_weights(cfg, data.tokenizer, accelerator, resume_from)  # train.init_from, checked
-        # Every rank initializes the same weights: FSDP keeps each rank's own shard of its own init
-        # (DDP would broadcast rank 0's). Dropout then differs across ranks; data order never does.
-        set_seed(tc.seed)
-        model, optimizer = make_model_and_optimizer(cfg, accelerator, precision, weights)
-        set_seed(tc.seed, device_specific=True)
-        raw_model = accelerator.unwrap_model(model)
-        preflight(cfg, data, model, accelerator)
-        inject.arm()  # test-only faults; inert unless BDH_* variables are set
+        model, optimizer = make_model(cfg, accelerator, precision, data, resume_from)
         checkpoints = Checkpointer(run_dir, accelerator, cfg, data.tokenizer)
-        resumed = Resumed(0, 0, [None] * tc.grad_accum_steps, None)
-        if resume_from is not None:  # read and checked on every rank; nothing written yet
-            resumed, resume_from = load_readable(checkpoints, resume_from, tc, model, optimizer, data.train,
-                                                 accelerator.print)
+        resumed, resume_from = resume(checkpoints, resume_from, tc, model, optimizer, data, accelerator)
 
         def write():  # on the main process, every check passed
             write_run_dir(run_dir, cfg, data.tokenizer, resumed.step)
@@ -206,6 +200,47 @@ def setup(cfg: RunConfig) -> Run:
         if claim is not None:
             claim.abandon()
         raise
+    return assemble(cfg, accelerator, precision, run_dir, claim, data, model, optimizer, checkpoints, resumed,
+                    resume_from)
+
+
+def start_accelerator(cfg: RunConfig) -> tuple[Accelerator, str]:
+    """The accelerator and its precision, and what must hold before a directory is claimed or a
+    weight allocated: the attention backend runs here, one step fits in memory, out_dir is writable."""
+    accelerator, precision = make_accelerator(cfg)
+    check_backend(cfg.model, accelerator.device)
+    accelerator.print(check_memory(cfg, accelerator, precision))
+    from_main(accelerator, lambda: writable_ancestor(cfg.train.out_dir))
+    return accelerator, precision
+
+
+def make_model(cfg: RunConfig, accelerator: Accelerator, precision: str, data: DataBundle, resume_from: Path | None):
+    """(prepared model, optimizer) from the recipe (or train.init_from's weights), every rank alike,
+    checked against the data before step 1 (preflight.py)."""
+    tc = cfg.train
+    weights = start_weights(cfg, data.tokenizer, accelerator, resume_from)  # train.init_from, checked
+    # Every rank initializes the same weights: FSDP keeps each rank's own shard of its own init
+    # (DDP would broadcast rank 0's). Dropout then differs across ranks; data order never does.
+    set_seed(tc.seed)
+    model, optimizer = make_model_and_optimizer(cfg, accelerator, precision, weights)
+    set_seed(tc.seed, device_specific=True)
+    preflight(cfg, data, model, accelerator)
+    return model, optimizer
+
+
+def resume(checkpoints: Checkpointer, resume_from: Path | None, tc, model, optimizer, data: DataBundle,
+           accelerator: Accelerator) -> tuple[Resumed, Path | None]:
+    """Where the run stands: step 0, or a checkpoint read and checked on every rank (nothing written)."""
+    if resume_from is None:
+        return Resumed(0, 0, [None] * tc.grad_accum_steps, None), None
+    return load_readable(checkpoints, resume_from, tc, model, optimizer, data.train, accelerator.print)
+
+
+def assemble(cfg, accelerator, precision, run_dir, claim, data, model, optimizer, checkpoints, resumed,
+             resume_from) -> Run:
+    """The Run, with its schedule, guard, trackers and metrics log, at the step it stands; the line
+    that says what it is."""
+    tc = cfg.train
     scheduler = make_schedule(tc, optimizer, resumed.step)
     guard = BadStepGuard(tc.max_bad_steps, accelerator.scaler, last_checkpoint=lambda: checkpoints.last)
     if resumed.faults is not None:
@@ -215,6 +250,7 @@ def setup(cfg: RunConfig) -> Run:
     continues = resume_from is not None and run_dir.resolve() in Path(resume_from).resolve().parents
     trackers.start(cfg.tracking, run_dir.name, cfg.to_dict(), saved_trackers(resume_from) if continues else {})
     checkpoints.trackers = trackers.state_dict()
+    raw_model = accelerator.unwrap_model(model)
     run = Run(cfg=cfg, accelerator=accelerator, precision=precision, data=data, model=model, raw_model=raw_model,
               optimizer=optimizer, scheduler=scheduler, run_dir=run_dir, checkpoints=checkpoints, guard=guard,
               log=MetricsLog(run_dir / METRICS, accelerator.is_main_process), trackers=trackers,
