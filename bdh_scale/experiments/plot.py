@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bdh-plot", description="Plot train/val loss of bdh-scale runs into a PNG.")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories, each with metrics.jsonl")
     parser.add_argument("--out", type=Path, default=Path("loss.png"), help="PNG path (default: loss.png)")
-    parser.add_argument("--x", choices=("step", "tokens"), default="step", help="x axis (default: step)")
+    parser.add_argument("--x", choices=("step", "tokens", "elapsed_s"), default="step",
+                        help="x axis: step, tokens, or elapsed_s (seconds of training: equal wall-clock; default: step)")
     parser.add_argument("--logy", action="store_true", help="log-scale loss axis")
     parser.add_argument("--title", default=None)
     args = parser.parse_args(argv)

@@ -117,12 +117,16 @@ def result_row(run_dir: Path, point: dict[str, str], failed: bool = False) -> di
     out["loss"] = train_rows[-1]["loss"] if train_rows else None
     out["val_loss"] = val[-1]["val_loss"] if val else None
     out["val_bpb"] = val[-1].get("val_bpb") if val else None
+    timed = [r for r in rows if "elapsed_s" in r]
+    out["elapsed_s"] = round(timed[-1]["elapsed_s"], 1) if timed else None  # seconds of training, this machine
     return out
 
 
 def write_table(rows: list[dict], stem: Path, with_json: bool = True) -> tuple[Path, Path]:
-    """<stem>.csv and (with_json) <stem>.json (a list of rows), each written whole and atomically."""
+    """<stem>.csv, <stem>.md (the same table in Markdown, for a results page to show as the command
+    wrote it) and (with_json) <stem>.json (a list of rows), each written whole and atomically."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
+    write_text_atomic(stem.with_suffix(".md"), markdown_table(rows) + "\n")
     csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
@@ -134,12 +138,19 @@ def write_table(rows: list[dict], stem: Path, with_json: bool = True) -> tuple[P
     return csv_path, json_path
 
 
+def cell(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else ("-" if v is None else str(v))
-
     widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(cell(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
