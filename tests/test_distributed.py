@@ -187,3 +187,15 @@ def test_sweep_runs_a_grid_and_collects_one_table(tmp_path, capsys):
                            cwd=ROOT, env=env, timeout=300)
     assert again.stdout.count("finished already, skipped") == 2  # a rerun continues, it does not redo
     assert Path(tmp_path / "g-n_layer1-1").exists() is False
+
+
+def test_sweep_points_change_keys_together_and_cross_the_grid():
+    from bdh_scale.experiments.sweep import parse_grid, parse_point, points
+
+    pairs = [parse_point("train.seq_len=256 train.batch_size=8"), parse_point("train.seq_len=512 train.batch_size=4")]
+    grid = points(parse_grid(["train.state=reset,carry"]), pairs)
+    assert [(p["train.seq_len"], p["train.batch_size"], p["train.state"]) for p in grid] == [
+        ("256", "8", "reset"), ("256", "8", "carry"), ("512", "4", "reset"), ("512", "4", "carry")]
+    assert points(parse_grid(["model.n_layer=2,4"])) == [{"model.n_layer": "2"}, {"model.n_layer": "4"}]
+    with pytest.raises(SystemExit, match="space-separated section.key=value"):
+        parse_point("seq_len=256")

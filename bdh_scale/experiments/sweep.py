@@ -79,10 +79,24 @@ def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
     return grid
 
 
-def points(grid: list[tuple[str, list[str]]]) -> list[dict[str, str]]:
-    """The cartesian product of the grid, in order (first key slowest)."""
+def points(grid: list[tuple[str, list[str]]], paired: list[dict[str, str]] = ()) -> list[dict[str, str]]:
+    """The cartesian product of the grid, in order (first key slowest); with `paired` points
+    (--point), each of them crossed with the grid."""
     keys = [k for k, _ in grid]
-    return [dict(zip(keys, combo)) for combo in itertools.product(*[v for _, v in grid])]
+    product = [dict(zip(keys, combo)) for combo in itertools.product(*[v for _, v in grid])]
+    return [{**p, **g} for p in paired for g in product] if paired else product
+
+
+def parse_point(item: str) -> dict[str, str]:
+    """'train.seq_len=512 train.batch_size=4' -> one point whose keys change together."""
+    point = {}
+    for part in item.split():
+        key, sep, value = part.partition("=")
+        if not sep or "." not in key or not value:
+            raise SystemExit(f"error: --point {item!r}: expected space-separated section.key=value pairs, "
+                             "e.g. --point 'train.seq_len=512 train.batch_size=4'")
+        point[key] = value
+    return point
 
 
 def run_name(name: str, point: dict[str, str]) -> str:
@@ -164,6 +178,9 @@ def parse_args(argv):
     p.add_argument("recipe", help="YAML recipe every point starts from")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="a recipe key and its values; repeat for more keys (cartesian product)")
+    p.add_argument("--point", action="append", default=[], metavar="'K1=V1 K2=V2'",
+                   help="keys that change together (e.g. T and B at equal tokens); repeat for more points, each "
+                        "crossed with --grid")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="fixed",
                    help="an override applied to every point")
     p.add_argument("--name", default="sweep", help="sweep name: prefix of the run names and of the table")
@@ -180,7 +197,7 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    grid = points(parse_grid(args.grid))
+    grid = points(parse_grid(args.grid), [parse_point(p) for p in args.point])
     for point in grid:  # values must be YAML, as on the train command line
         for key, value in point.items():
             try:
