@@ -65,7 +65,7 @@ def test_bad_tokenizer_specs_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="no tokenizer file at"):
         load_tokenizer(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("not json")
-    with pytest.raises(DataError, match="not a tokenizer JSON"):
+    with pytest.raises(DataError, match="is not valid JSON"):
         load_tokenizer(tmp_path / "bad.json")
     with pytest.raises(DataError, match="at least 257"):
         train_bpe(iter(CORPUS), vocab_size=100)

@@ -130,7 +130,7 @@ def test_profile_steps_writes_a_chrome_trace_into_the_run_directory(tmp_path, ca
     (trace,) = (tmp_path / "p/profile").glob("*.pt.trace.json")
     events = json.loads(trace.read_text())["traceEvents"]
     assert any("aten::" in e.get("name", "") for e in events)
-    assert "profile: steps 3-4 traced into" in capsys.readouterr().out
+    assert "profile: steps 2-3 traced into" in capsys.readouterr().out
 
 
 def test_the_processes_an_accelerate_command_line_asked_for():

@@ -158,7 +158,7 @@ def test_the_check_refuses_by_the_room_it_is_given_and_memory_check_false_lets_t
     from accelerate import Accelerator
 
     from bdh_scale.config import load_config
-    from bdh_scale.train import memory_check
+    from bdh_scale.train.checks import memory as memory_check
 
     cfg = load_config(RECIPE, TINY)
     monkeypatch.setattr(memory_check, "available_bytes", lambda device: (1 << 20, "in this test"))

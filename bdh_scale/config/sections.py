@@ -57,7 +57,7 @@ class TrainConfig(Section):
     # the device's memory (train/checks/memory.py); false: try anyway
     memory_check: bool = True
     profile_steps: NonNegInt = 0  # steps traced by the torch profiler into <run_dir>/profile (0: none; train/report/profiling.py)
-    profile_from: NonNegInt = 10  # the traced steps start after this step (and one warm-up step)
+    profile_from: NonNegInt = 10  # this step warms the profiler up; the profile_steps after it are traced
     eval_every: NonNegInt = 250  # steps between validations (0: only at the end)
     eval_batches: NonNegInt = 20  # held-out batches per validation (0: no validation)
     eval_seq_len: PosInt | None = None  # T of validation windows (default: seq_len)

@@ -47,7 +47,7 @@ def use_cpu_processes() -> bool:
 
 def launcher_processes(cmdline: list[str]) -> int | None:
     """The --num_processes an `accelerate launch` command line asked for, None if it asked none."""
-    if "launch" not in cmdline:
+    if not any(arg == "launch" or arg.endswith("commands.launch") for arg in cmdline):
         return None
     for i, arg in enumerate(cmdline):
         for flag in ("--num_processes", "--num-processes"):
