@@ -33,7 +33,7 @@ from bdh_scale.data.sources.badrecords import BadRecords
 from bdh_scale.data.sources.names import local_files, looks_like_path
 from bdh_scale.data.sources.retry import use_recipe_retries
 from bdh_scale.data.tokenize.tokenizer import ByteTokenizer, load_tokenizer
-from bdh_scale.errors import DataError, DataFailedMidRun
+from bdh_scale.errors import DataError
 
 
 def lanes_kind(cfg: DataConfig, kind: SourceKind | None = None) -> str:
@@ -145,7 +145,7 @@ def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int
                  held_out_dir=None) -> DataBundle:
     """Stream lanes over data.source (a Hub dataset or local files read through `datasets`)."""
     from bdh_scale.data.lanes.heldout import load_held_out, read_held_out
-    from bdh_scale.data.lanes.stream import StreamLanes
+    from bdh_scale.data.lanes.stream import StreamLanes, before_step_one
     from bdh_scale.data.sources.reader import dataset_source
     from bdh_scale.data.sources.units import DocumentStream
     from bdh_scale.data.tokenize.workers import TokenizerPool
@@ -157,19 +157,13 @@ def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int
     doc_reset = resolve_doc_reset(cfg, source.documents, source.describe)
     docs = DocumentStream(source, rank, world_size, retries=cfg.read_retries, retry_wait_s=cfg.retry_wait_s)
     pool = TokenizerPool(tokenizer, cfg.workers)
-    try:
+    with before_step_one(pool):
         held = load_held_out(held_out_dir, cfg, tokenizer) if held_out_dir is not None else None
         held = held or read_held_out(cfg, docs, tokenizer, pool)
         if seq_len is not None and len(held.tokens) < seq_len + 1:
             raise DataError(f"data.val_tokens: the held-out data of {source.describe} has {len(held.tokens):,} "
                             f"tokens, fewer than one window of T+1 = {seq_len + 1}; raise data.val_tokens, lower T, "
                             "or set data.val_split to a larger split")
-    except DataFailedMidRun as e:  # before step 1: the input is refused
-        pool.close()
-        raise DataError(str(e)) from None
-    except BaseException:
-        pool.close()
-        raise
 
     def reopen(revision: str) -> DocumentStream:
         return replace(docs, source=dataset_source(cfg, raw, revision)).holding_out(held.digests, held.pieces)
@@ -177,14 +171,8 @@ def build_stream(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int
     lanes = StreamLanes(docs.holding_out(held.digests, held.pieces), pool, batch_size, world_size=world_size,
                         rank=rank, buffer=cfg.stream_buffer, pin_memory=cfg.pin_memory, reopen=reopen,
                         bad_records=BadRecords(cfg.on_bad_record, cfg.max_bad_records))
-    try:
+    with before_step_one(lanes):
         lanes.check_fits(seq_len or 1)
-    except DataFailedMidRun as e:  # before step 1: the input is refused, nothing was trained
-        lanes.close()
-        raise DataError(str(e)) from None
-    except BaseException:
-        lanes.close()
-        raise
     val = held.stream
     return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=measure_bytes_per_token(tokenizer, val),
                       source=f"{source.describe} (streamed, {world_size} x {batch_size} lanes)", n_tokens=None,

@@ -32,6 +32,7 @@ between, and the records its start-up met, counted before the checkpoint, are no
 from __future__ import annotations
 
 from collections import deque
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
@@ -267,3 +268,17 @@ def _read(docs: DocumentStream, start: Position, pool: TokenizerPool, put, stopp
         position, after, documents, bad = in_flight.popleft()
         if not put(_Tokenized(position, after, ids, lengths, documents, bad)):
             return
+
+
+@contextmanager
+def before_step_one(resource):
+    """Starting a stream: a data fault before step 1 is the input's (a DataError, exit 2, nothing
+    written), and `resource` (the tokenizer pool, the lanes) is closed on any failure."""
+    try:
+        yield
+    except DataFailedMidRun as e:
+        resource.close()
+        raise DataError(str(e)) from None
+    except BaseException:
+        resource.close()
+        raise

@@ -35,7 +35,7 @@ from bdh_scale.data.sources.reader import DatasetSource, dataset_source, rows_ar
 from bdh_scale.data.sources.record_files import record_text
 from bdh_scale.data.sources.units import ROWS_PER_UNIT, DocumentStream, digest
 from bdh_scale.data.tokenize.tokenizer import ByteTokenizer
-from bdh_scale.errors import DataError, DataFailedMidRun
+from bdh_scale.errors import DataError
 
 PIECE_ROWS = 32  # rows (lines, translation pairs) of running text per example of a mixture
 
@@ -144,7 +144,7 @@ def read_held_out_sets(cfg, mixed, sources, tokenizer, pool, held_out_dir) -> li
 def build_mixed_stream(cfg, mixed: list[Part], *, batch_size: int, world_size: int, rank: int, seed: int,
                        seq_len: int | None, held_out_dir=None):
     """Stream lanes over the mixture, and each source's held-out set (build.build_stream, per source)."""
-    from bdh_scale.data.lanes.stream import StreamLanes
+    from bdh_scale.data.lanes.stream import StreamLanes, before_step_one
     from bdh_scale.data.sources.retry import use_recipe_retries
     from bdh_scale.data.tokenize.tokenizer import load_tokenizer
     from bdh_scale.data.tokenize.workers import TokenizerPool
@@ -154,19 +154,13 @@ def build_mixed_stream(cfg, mixed: list[Part], *, batch_size: int, world_size: i
     use_recipe_retries(cfg.read_retries, cfg.retry_wait_s)
     sources = [source_examples(p, raw) for p in mixed]
     pool = TokenizerPool(tokenizer, cfg.workers)
-    try:
+    with before_step_one(pool):
         held = read_held_out_sets(cfg, mixed, sources, tokenizer, pool, held_out_dir)
         for p, h in zip(mixed, held):
             if seq_len is not None and len(h.tokens) < seq_len + 1:
                 raise DataError(f"{p.key}: the held-out data of '{p.name}' has {len(h.tokens):,} tokens, fewer than "
                                 f"one window of T+1 = {seq_len + 1}; raise its val_tokens, lower T, or give it a "
                                 "larger val_split")
-    except DataFailedMidRun as e:  # before step 1: the input is refused
-        pool.close()
-        raise DataError(str(e)) from None
-    except BaseException:
-        pool.close()
-        raise
     docs = DocumentStream(mixture(mixed, sources, held, seed, raw), rank, world_size, retries=cfg.read_retries,
                           retry_wait_s=cfg.retry_wait_s)
 
@@ -177,14 +171,8 @@ def build_mixed_stream(cfg, mixed: list[Part], *, batch_size: int, world_size: i
     lanes = StreamLanes(docs, pool, batch_size, world_size=world_size, rank=rank, buffer=cfg.stream_buffer,
                         pin_memory=cfg.pin_memory, reopen=reopen,
                         bad_records=BadRecords(cfg.on_bad_record, cfg.max_bad_records))
-    try:
+    with before_step_one(lanes):
         lanes.check_fits(seq_len or 1)
-    except DataFailedMidRun as e:  # before step 1: the input is refused, nothing was trained
-        lanes.close()
-        raise DataError(str(e)) from None
-    except BaseException:
-        lanes.close()
-        raise
     by_source = {p.name: (h.stream, measure_bytes_per_token(tokenizer, h.stream)) for p, h in zip(mixed, held)}
     val = concatenate([h.stream for h in held])
     what = f"{docs.source.describe} (streamed, {world_size} x {batch_size} lanes)"
