@@ -130,13 +130,15 @@ class MuonWithAdamW(torch.optim.Optimizer):
                 self._adamw_group(group)
         return loss
 
+    def _with_grads(self, group: dict):
+        """(parameter, its gradient, its optimizer state) for each parameter of the group that has a gradient."""
+        for p in group["params"]:
+            if p.grad is not None:
+                yield p, p.grad, self.state[p]
+
     def _muon_group(self, group: dict) -> None:
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            grad = p.grad
-            state = self.state[p]
+        for p, grad, state in self._with_grads(group):
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(grad)
             buf = state["momentum_buffer"]
@@ -149,11 +151,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def _adamw_group(self, group: dict) -> None:
         lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
         beta1, beta2 = group["betas"]
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            grad = p.grad
-            state = self.state[p]
+        for p, grad, state in self._with_grads(group):
             if "step" not in state:
                 state["step"] = 0
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
