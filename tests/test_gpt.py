@@ -7,7 +7,14 @@ from bdh_scale.model.output import ModelOutput
 
 def tiny(**kw):
     torch.manual_seed(0)
-    return GPT(GPTConfig(**{"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 50, "block_size": 16, **kw}))
+    model = GPT(GPTConfig(**{"n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 50, "block_size": 16, **kw}))
+    for shift in model.token_shift:  # zero at initialisation: random taps, or a lost tap would change nothing
+        torch.nn.init.normal_(shift.weight, std=0.3)
+    return model
+
+
+PATHS = [{}, {"token_shift": "embed"}, {"token_shift": "layer", "token_shift_kernel": 3}]
+PATH_IDS = ["none", "embed", "layer_k3"]
 
 
 def test_shapes_and_loss():
@@ -30,8 +37,9 @@ def test_causal():
     assert not torch.allclose(a[:, 7:], b[:, 7:])
 
 
-def test_a_document_boundary_equals_running_the_documents_separately():
-    model = tiny().eval()
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_a_document_boundary_equals_running_the_documents_separately(path):
+    model = tiny(**path).eval()
     idx = torch.randint(0, 50, (2, 14))
     doc_start = torch.zeros(2, 14, dtype=torch.bool)
     doc_start[0, 5] = doc_start[1, 0] = doc_start[1, 9] = True
@@ -98,12 +106,43 @@ def test_the_head_is_tied_to_the_embedding(bias):
     assert model.num_params() == model.config.n_layer * per_layer + (V + model.config.block_size) * d + d * (1 + bias)
 
 
-def test_save_and_load_pretrained_round_trip(tmp_path):
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_save_and_load_pretrained_round_trip(tmp_path, path):
     from bdh_scale.model import load_pretrained
 
-    model = tiny().eval()
+    model = tiny(**path).eval()
     model.save_pretrained(tmp_path / "final")
     loaded = load_pretrained(tmp_path / "final").eval()
     assert isinstance(loaded, GPT)
     idx = torch.randint(0, 50, (1, 8))
     assert torch.equal(model(idx).logits, loaded(idx).logits)
+
+
+@pytest.mark.parametrize("mode", ["embed", "layer"])
+def test_the_previous_token_path_starts_as_the_plain_model_and_reads_the_tokens_before(mode):
+    """Zero-initialised, the path changes nothing; trained, token t's output depends on the tokens
+    before it through the path as well (k = 3: the two before), and still never on a later one."""
+    torch.manual_seed(0)
+    plain = GPT(GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=50, block_size=16)).eval()
+    torch.manual_seed(0)
+    fresh = GPT(GPTConfig(n_layer=2, n_embd=32, n_head=4, vocab_size=50, block_size=16, token_shift=mode,
+                          token_shift_kernel=3)).eval()
+    assert len(fresh.token_shift) == {"embed": 1, "layer": 2}[mode]
+    assert fresh.num_params() == plain.num_params() + len(fresh.token_shift) * 2 * 32 * 32
+    idx = torch.randint(0, 50, (2, 12))
+    assert torch.equal(plain(idx).logits, fresh(idx).logits)
+    trained = tiny(token_shift=mode, token_shift_kernel=3).eval()
+    for shift in trained.token_shift:
+        shift.weight.data *= 10  # loud enough to see through the attention's own mixing
+    changed = idx.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % 50
+    a, b = trained(idx).logits, trained(changed).logits
+    assert torch.allclose(a[:, :5], b[:, :5], atol=1e-6)
+    # with the attention silenced, token 5 still reaches the next 2 positions through each shift
+    # (two taps), so 2 (embed) or 4 (layer: two stacked) positions after it, and no further
+    for block in trained.blocks:
+        block.attn.proj.weight.data.zero_()
+    a, b = trained(idx).logits, trained(changed).logits
+    reach = 2 * len(trained.token_shift)
+    assert all(not torch.allclose(a[:, t], b[:, t]) for t in range(6, 6 + reach))
+    assert torch.allclose(a[:, 6 + reach:], b[:, 6 + reach:], atol=1e-6)

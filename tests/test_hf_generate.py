@@ -12,7 +12,8 @@ from tests.helpers.tiny_models import tiny_model
 
 OPTIONS = {"bdh": dict(forget_mode="data", diff_attn=True), "bdh_window": dict(attn_window=4),
            "bdh_shift": dict(token_shift="layer", token_shift_kernel=3, forget_mode="scalar"),
-           "gpt": dict(arch="gpt", block_size=64), "bdh_hrm": dict(arch="bdh_hrm", token_shift="embed")}
+           "gpt": dict(arch="gpt", block_size=64),
+           "gpt_shift": dict(arch="gpt", block_size=64, token_shift="layer", token_shift_kernel=3), "bdh_hrm": dict(arch="bdh_hrm", token_shift="embed")}
 STATEFUL = ["bdh", "bdh_window", "bdh_shift"]
 PROMPTS = ["ROMEO:", "KING RICHARD III:"]
 

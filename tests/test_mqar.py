@@ -145,7 +145,6 @@ BAD = [
     (["data.mqar.window=64"], "data.mqar.window: synthetic:mqar lays its episodes out in windows of 64"),
     (["data.mqar.filler_token=300"], "data.mqar.filler_token: 300"),
     (["data.source=tinyshakespeare"], "data.score: 'answers' scores the answers a synthetic source marks"),
-    (["model.arch=gpt"], "model.token_shift: layer is BDH's previous-token path"),
 ]
 
 

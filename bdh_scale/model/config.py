@@ -25,6 +25,8 @@ class CommonFields:
     n_head: PosInt = 4  # heads; each BDH head has its own N neurons
     vocab_size: PosInt = 256  # 256 for the byte tokenizer; follows the tokenizer otherwise
     dropout: Annotated[float, Range(0.0, 1.0)] = 0.1  # dropout (BDH: on the sparse xy activations)
+    token_shift: Literal["none", "embed", "layer"] = "none"  # previous-token path (every architecture): none | embed (once, on the embeddings) | layer (before every layer)
+    token_shift_kernel: Annotated[int, Range(2, 16)] = 2  # k: the current input plus its k-1 predecessors (2: a token shift)
 
 
 @dataclass
@@ -36,4 +38,3 @@ class ModelConfig(HRMFields, GPTFields, BDHFields, CommonFields, Section):
             self.bad("n_embd", f"{self.n_embd} is not divisible by n_head={self.n_head}; "
                                "pick n_embd a multiple of n_head")
         self.check_bdh()
-        self.check_gpt()

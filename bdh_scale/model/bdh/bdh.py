@@ -21,7 +21,7 @@ from bdh_scale.model.bdh.attention import (AttnState, BDHState, ForgetGate, atte
                                            causal_self_attention, pick_backend)
 from bdh_scale.model.bdh.attention.fla import attend_fla, unavailable as fla_unavailable, warn_fallback
 from bdh_scale.model.bdh.rope import RopeCache, rotate
-from bdh_scale.model.bdh.token_shift import TokenShift
+from bdh_scale.model.bdh.token_shift import TokenShift, token_shifts
 from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.output import ModelOutput, lm_loss
 from bdh_scale.model.pretrained import Pretrained
@@ -75,13 +75,6 @@ def projection_params(nh: int, D: int, N: int) -> dict[str, nn.Parameter]:
 def active_boundaries(doc_start: torch.Tensor | None) -> torch.Tensor | None:
     """doc_start, or None when it marks no token: windows without a boundary keep the fast paths."""
     return doc_start if doc_start is not None and bool(doc_start.any()) else None
-
-
-def token_shifts(config: ModelConfig, n_layers: int) -> nn.ModuleList:
-    """The previous-token path's modules (model/bdh/token_shift.py): one for `embed`, one per layer
-    for `layer`, none without it."""
-    n = {"none": 0, "embed": 1, "layer": n_layers}[config.token_shift]
-    return nn.ModuleList(TokenShift(config.n_embd, config.token_shift_kernel) for _ in range(n))
 
 
 def shifted(shift: TokenShift, x: torch.Tensor, prev: list, i: int, doc_start, new: list) -> torch.Tensor:
@@ -206,7 +199,7 @@ class BDH(Pretrained, nn.Module):
             for name, p in projection_params(nh, D, N).items():
                 self.register_parameter(name, p)
         self.layers = nn.ModuleList(BDHLayer(config, i) for i in range(config.n_layer))
-        self.token_shift = token_shifts(config, config.n_layer)
+        self.token_shift = token_shifts(config.token_shift, config.n_embd, config.token_shift_kernel, config.n_layer)
         self.lm_head = nn.Parameter(torch.randn(D, config.vocab_size) * 0.02)
         self.rope = RopeCache(N, config.rope_theta)
         self.gradient_checkpointing = False

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from bdh_scale.utils.quote import short
-from bdh_scale.utils.schema import Gt, NonNegInt, PosInt, Range
+from bdh_scale.utils.schema import Gt, NonNegInt, PosInt
 
 
 @dataclass
@@ -22,8 +22,6 @@ class BDHFields:
     forget_timescales: list[float] | None = None  # [first, last]: heads' initial memory in tokens, geometric; null: all ~400
     attn_window: PosInt | None = None  # local window w: only the last w positions attend (None: all)
     diff_attn: bool = False  # differential attention: second map over half the neurons, subtracted
-    token_shift: Literal["none", "embed", "layer"] = "none"  # previous-token path: none | embed (once, on the embeddings) | layer (before every layer)
-    token_shift_kernel: Annotated[int, Range(2, 16)] = 2  # k: the current input plus its k-1 predecessors (2: a token shift)
 
     @property
     def n_neurons(self) -> int:

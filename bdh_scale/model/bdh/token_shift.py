@@ -15,6 +15,10 @@ previous tokens' inputs into each token's own input, and the lookup becomes one 
 model without it. The last k-1 inputs it read are the state it carries (BDHState.shift), so
 windows read one by one equal one long forward; a document start cuts it like the attention
 state: no input of an earlier document is mixed in.
+
+The GPT baseline takes the same path (model/gpt/gpt.py), without a carried state: it is the short
+causal convolution Zoology's attention baseline opens with, and with it softmax attention learns
+MQAR in a few hundred steps where it otherwise sits at 1/pairs (docs/results/recall_text.md).
 """
 from __future__ import annotations
 
@@ -54,3 +58,9 @@ class TokenShift(nn.Module):
         if same is not None:  # what the next window may read: only the inputs of its first token's document
             tail = tail * (seg[:, -k1:] == seg[:, -1:]).unsqueeze(-1).to(x.dtype)
         return out, tail
+
+
+def token_shifts(mode: str, n_embd: int, kernel: int, n_layers: int) -> nn.ModuleList:
+    """The path's modules for model.token_shift: one for `embed`, one per layer for `layer`, none for `none`."""
+    n = {"none": 0, "embed": 1, "layer": n_layers}[mode]
+    return nn.ModuleList(TokenShift(n_embd, kernel) for _ in range(n))

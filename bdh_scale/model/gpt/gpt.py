@@ -6,7 +6,9 @@ softmax attention (`F.scaled_dot_product_attention`, flash kernels where availab
 `F.linear(x, embed.weight)`, so the state_dict holds the matrix once and safetensors can
 save it). Residual output
 projections start at std 0.02 / sqrt(2 * n_layer) so the residual stream does not grow with
-depth. It speaks the same interface as BDH (`forward -> ModelOutput`, `generate`) so the
+depth. `model.token_shift` gives it BDH's previous-token path (model/bdh/token_shift.py), once
+on the embeddings or before every block, without a carried state: the short causal convolution
+that Zoology's attention baseline opens with. It speaks the same interface as BDH (`forward -> ModelOutput`, `generate`) so the
 trainer can run either; it has no recurrent state, so it only trains with train.state
 "reset".
 """
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bdh_scale.model.bdh.token_shift import token_shifts
 from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.output import ModelOutput, lm_loss
 from bdh_scale.model.pretrained import Pretrained
@@ -38,6 +41,8 @@ class GPTConfig:
     dropout: float = 0.0
     block_size: int = 1024
     bias: bool = False
+    token_shift: str = "none"  # none | embed | layer: the previous-token path, as on BDH
+    token_shift_kernel: int = 2
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
@@ -97,6 +102,7 @@ class GPT(RerunGeneration, Pretrained, nn.Module):
         self.pos_embed = nn.Embedding(config.block_size, config.n_embd)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.token_shift = token_shifts(config.token_shift, config.n_embd, config.token_shift_kernel, config.n_layer)
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.gradient_checkpointing = False  # set by the trainer, as on BDH
         self.apply(self._init_weights)
@@ -134,7 +140,10 @@ class GPT(RerunGeneration, Pretrained, nn.Module):
             mask = mask[:, None]  # one mask for every head
             pos = pos - torch.where(doc_start, pos, 0).cummax(dim=1).values  # from the document's start
         x = self.drop(self.embed(idx) + self.pos_embed(pos))
-        for block in self.blocks:
+        cut = doc_start if mask is not None else None  # the path mixes no token of an earlier document in
+        for i, block in enumerate(self.blocks):
+            if i < len(self.token_shift):  # `embed`: before the first block only; `layer`: before each
+                x = self.token_shift[i](x, None, cut)[0]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, mask, use_reentrant=False)
             else:
@@ -154,7 +163,8 @@ class GPT(RerunGeneration, Pretrained, nn.Module):
     @classmethod
     def from_config(cls, config: ModelConfig) -> "GPT":
         return cls(GPTConfig(n_layer=config.n_layer, n_embd=config.n_embd, n_head=config.n_head,
-                             vocab_size=config.vocab_size, dropout=config.dropout, block_size=config.block_size))
+                             vocab_size=config.vocab_size, dropout=config.dropout, block_size=config.block_size,
+                             token_shift=config.token_shift, token_shift_kernel=config.token_shift_kernel))
 
     def model_config(self) -> ModelConfig:
         """This model as the recipe's model section (arch gpt), which config.json holds; bias=True
@@ -163,4 +173,5 @@ class GPT(RerunGeneration, Pretrained, nn.Module):
         if c.bias:
             raise ValueError("save_pretrained: bias=True cannot be described by the model config (no bias field)")
         return ModelConfig(arch="gpt", n_layer=c.n_layer, n_embd=c.n_embd, n_head=c.n_head,
-                         vocab_size=c.vocab_size, dropout=c.dropout, block_size=c.block_size)
+                         vocab_size=c.vocab_size, dropout=c.dropout, block_size=c.block_size,
+                         token_shift=c.token_shift, token_shift_kernel=c.token_shift_kernel)

@@ -45,9 +45,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from bdh_scale.model.bdh.bdh import (BDH, BDHLayer, active_boundaries, layer_norm, projection_params, shifted,
-                                     token_shifts)
+from bdh_scale.model.bdh.bdh import BDH, BDHLayer, active_boundaries, layer_norm, projection_params, shifted
 from bdh_scale.model.bdh.rope import RopeCache
+from bdh_scale.model.bdh.token_shift import token_shifts
 from bdh_scale.model.config import ModelConfig
 from bdh_scale.model.output import ModelOutput, lm_loss, scored_mean, token_ce
 from bdh_scale.model.pretrained import Pretrained
@@ -69,7 +69,8 @@ class BDHStack(nn.Module):
             for name, p in projection_params(config.n_head, config.n_embd, config.n_neurons).items():
                 self.register_parameter(name, p)
         self.layers = nn.ModuleList(BDHLayer(config, i) for i in range(n_layers))
-        self.token_shift = token_shifts(config, n_layers) if config.token_shift == "layer" else nn.ModuleList()
+        mode = "layer" if config.token_shift == "layer" else "none"  # `embed` belongs to the hybrid's input
+        self.token_shift = token_shifts(mode, config.n_embd, config.token_shift_kernel, n_layers)
 
     projections = BDH.projections  # (encoder, encoder_v, decoder) of layer i: own or shared
 
@@ -96,7 +97,8 @@ class BDHHRM(RerunGeneration, Pretrained, nn.Module):
         D = config.n_embd
         self.embed = nn.Embedding(config.vocab_size, D)
         nn.init.normal_(self.embed.weight, std=0.02)
-        self.token_shift = token_shifts(config, 1) if config.token_shift == "embed" else nn.ModuleList()
+        mode = "embed" if config.token_shift == "embed" else "none"  # `layer` belongs to the stacks
+        self.token_shift = token_shifts(mode, config.n_embd, config.token_shift_kernel, 1)
         self.L = BDHStack(config, config.hrm_l_layers)
         self.H = BDHStack(config, config.hrm_h_layers)
         self.lm_head = nn.Parameter(torch.randn(D, config.vocab_size) * 0.02)
