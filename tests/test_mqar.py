@@ -39,6 +39,15 @@ def test_an_episode_states_its_pairs_then_asks_every_key_once_in_its_window(dist
     assert (tok[rest] == 0).all()  # filler everywhere else
 
 
+def test_values_drawn_from_the_keys_ids_share_their_vocabulary_and_keep_the_layout():
+    upper, shared = mqar(), mqar(values="keys")
+    a, b = upper.episode(np.random.default_rng(5), 0), shared.episode(np.random.default_rng(5), 0)
+    values = b.tokens[1:2 * P:2]
+    assert all(1 <= v < V // 2 for v in values) and not all(1 <= v < V // 2 for v in a.tokens[1:2 * P:2])
+    assert np.array_equal(a.tokens[0:2 * P:2], b.tokens[0:2 * P:2]) and np.array_equal(a.queries, b.queries)
+    assert (upper.value_ids, shared.value_ids) == (V // 2, V // 2 - 1)
+
+
 def test_lanes_are_deterministic_resume_exactly_and_deal_the_same_lanes_to_any_number_of_processes():
     m = mqar(gap=[0, 2])
     one = MQARLanes(m, 4)

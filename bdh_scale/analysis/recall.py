@@ -151,14 +151,14 @@ def mqar_recall(model, mqar, *, distances: list[int], episodes: int, seed: int, 
         rows.append(row)
     c = model.config
     return {"source": "synthetic:mqar", "T": T, "pairs": mqar.cfg.pairs, "vocab_size": mqar.V, "seed": seed,
-            "chance_accuracy": 1 / mqar.cfg.pairs, "chance_without_pairs": 1 / (mqar.V - mqar.V // 2),
+            "chance_accuracy": 1 / mqar.cfg.pairs, "chance_without_pairs": 1 / mqar.value_ids,
             "arch": model.arch, "stateful": reach is None, "reach_tokens": reach, "readings": list(read),
             "token_shift": getattr(c, "token_shift", "none"), "forget_mode": getattr(c, "forget_mode", "none"),
             "distances": rows,
             "definition": "episodes whose queries fill the window d windows after the pairs' window (0: the same "
                           "window), read window by window from the episode start; accuracy: queries whose argmax is "
                           "their value; chance_accuracy: one of the episode's values guessed; chance_without_pairs: "
-                          "one of all V/2 values guessed, the level of a reading that cannot see the pairs (the "
+                          "one of all the value ids guessed, the level of a reading that cannot see the pairs (the "
                           "independent windows past distance 0); answer_loss: nats per value"
                           + (stateless_note("the pairs, gap and queries") if reach else "")}
 

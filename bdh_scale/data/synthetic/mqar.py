@@ -6,7 +6,7 @@ key again; the answer to a query is its value, predicted at the query's position
     k1 v1 k2 v2 ... kP vP | filler ... | ... k3 v3 ... k1 v1 ...   (queries in random order)
 
 Keys come from the lower half of the vocabulary (ids 1 .. V/2 - 1, distinct in an episode),
-values from the upper half (V/2 .. V-1); token 0 is the filler unless data.mqar.filler says
+values from the upper half (V/2 .. V-1; data.mqar.values=keys draws them from the keys' ids); token 0 is the filler unless data.mqar.filler says
 otherwise (random tokens, or a slice of a corpus). The layout is counted in windows of the run's
 T (data.mqar.window): the pairs open a window, and the queries fill the window `distance`
 windows later, at random even offsets. Distance 0 puts both in one window (pairs first, queries
@@ -77,6 +77,11 @@ class MQAR:
             raise DataError(f"data.mqar.filler: '{cfg.filler}' has {len(filler_tokens):,} tokens, fewer than one window "
                             f"of {T}; use a larger corpus")
 
+    @property
+    def value_ids(self) -> int:
+        """How many ids a value may take: the upper half, or the keys' ids 1 .. V/2-1."""
+        return self.V - self.V // 2 if self.cfg.values == "upper" else self.V // 2 - 1
+
     def check_distance(self, distance: int) -> None:
         """A window holds the pairs (2P tokens) and, at distance 0, their queries too (4P)."""
         P, T = self.cfg.pairs, self.T
@@ -100,7 +105,7 @@ class MQAR:
         P, T, half = self.cfg.pairs, self.T, self.V // 2
         tokens = self.fill(rng, (distance + 1) * T)
         keys = rng.choice(np.arange(1, half), P, replace=False)
-        values = rng.integers(half, self.V, P)
+        values = rng.integers(half, self.V, P) if self.cfg.values == "upper" else rng.integers(1, half, P)
         tokens[0:2 * P:2], tokens[1:2 * P:2] = keys, values
         lo = (2 * P if distance == 0 else 0) + distance * T  # the queries' region: the rest of its window
         slots = lo + 2 * np.sort(rng.choice((T * (distance + 1) - lo) // 2, P, replace=False))

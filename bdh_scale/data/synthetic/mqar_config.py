@@ -3,7 +3,7 @@ the data section (data/config.py) can hold it without importing the source's gen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Literal
 
 from bdh_scale.utils.quote import short
 from bdh_scale.utils.schema import NonEmpty, NonNegInt, PosInt, Section
@@ -25,6 +25,10 @@ class MQARConfig(Section):
     # filler between pairs and queries: "constant" (data.mqar.filler_token), "random" (uniform
     # over the vocabulary), or a bundled corpus / text file whose tokens are cut at random offsets
     filler: Annotated[str, NonEmpty("'constant', 'random' or a corpus such as 'tinyshakespeare'")] = "constant"
+    # where the values come from: "upper" (ids V/2 .. V-1, apart from the keys: Zoology's layout) or
+    # "keys" (the keys' own ids 1 .. V/2-1, so nothing but its position tells a value from a key, as
+    # with digits copied from running text)
+    values: Literal["upper", "keys"] = "upper"
     # the filler token of filler=constant
     filler_token: NonNegInt = 0
     # distance of the held-out episodes (validation); null: the largest distance trained on
