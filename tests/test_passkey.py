@@ -114,6 +114,38 @@ def test_a_stateless_model_reads_the_last_tokens_of_an_episode_that_fits_from_it
     assert r["window"]["answer_loss"] == pytest.approx(direct["loss"] / direct["tokens"], rel=1e-6)
 
 
+def test_episodes_laid_out_in_windows_begin_a_window_and_keep_their_fact_and_question_in_it():
+    T = 128
+    plain, aligned = passkey(max_gap=40, max_lead=8).stream(), passkey(max_gap=40, max_lead=8, window=T).stream()
+    tokens, starts, answers = aligned
+    assert (starts % T == 0).all() and len(tokens) % T == 0 and len(starts) == len(plain[1])
+    raws = np.split(plain[0], plain[1][1:])
+    for doc, mark, raw in zip(np.split(tokens, starts[1:]), np.split(answers, starts[1:]), raws):
+        assert len(doc) == T and np.array_equal(doc[:len(raw)], raw)  # the episode, then filler to the window's end
+        assert mark[:len(raw)].sum() == 5 and not mark[len(raw):].any()
+    # unaligned, windows of T cut some episodes between their fact and their question
+    fact_at = [s + bytes(plain[0][s:].tolist()).index(FACT[0].encode()) for s in plain[1]]
+    answer_at = [np.flatnonzero(plain[2][s:])[0] + s for s in plain[1]]
+    assert any(f // T != a // T for f, a in zip(fact_at, answer_at))
+
+
+def test_aligned_lanes_and_held_out_rows_begin_at_episode_starts():
+    from bdh_scale.config import load_config
+    from bdh_scale.data import build_data
+
+    cfg = load_config(None, ["data.source=synthetic:passkey", "train.seq_len=128", "data.passkey.window=128",
+                             "data.passkey.max_gap=40", "data.passkey.max_lead=8", "data.passkey.episodes=200",
+                             "train.eval_batches=4", "data.prefetch=0"])
+    data = build_data(cfg.data, batch_size=3, world_size=2, rank=1, seq_len=128)
+    for _ in range(6):
+        batch = data.train.next_batch(128)
+        assert batch.doc_start[:, 0].all()  # every lane's window is one whole episode
+    for batch in data.val_batches(128, rows=4):
+        assert batch.doc_start[:, 0].all()
+    with pytest.raises(ConfigError, match="data.passkey.window: episodes laid out in windows of 64 tokens"):
+        load_config(None, ["data.source=synthetic:passkey", "train.seq_len=128", "data.passkey.window=64"])
+
+
 def test_impossible_settings_are_refused():
     with pytest.raises(ConfigError, match="data.passkey.min_gap"):
         PasskeyConfig(min_gap=100, max_gap=50)

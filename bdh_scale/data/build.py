@@ -88,11 +88,12 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
         raise DataError(f"data.source: {describe} is empty (0 tokens); point data.source at a "
                         "corpus with text in it" + (f" (column '{cfg.text_column}')"
                                                     if cfg.text_column != "text" else ""))
-    n_train = int(len(stream) * (1.0 - cfg.val_fraction))  # nanoGPT: data[:int(n*0.9)]
+    align = kind.align(cfg) if kind.align else 1  # episodes laid out in windows begin one (passkey's window)
+    n_train = int(len(stream) * (1.0 - cfg.val_fraction)) // align * align  # nanoGPT: data[:int(n*0.9)]
     train, val = stream.view(0, n_train), stream.view(n_train, len(stream))
     lanes = StretchLanes(train, batch_size, world_size, rank, seed=seed, pin_memory=cfg.pin_memory,
                          describe=f"the train split of {describe} ({1 - cfg.val_fraction:.0%} of "
-                                  f"{len(stream):,} tokens)", score_answers=cfg.score == "answers")
+                                  f"{len(stream):,} tokens)", score_answers=cfg.score == "answers", align=align)
     if seq_len is not None:
         lanes.check_fits(seq_len)
     if cfg.prefetch > 0:
@@ -103,7 +104,7 @@ def build_data(cfg: DataConfig, *, batch_size: int, world_size: int = 1, rank: i
     return DataBundle(tokenizer=tokenizer, train=lanes, val=val, bytes_per_token=bpt,
                       source=describe, n_tokens=len(stream),
                       doc_reset=resolve_doc_reset(cfg, stream.has_documents, describe),
-                      score_answers=cfg.score == "answers", bad_records=skipped)
+                      score_answers=cfg.score == "answers", bad_records=skipped, align=align)
 
 
 def build_mixture(cfg: DataConfig, *, batch_size: int, world_size: int, rank: int, seed: int,

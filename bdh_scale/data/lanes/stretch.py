@@ -40,14 +40,14 @@ class StretchLanes(TokensRead):
 
     def __init__(self, stream: TokenStream, batch_size: int, world_size: int = 1, rank: int = 0,
                  seed: int = 0, pin_memory: bool = False, describe: str = "the train split",
-                 score_answers: bool = False):
+                 score_answers: bool = False, align: int = 1):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"data: bad lane layout batch_size={batch_size}, "
                             f"world_size={world_size}, rank={rank}; need B >= 1, 0 <= rank < W")
         self.stream = stream
         self.batch_size, self.world_size, self.rank = batch_size, world_size, rank
         self.n_lanes = world_size * batch_size
-        self.stretch_len = len(stream) // self.n_lanes
+        self.stretch_len = len(stream) // self.n_lanes // align * align  # stretches begin at multiples of align
         self.describe = describe
         self.score_answers = score_answers  # data.score: answers (the stream marks them: stream.scored)
         self.pin_memory = pin_memory and torch.cuda.is_available()

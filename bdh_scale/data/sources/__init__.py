@@ -30,3 +30,4 @@ class SourceKind:
     marks_answers: bool = False                # data.score: answers has answers to score
     text: bool = True                          # its tokens are text (False: token ids by design, no text check)
     check: Callable | None = None              # RunConfig -> None, raising ConfigError: rules with the train section
+    align: Callable | None = None              # DataConfig -> int: train split, lanes, held-out rows start at multiples

@@ -79,6 +79,12 @@ class Passkey:
         tokens = np.concatenate(head + [key, self.end])
         return Episode(tokens, slice(start, start + len(key)), gap)
 
+    def to_windows(self, rng: np.random.Generator, e: Episode) -> Episode:
+        """The episode with filler after it, up to a whole number of windows (data.passkey.window)."""
+        W = self.cfg.window
+        pad = -len(e.tokens) % W
+        return Episode(np.concatenate([e.tokens, self.filler_slice(rng, pad)]), e.answer, e.gap) if pad else e
+
     def stream(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(tokens, doc_starts, answers): every episode of the training stream, where each begins,
         and which tokens are the key after a question (the targets data.score=answers scores)."""
@@ -86,6 +92,8 @@ class Passkey:
         lo, hi = math.log(self.cfg.min_gap), math.log(self.cfg.max_gap)
         episodes = [self.episode(rng, int(round(math.exp(rng.uniform(lo, hi)))), int(rng.integers(0, self.cfg.max_lead)))
                     for _ in range(self.cfg.episodes)]
+        if self.cfg.window:
+            episodes = [self.to_windows(rng, e) for e in episodes]
         starts = np.cumsum([0] + [len(e.tokens) for e in episodes[:-1]])
         answers = np.zeros(int(starts[-1]) + len(episodes[-1].tokens), dtype=np.bool_)
         for s, e in zip(starts, episodes):
@@ -127,6 +135,12 @@ def check_run(cfg) -> None:
     """The longest distance must fit in a held-out row, or no row read carried holds both a fact
     and its question (cfg: the whole RunConfig)."""
     T = cfg.train.eval_seq_len or cfg.train.seq_len
+    window = cfg.data.passkey.window
+    if window is not None and (window != cfg.train.seq_len or cfg.train.seq_len_schedule or T != window):
+        raise ConfigError(f"data.passkey.window: episodes laid out in windows of {window} tokens are read in "
+                          f"windows of train.seq_len={cfg.train.seq_len} (eval {T}"
+                          + (", with a seq_len_schedule" if cfg.train.seq_len_schedule else "")
+                          + f"); set data.passkey.window={cfg.train.seq_len}, one T throughout, or null")
     row = cfg.train.eval_batches * T
     if cfg.data.passkey.max_gap >= row:
         raise ConfigError(f"data.passkey.max_gap: {cfg.data.passkey.max_gap} tokens is longer than the "
@@ -136,4 +150,5 @@ def check_run(cfg) -> None:
 
 
 KIND = SourceKind(SOURCE, "the synthetic passkey source", claims=lambda source: source == SOURCE,
-                  tokens=passkey_tokens, marks_answers=True, check=check_run)
+                  tokens=passkey_tokens, marks_answers=True, check=check_run,
+                  align=lambda cfg: cfg.passkey.window or 1)

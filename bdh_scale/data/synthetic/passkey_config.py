@@ -26,6 +26,11 @@ class PasskeyConfig(Section):
     episodes: PosInt = 2000
     # seed of the keys, gaps and filler positions
     seed: int = 0
+    # null: episodes follow one another, so windows cut them anywhere; T (= train.seq_len): each
+    # episode is padded with filler to a whole number of windows of T tokens and begins a window, so
+    # an episode shorter than T has its fact and its question in one window (what a run with
+    # train.state=reset can learn from); the lanes and the held-out rows begin at window starts
+    window: PosInt | None = None
 
     def check(self) -> None:
         if self.min_gap > self.max_gap:
