@@ -6,8 +6,8 @@ key again; the answer to a query is its value, predicted at the query's position
     k1 v1 k2 v2 ... kP vP | filler ... | ... k3 v3 ... k1 v1 ...   (queries in random order)
 
 Keys come from the lower half of the vocabulary (ids 1 .. V/2 - 1, distinct in an episode),
-values from the upper half (V/2 .. V-1; data.mqar.values=keys draws them from the keys' ids); token 0 is the filler unless data.mqar.filler says
-otherwise (random tokens, or a slice of a corpus). The layout is counted in windows of the run's
+values from the upper half (V/2 .. V-1; data.mqar.values=keys draws them from the keys' ids);
+token 0 is the filler unless data.mqar.filler says otherwise (random tokens, or a slice of a corpus). The layout is counted in windows of the run's
 T (data.mqar.window): the pairs open a window, and the queries fill the window `distance`
 windows later, at random even offsets. Distance 0 puts both in one window (pairs first, queries
 after them); distance d >= 1 leaves d - 1 windows of filler between the pairs' window and the
@@ -78,9 +78,15 @@ class MQAR:
                             f"of {T}; use a larger corpus")
 
     @property
+    def value_range(self) -> tuple[int, int]:
+        """[lo, hi) of the ids a value may take: the upper half, or the keys' ids 1 .. V/2-1."""
+        half = self.V // 2
+        return (half, self.V) if self.cfg.values == "upper" else (1, half)
+
+    @property
     def value_ids(self) -> int:
-        """How many ids a value may take: the upper half, or the keys' ids 1 .. V/2-1."""
-        return self.V - self.V // 2 if self.cfg.values == "upper" else self.V // 2 - 1
+        lo, hi = self.value_range
+        return hi - lo
 
     def check_distance(self, distance: int) -> None:
         """A window holds the pairs (2P tokens) and, at distance 0, their queries too (4P)."""
@@ -105,7 +111,7 @@ class MQAR:
         P, T, half = self.cfg.pairs, self.T, self.V // 2
         tokens = self.fill(rng, (distance + 1) * T)
         keys = rng.choice(np.arange(1, half), P, replace=False)
-        values = rng.integers(half, self.V, P) if self.cfg.values == "upper" else rng.integers(1, half, P)
+        values = rng.integers(*self.value_range, P)
         tokens[0:2 * P:2], tokens[1:2 * P:2] = keys, values
         lo = (2 * P if distance == 0 else 0) + distance * T  # the queries' region: the rest of its window
         slots = lo + 2 * np.sort(rng.choice((T * (distance + 1) - lo) // 2, P, replace=False))

@@ -8,9 +8,9 @@ save it). Residual output
 projections start at std 0.02 / sqrt(2 * n_layer) so the residual stream does not grow with
 depth. `model.token_shift` gives it BDH's previous-token path (model/bdh/token_shift.py), once
 on the embeddings or before every block, without a carried state: the short causal convolution
-that Zoology's attention baseline opens with. It speaks the same interface as BDH (`forward -> ModelOutput`, `generate`) so the
-trainer can run either; it has no recurrent state, so it only trains with train.state
-"reset".
+that Zoology's attention baseline opens with. It speaks the same interface as BDH
+(`forward -> ModelOutput`, `generate`) so the trainer can run either; it has no recurrent state,
+so it only trains with train.state "reset".
 """
 from __future__ import annotations
 
