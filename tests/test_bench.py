@@ -125,3 +125,29 @@ def test_bptt_bench_counts_the_graph_of_every_window_it_keeps(in_process, tmp_pa
 def test_bptt_only_without_k_is_one_clear_error(capsys):
     assert bench.main(["--bptt-only"]) == 2
     assert "--bptt-only needs --bptt" in capsys.readouterr().err
+
+
+def test_a_failed_launch_is_reported_by_its_cause_not_torchruns_banner(tmp_path):
+    """A worker that raises under `accelerate launch` on 2 processes: the line the benchmarks
+    report is the worker's exception, where the last line of stderr is a row of `=`."""
+    from bdh_scale.bench.child import failure_line, free_port
+    from tests.helpers.tiny_runs import ROOT, clean_env
+
+    script = tmp_path / "worker.py"
+    script.write_text("raise ValueError('the cause: shard 3 is missing')\n")
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(ROOT / "launch" / "cpu_2proc.yaml"), "--num_processes", "2",
+                           "--main_process_port", str(free_port()), str(script)],
+                          cwd=ROOT, env=clean_env(None), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert failure_line(proc.stderr) == "ValueError: the cause: shard 3 is missing"
+    assert "ValueError" not in proc.stderr.strip().splitlines()[-1]  # what was reported before
+
+
+def test_a_failure_line_prefers_our_error_line_then_the_exit_code():
+    from bdh_scale.bench.child import failure_line
+
+    assert failure_line("Traceback\nKeyError: 'x'\nerror: model.n_embd must be even\n=====") == \
+        "error: model.n_embd must be even"
+    assert failure_line("Root Cause\n  exitcode  : -9 (pid: 12)\n=====") == "exitcode  : -9 (pid: 12)"
+    assert failure_line("") == "(no output)"

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from bdh_scale.bench.bptt import bptt_sweep
+from bdh_scale.bench.child import failure_line
 from bdh_scale.bench.cases import MEASURES, PLAIN, VARIANTS, device
 from bdh_scale.bench.workload import SEED, add_model_args, model_config
 from bdh_scale.utils.perf import matmul_peak_flops, memory_bandwidth
@@ -45,8 +46,7 @@ def run_worker(case: dict) -> dict:
     proc = subprocess.run([sys.executable, "-m", "bdh_scale.bench", "--worker", json.dumps(case)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        return {"error": tail}
+        return {"error": failure_line(proc.stderr)}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

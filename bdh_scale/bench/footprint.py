@@ -21,6 +21,8 @@ from pathlib import Path
 
 import psutil
 
+from bdh_scale.bench.child import failure_line
+
 GIB = 2**30
 CASES = {  # name -> (recipe, overrides)
     "shakespeare_cpu": ("recipes/shakespeare_cpu.yaml", []),
@@ -63,7 +65,7 @@ def run_case(recipe: str, overrides: list[str]) -> dict:
     proc = subprocess.run([sys.executable, "-m", "bdh_scale.bench.footprint", "--worker",
                            json.dumps([recipe, overrides])], capture_output=True, text=True)
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["(no output)"])[-1]}
+        return {"error": failure_line(proc.stderr)}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

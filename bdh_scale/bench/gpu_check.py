@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 import torch
 
 from bdh_scale.bench import gpu_kernels
+from bdh_scale.bench.child import failure_line, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "shakespeare_cpu.yaml"  # its data (bundled tiny Shakespeare); the model is set below
@@ -155,12 +155,6 @@ def check_overflow_skipped(run_dir: Path) -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def fsdp_case(args: list) -> tuple[dict, str | None]:
     """FSDP2 through accelerate launch on one process (one GPU, or the CPU in a dry run)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch/fsdp.yaml"),
@@ -170,8 +164,7 @@ def fsdp_case(args: list) -> tuple[dict, str | None]:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     out = {"seconds": time.perf_counter() - t0}
     if proc.returncode != 0:
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        return out, (errors or proc.stderr.strip().splitlines() or ["failed"])[-1]
+        return out, failure_line(proc.stderr)
     if "distributed: FSDP2" not in proc.stdout:
         return out, "the run did not say it ran FSDP2"
     run_dir = Path(next(a.split("=", 1)[1] for a in args if a.startswith("train.out_dir="))) / "fsdp"

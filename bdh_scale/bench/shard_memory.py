@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bdh_scale.bench.gpu_check import free_port
+from bdh_scale.bench.child import failure_line, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"ddp": "cpu_2proc.yaml", "fsdp": "fsdp.yaml"}
@@ -84,6 +84,10 @@ def worker(recipe: str, overrides: list[str], out: Path) -> None:
     if acc.is_main_process:
         out.write_text(json.dumps({"distributed": acc.distributed_type.value, "processes": acc.num_processes,
                                    "params": sum(p.numel() for p in model.parameters()), "ranks": everyone}, indent=2))
+    # Leave together and close the process group, as the trainer does: a rank that exits while
+    # its peer still holds gloo connections can fail the launch after the work is done.
+    acc.wait_for_everyone()
+    acc.end_training()
 
 
 def measure(config: str, recipe: str, overrides: list[str], processes: int) -> dict:
@@ -95,7 +99,7 @@ def measure(config: str, recipe: str, overrides: list[str], processes: int) -> d
                recipe, *overrides]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise SystemExit(f"error: {config}: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
+            raise SystemExit(f"error: {config}: {failure_line(proc.stderr)}")
         return json.loads(out.read_text())
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+from bdh_scale.bench.child import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "shakespeare_cpu.yaml"
@@ -53,12 +54,6 @@ def clean_env(extra_env: dict | None) -> dict:
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.update(extra_env or {})
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command(processes: int, out_dir, run_name, *extra, config: str = "cpu_2proc.yaml") -> list[str]:
