@@ -89,6 +89,10 @@ def test_model_card_says_what_the_model_is_and_how_it_was_made(byte_run):
                  "tinyshakespeare", "| steps | 3 |", f"| tokens | {last['tokens']:,} |",
                  f"{last['val_loss']:.4f} nats/token", f"{last['val_bpb']:.4f} bits/byte", "```yaml"):
         assert fact in card.text, fact
+    # where the validation figure comes from: the held-out tokens the last row counted, its window and step
+    assert last["val_tokens"] > 0 and last["val_T"] == 32
+    assert (f"the mean over {last['val_tokens']:,} held-out tokens, read in windows of T = 32 as independent "
+            "windows, after step 3") in card.text
     # transformers first (nothing but transformers needed), then bdh-scale
     assert card.text.index("AutoModelForCausalLM.from_pretrained") < card.text.index("load_pretrained(")
     assert "prefix_token_id=10" in card.text and "max_length=32" in card.text  # the byte run's newline and window

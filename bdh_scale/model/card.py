@@ -63,8 +63,20 @@ def training_rows(recipe: dict | None, training: dict | None) -> list[str]:
         rows.append(row("tokens", f"{training['tokens']:,}"))
         if training.get("val_loss") is not None:
             rows.append(row("final validation loss", f"{training['val_loss']:.4f} nats/token, "
-                                                     f"{training['val_bpb']:.4f} bits/byte"))
+                                                     f"{training['val_bpb']:.4f} bits/byte" + measured_on(recipe, training)))
     return rows
+
+
+def measured_on(recipe: dict | None, training: dict) -> str:
+    """Where the final validation loss comes from: how many held-out tokens, read how, at which
+    step, and the file that holds every validation of the run."""
+    if training.get("val_tokens") is None:
+        return ""
+    train = (recipe or {}).get("train", {})
+    reading = "carried from window to window" if train.get("state") == "carry" else "as independent windows"
+    return (f": the mean over {training['val_tokens']:,} held-out tokens, read in windows of "
+            f"T = {training['val_T']} {reading}, after step {training['steps']:,} (every validation of the run "
+            "is a row of its metrics.jsonl)")
 
 
 def training_window(recipe: dict | None) -> int | None:

@@ -103,7 +103,8 @@ class Validation:
         window = self.window.mean()
         carried = self.carried.mean() if self.carried is not None else None
         loss = carried if carry and carried is not None else window
-        row = {"val_loss": loss, "val_bpb": loss / math.log(2) / self.bytes_per_token, "val_loss_window": window}
+        row = {"val_loss": loss, "val_bpb": loss / math.log(2) / self.bytes_per_token, "val_loss_window": window,
+               "val_tokens": int(self.window.total[1].item()), "val_T": self.T}  # what the mean is over
         if self.answers:  # recall: the share of answers predicted right, by the reading val_loss follows
             reading = self.carried if carry and self.carried is not None else self.window
             row["val_answer_accuracy"] = reading.accuracy()
