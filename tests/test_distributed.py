@@ -199,3 +199,15 @@ def test_sweep_points_change_keys_together_and_cross_the_grid():
     assert points(parse_grid(["model.n_layer=2,4"])) == [{"model.n_layer": "2"}, {"model.n_layer": "4"}]
     with pytest.raises(SystemExit, match="space-separated section.key=value"):
         parse_point("seq_len=256")
+
+
+def test_a_sweep_of_points_alone_needs_no_grid(capsys):
+    from bdh_scale.experiments.sweep import parse_args, parse_grid, parse_point, points
+
+    args = parse_args(["r.yaml", "--point", "train.batch_size=8 train.grad_accum_steps=1",
+                       "--point", "train.batch_size=4 train.grad_accum_steps=2"])
+    assert points(parse_grid(args.grid), [parse_point(p) for p in args.point]) == [
+        {"train.batch_size": "8", "train.grad_accum_steps": "1"}, {"train.batch_size": "4", "train.grad_accum_steps": "2"}]
+    with pytest.raises(SystemExit):
+        parse_args(["r.yaml"])
+    assert "give at least one --grid KEY=V1,V2 or --point" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
     bdh-sweep recipes/shakespeare_cpu.yaml --name depth \\
         --grid model.n_layer=2,4 --grid train.seq_len=128,256 [--set train.max_steps=300] \\
+        [--point 'train.seq_len=512 train.batch_size=4' ...] \\
         [--mode sequential|print|slurm|collect] [--launcher python|accelerate] [--config_file FILE]
 
 Every point of the grid (the cartesian product of the --grid lists) is one run with its own
@@ -187,8 +188,8 @@ def parse_args(argv):
     add_launch_args(p, run_mode="sequential")
     p.add_argument("--force", action="store_true", help="sequential: rerun points that already finished")
     args = p.parse_args(argv)
-    if not args.grid:
-        p.error("give at least one --grid KEY=V1,V2")
+    if not args.grid and not args.point:
+        p.error("give at least one --grid KEY=V1,V2 or --point 'K1=V1 K2=V2'")
     for item in args.fixed:
         if "=" not in item or "." not in item.partition("=")[0]:
             p.error(f"--set {item!r}: expected section.key=value")
