@@ -45,3 +45,25 @@ def test_missing_dir_and_empty_metrics_are_one_line_errors(tmp_path, capsys):
         main([str(empty), "--out", str(tmp_path / "x.png")])
     assert "has no metrics records" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_published_figures_are_drawn_beside_the_runs(tmp_path):
+    from bdh_scale.experiments.plot import plot_runs
+
+    run = write_run(tmp_path / "run_a")
+    figures = tmp_path / "log.csv"
+    figures.write_text("step,val_loss\n10,4.1\n5,4.5\n15,\n")  # unordered; a step without a figure
+    fig = plot_runs([run], tmp_path / "x.png", references=[f"M1 log={figures}"])
+    (line,) = [line for line in fig.axes[0].get_lines() if line.get_label() == "M1 log val"]
+    assert list(line.get_xdata()) == [5.0, 10.0] and list(line.get_ydata()) == [4.5, 4.1]
+
+
+def test_a_bad_reference_is_one_line(tmp_path):
+    run = write_run(tmp_path / "run_a")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("step,loss\n1,2\n")
+    for spec, says in ((f"log={bad}", "needs a header with columns step and val_loss"),
+                       (f"log={tmp_path / 'none.csv'}", "no file"), ("log", "expected LABEL=FILE.csv")):
+        with pytest.raises(SystemExit) as err:
+            main([str(run), "--out", str(tmp_path / "x.png"), "--reference", spec])
+        assert says in str(err.value) and "\n" not in str(err.value)
