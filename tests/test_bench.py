@@ -130,7 +130,7 @@ def test_bptt_only_without_k_is_one_clear_error(capsys):
 def test_a_failed_launch_is_reported_by_its_cause_not_torchruns_banner(tmp_path):
     """A worker that raises under `accelerate launch` on 2 processes: the line the benchmarks
     report is the worker's exception, where the last line of stderr is a row of `=`."""
-    from bdh_scale.bench.child import failure_line, free_port
+    from bdh_scale.utils.child import failure_line, free_port
     from tests.helpers.tiny_runs import ROOT, clean_env
 
     script = tmp_path / "worker.py"
@@ -145,7 +145,7 @@ def test_a_failed_launch_is_reported_by_its_cause_not_torchruns_banner(tmp_path)
 
 
 def test_a_failure_line_prefers_our_error_line_then_the_exit_code():
-    from bdh_scale.bench.child import failure_line
+    from bdh_scale.utils.child import failure_line
 
     assert failure_line("Traceback\nKeyError: 'x'\nerror: model.n_embd must be even\n=====") == \
         "error: model.n_embd must be even"

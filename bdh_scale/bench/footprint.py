@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from bdh_scale.bench.child import failure_line
+from bdh_scale.utils.child import failure_line
 
 GIB = 2**30
 CASES = {  # name -> (recipe, overrides)

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 from bdh_scale.bench import gpu_kernels
-from bdh_scale.bench.child import failure_line, free_port
+from bdh_scale.utils.child import failure_line, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "shakespeare_cpu.yaml"  # its data (bundled tiny Shakespeare); the model is set below

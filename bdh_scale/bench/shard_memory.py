@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bdh_scale.bench.child import failure_line, free_port
+from bdh_scale.utils.child import failure_line, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = {"ddp": "cpu_2proc.yaml", "fsdp": "fsdp.yaml"}

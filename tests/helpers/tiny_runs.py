@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bdh_scale.bench.child import free_port
+from bdh_scale.utils.child import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "shakespeare_cpu.yaml"

@@ -1,4 +1,4 @@
-"""What the benchmarks need to start a child process and say why it failed.
+"""What a tool needs to start a child process under `accelerate launch` and say why it failed.
 
 A failed `accelerate launch` ends its stderr with torchrun's summary banner (a row of `=`), so
 the last line says nothing; the cause is the worker's own `error:` line or the exception its
