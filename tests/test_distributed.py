@@ -207,7 +207,8 @@ def test_a_sweep_of_points_alone_needs_no_grid(capsys):
     args = parse_args(["r.yaml", "--point", "train.batch_size=8 train.grad_accum_steps=1",
                        "--point", "train.batch_size=4 train.grad_accum_steps=2"])
     assert points(parse_grid(args.grid), [parse_point(p) for p in args.point]) == [
-        {"train.batch_size": "8", "train.grad_accum_steps": "1"}, {"train.batch_size": "4", "train.grad_accum_steps": "2"}]
+        {"train.batch_size": "8", "train.grad_accum_steps": "1"},
+        {"train.batch_size": "4", "train.grad_accum_steps": "2"}]
     with pytest.raises(SystemExit):
         parse_args(["r.yaml"])
     assert "give at least one --grid KEY=V1,V2 or --point" in capsys.readouterr().err

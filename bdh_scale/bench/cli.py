@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 
 from bdh_scale.bench.bptt import bptt_sweep
-from bdh_scale.utils.child import failure_line
 from bdh_scale.bench.cases import MEASURES, PLAIN, VARIANTS, device
 from bdh_scale.bench.workload import SEED, add_model_args, model_config
+from bdh_scale.utils.child import failure_line
 from bdh_scale.utils.perf import matmul_peak_flops, memory_bandwidth
 
 

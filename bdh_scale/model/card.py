@@ -62,8 +62,8 @@ def training_rows(recipe: dict | None, training: dict | None) -> list[str]:
         rows.append(row("steps", f"{training['steps']:,}"))
         rows.append(row("tokens", f"{training['tokens']:,}"))
         if training.get("val_loss") is not None:
-            rows.append(row("final validation loss", f"{training['val_loss']:.4f} nats/token, "
-                                                     f"{training['val_bpb']:.4f} bits/byte" + measured_on(recipe, training)))
+            loss = f"{training['val_loss']:.4f} nats/token, {training['val_bpb']:.4f} bits/byte"
+            rows.append(row("final validation loss", loss + measured_on(recipe, training)))
     return rows
 
 

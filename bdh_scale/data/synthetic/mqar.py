@@ -7,9 +7,9 @@ key again; the answer to a query is its value, predicted at the query's position
 
 Keys come from the lower half of the vocabulary (ids 1 .. V/2 - 1, distinct in an episode),
 values from the upper half (V/2 .. V-1; data.mqar.values=keys draws them from the keys' ids);
-token 0 is the filler unless data.mqar.filler says otherwise (random tokens, or a slice of a corpus). The layout is counted in windows of the run's
-T (data.mqar.window): the pairs open a window, and the queries fill the window `distance`
-windows later, at random even offsets. Distance 0 puts both in one window (pairs first, queries
+token 0 is the filler unless data.mqar.filler says otherwise (random tokens, or a slice of a
+corpus). The layout is counted in windows of the run's T (data.mqar.window): the pairs open a
+window, and the queries fill the window `distance` windows later, at random even offsets. Distance 0 puts both in one window (pairs first, queries
 after them); distance d >= 1 leaves d - 1 windows of filler between the pairs' window and the
 queries' window, so the answer can only come from the state carried across windows. Every episode
 is a whole number of windows and lanes read windows, so a window is always one window of one
